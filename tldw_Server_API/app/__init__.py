@@ -1,0 +1,1 @@
+"""The ASGI application: `main.create_app` builds it; `core/` holds the logic, `api/` the HTTP layer."""

@@ -1,0 +1,1 @@
+"""HTTP layer: routers, wire schemas, middleware and the one error-translation table."""

@@ -1,0 +1,93 @@
+"""Pure-ASGI request context middleware: request id (X-Request-ID in and out), a body-size guard
+(413 before the body is read when Content-Length says so, or as soon as the stream passes the
+cap), the one catch-all that turns an unexpected exception into a 500 with the request id (the
+details go to the log only), one log line per request and the HTTP metrics.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+from loguru import logger
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tldw_Server_API.app.api.v1.errors import domain_error_response, internal_error_response
+from tldw_Server_API.app.core.errors import PayloadTooLarge
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        started = time.perf_counter()
+        status = {"code": 500, "sent": False}
+        too_large = PayloadTooLarge(f"the request body is larger than {self.max_body_bytes} bytes")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"], status["sent"] = message["status"], True
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        received = 0
+
+        async def guarded_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise too_large
+            return message
+
+        with logger.contextualize(request_id=request_id):
+            try:
+                length = _header(scope, b"content-length")
+                if length and length.isdigit() and int(length) > self.max_body_bytes:
+                    await domain_error_response(too_large)(scope, receive, send_with_id)
+                else:
+                    await self.app(scope, guarded_receive, send_with_id)
+            except PayloadTooLarge as exc:
+                if not status["sent"]:
+                    await domain_error_response(exc)(scope, receive, send_with_id)
+            except Exception:
+                logger.exception("unhandled error")
+                if not status["sent"]:
+                    await internal_error_response(request_id)(scope, receive, send_with_id)
+            finally:
+                self._finish(scope, state, int(status["code"]), time.perf_counter() - started)
+
+    @staticmethod
+    def _finish(scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        services = getattr(getattr(scope.get("app"), "state", None), "services", None)
+        if services is not None:
+            services.http_metrics.observe(scope["method"], route, status, seconds)
+        logger.info(
+            "{} {} {} {:.1f}ms user={} inputs={} tokens={}{}",
+            scope["method"], route, status, seconds * 1000, state.get("user_id", "-"),
+            state.get("log_inputs", "-"), state.get("log_tokens", "-"),
+            f" end_user={state['end_user']}" if state.get("end_user") else "",
+        )

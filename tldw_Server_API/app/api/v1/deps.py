@@ -1,0 +1,58 @@
+"""FastAPI dependencies: the services built in the lifespan, the authenticated user, admin gate."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from tldw_Server_API.app.core.AuthNZ.api_keys import User
+from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingService
+from tldw_Server_API.app.core.errors import PermissionDenied
+from tldw_Server_API.app.core.services import Services
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def _presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    if authorization:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+    return x_api_key.strip() if x_api_key else None
+
+
+def get_current_user(
+    request: Request,
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(alias="X-API-KEY", include_in_schema=False)] = None,
+) -> User:
+    user = services.auth.authenticate(_presented_key(authorization, x_api_key))
+    request.state.user_id = user.id
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def require_admin(user: CurrentUser) -> User:
+    if not user.is_admin:
+        raise PermissionDenied("this route needs the admin role")
+    return user
+
+
+AdminUser = Annotated[User, Depends(require_admin)]
+
+
+def get_embedding_service(services: ServicesDep) -> EmbeddingService:
+    return services.embeddings
+
+
+EmbeddingServiceDep = Annotated[EmbeddingService, Depends(get_embedding_service)]

@@ -1,0 +1,1 @@
+"""Thin route modules: parse the request model, call one service method, return the response."""

@@ -1,0 +1,111 @@
+"""Wire models of the embeddings endpoints (OpenAI's shapes) and the response renderers.
+
+`input` is typed `Any` on purpose: its four accepted shapes are checked by the core's
+`normalize_input`, which names the offending index. Unknown extra fields are ignored, as many
+OpenAI-compatible servers do, so clients that send newer parameters keep working.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from starlette.responses import Response
+
+from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingCall, EmbeddingOutcome
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import ModelListing
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    input: Any = Field(..., description="A string, array of strings, token array, or array of token arrays.")
+    model: StrictStr = Field(..., min_length=1, description="`provider:model` or a bare model id.")
+    encoding_format: Literal["float", "base64"] | None = Field("float", description="float or base64.")
+    dimensions: StrictInt | None = Field(None, description="Output width (native or per the dimension policy).")
+    user: StrictStr | None = Field(None, max_length=256, description="End-user id, logged as an id only.")
+    truncate: StrictBool | None = Field(
+        None, description="Extension: truncate inputs over the model's max tokens instead of 400."
+    )
+
+    def to_call(self) -> EmbeddingCall:
+        return EmbeddingCall(
+            input=self.input, model=self.model, encoding_format=self.encoding_format or "float",
+            dimensions=self.dimensions, user=self.user, truncate=self.truncate,
+        )
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str
+    provider: str
+    dimension: int | None
+    max_tokens: int | None
+    available: bool
+    loaded: bool
+    default: bool
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["healthy", "degraded"]
+    providers: dict[str, Any]
+    loaded_models: list[str]
+
+
+def render_embeddings(outcome: EmbeddingOutcome) -> Response:
+    """orjson writes float32 rows at float32 precision (shortest repr), straight from numpy."""
+    payload = {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(outcome.embeddings)
+        ],
+        "model": outcome.model,
+        "usage": {"prompt_tokens": outcome.prompt_tokens, "total_tokens": outcome.prompt_tokens},
+    }
+    return Response(
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
+        media_type="application/json",
+        headers={"X-Embeddings-Provider": outcome.provider},
+    )
+
+
+def model_card(row: ModelListing) -> ModelCard:
+    return ModelCard(
+        id=row.info.model_id, owned_by=row.info.provider, provider=row.info.provider,
+        dimension=row.info.dimension, max_tokens=row.info.max_tokens,
+        available=row.available, loaded=row.loaded, default=row.default,
+    )
+
+
+_END_USER = re.compile(r"[^A-Za-z0-9_.@:-]")
+
+
+def end_user_for_log(user: str | None) -> str | None:
+    """The OpenAI `user` field as a log-safe id: restricted charset, bounded length."""
+    return _END_USER.sub("_", user)[:64] if user else None

@@ -1,0 +1,1 @@
+"""Host authentication: API keys map to users with roles (`user`, `admin`)."""

@@ -1,0 +1,174 @@
+"""Engine entry point: the provider protocol, the registry that maps `provider:model` names to a
+provider, and `create_provider_registry`, which builds the providers from config.
+
+Adapters live in sibling modules (one class each) and are imported lazily, so importing this
+module pulls in neither torch nor transformers. Adding a provider = one adapter class plus one
+line in `_PROVIDER_FACTORIES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from tldw_Server_API.app.core.config import HuggingFaceConfig, ModelCatalogConfig
+from tldw_Server_API.app.core.Embeddings.input_processing import parse_model_name
+from tldw_Server_API.app.core.errors import ModelNotFound, ProviderNotImplemented, TLDWError, UnknownProvider
+
+# Every provider family the seeds document. Those without a factory answer 501 until built.
+KNOWN_PROVIDERS: tuple[str, ...] = ("huggingface", "onnx", "openai", "local_api")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a provider knows about one model without running it."""
+
+    provider: str
+    model_id: str
+    dimension: int | None
+    max_tokens: int | None
+    source: str = ""          # where the weights come from: package, path, cache, remote
+
+
+@dataclass(frozen=True)
+class EmbeddingBatch:
+    vectors: np.ndarray       # (n, d) float32, rows in input order; not yet normalised
+    token_counts: list[int]   # tokens the model processed, per input
+
+
+@runtime_checkable
+class EmbeddingProvider(Protocol):
+    """One provider family. `embed` gets texts already validated against `count_tokens`."""
+
+    name: str
+
+    def model_info(self, model_id: str) -> ModelInfo: ...
+
+    async def count_tokens(self, model_id: str, texts: Sequence[str]) -> list[int] | None: ...
+
+    async def embed(self, model_id: str, texts: Sequence[str]) -> EmbeddingBatch: ...
+
+    def loaded_models(self) -> list[str]: ...
+
+    async def health(self) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    provider: EmbeddingProvider
+    info: ModelInfo
+
+
+@dataclass(frozen=True)
+class ModelListing:
+    info: ModelInfo
+    available: bool
+    loaded: bool
+    default: bool
+
+
+class ProviderRegistry:
+    """Name -> provider, plus the catalog of models offered by default."""
+
+    def __init__(
+        self,
+        providers: Mapping[str, EmbeddingProvider],
+        catalog: Sequence[str],
+        default_model: str,
+        default_provider: str = "huggingface",
+    ) -> None:
+        self._providers = dict(providers)
+        self._default_provider = default_provider
+        self._default_model = default_model
+        self._catalog: list[tuple[str, str]] = []
+        for entry in catalog:
+            parsed = parse_model_name(entry)
+            self._catalog.append((parsed.provider or default_provider, parsed.model_id))
+
+    @property
+    def providers(self) -> Mapping[str, EmbeddingProvider]:
+        return self._providers
+
+    def get(self, name: str) -> EmbeddingProvider:
+        if name not in KNOWN_PROVIDERS:
+            raise UnknownProvider(
+                f"unknown provider '{name}'; known providers: {', '.join(KNOWN_PROVIDERS)}", param="model"
+            )
+        provider = self._providers.get(name)
+        if provider is None:
+            raise ProviderNotImplemented(f"provider '{name}' is not available on this server", param="model")
+        return provider
+
+    def provider_for(self, model_id: str) -> str:
+        for provider_name, catalog_id in self._catalog:
+            if catalog_id == model_id:
+                return provider_name
+        return self._default_provider
+
+    def resolve(self, model: str) -> ResolvedModel:
+        """`provider:model` or a bare id -> provider + model info; ModelNotFound when absent."""
+        parsed = parse_model_name(model)
+        provider = self.get(parsed.provider or self.provider_for(parsed.model_id))
+        return ResolvedModel(provider=provider, info=provider.model_info(parsed.model_id))
+
+    def listings(self) -> list[ModelListing]:
+        rows = []
+        for provider_name, model_id in self._catalog:
+            provider = self._providers.get(provider_name)
+            loaded = provider is not None and model_id in provider.loaded_models()
+            try:
+                info = self.get(provider_name).model_info(model_id)
+                available = True
+            except TLDWError:
+                info = ModelInfo(provider=provider_name, model_id=model_id, dimension=None, max_tokens=None)
+                available = False
+            rows.append(ModelListing(info, available, loaded, default=model_id == self._default_model))
+        return rows
+
+    def listing(self, model: str) -> ModelListing:
+        parsed = parse_model_name(model)
+        for row in self.listings():
+            if row.info.model_id == parsed.model_id and parsed.provider in (None, row.info.provider):
+                return row
+        resolved = self.resolve(model)  # a model outside the catalog that resolves locally
+        loaded = resolved.info.model_id in resolved.provider.loaded_models()
+        return ModelListing(resolved.info, True, loaded, default=False)
+
+    async def aclose(self) -> None:
+        for provider in self._providers.values():
+            await provider.aclose()
+
+
+def _huggingface(catalog: ModelCatalogConfig, hf: HuggingFaceConfig) -> EmbeddingProvider:
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.huggingface_provider import HuggingFaceProvider
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
+
+    return HuggingFaceProvider(hf, ModelResolver(catalog.model_dir))
+
+
+_PROVIDER_FACTORIES: dict[str, Callable[[ModelCatalogConfig, HuggingFaceConfig], EmbeddingProvider]] = {
+    "huggingface": _huggingface,
+}
+
+
+def create_provider_registry(catalog: ModelCatalogConfig, hf: HuggingFaceConfig) -> ProviderRegistry:
+    providers = {name: factory(catalog, hf) for name, factory in _PROVIDER_FACTORIES.items()}
+    return ProviderRegistry(providers, catalog.models, catalog.default_model)
+
+
+__all__ = [
+    "KNOWN_PROVIDERS",
+    "EmbeddingBatch",
+    "EmbeddingProvider",
+    "ModelInfo",
+    "ModelListing",
+    "ModelNotFound",
+    "ProviderRegistry",
+    "ResolvedModel",
+    "create_provider_registry",
+]

@@ -1,0 +1,1 @@
+"""The embedding engine: provider protocol, registry, model resolution and provider adapters."""

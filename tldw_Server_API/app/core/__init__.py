@@ -1,0 +1,1 @@
+"""Core services and pure logic. Nothing under core/ imports FastAPI or Starlette."""

@@ -1,0 +1,88 @@
+"""Domain errors raised by core modules. They carry no HTTP knowledge: the API layer maps each
+class to a status and an OpenAI error type in one table (`api/v1/errors.py`), and workers map them
+to ack / retry / dead-letter. Messages are safe to show to callers: never put secrets, raw inputs
+or upstream bodies in them.
+"""
+
+from __future__ import annotations
+
+
+class TLDWError(Exception):
+    """Base class. `code` is the machine-readable reason; `param` names the offending field."""
+
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidInput(TLDWError):
+    code = "invalid_value"
+
+
+class InputTooLong(InvalidInput):
+    code = "input_too_long"
+
+
+class UnknownProvider(InvalidInput):
+    code = "unknown_provider"
+
+
+class PayloadTooLarge(TLDWError):
+    code = "request_too_large"
+
+
+class AuthenticationFailed(TLDWError):
+    code = "invalid_api_key"
+
+
+class PermissionDenied(TLDWError):
+    code = "permission_denied"
+
+
+class NotFound(TLDWError):
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class ProviderNotImplemented(TLDWError):
+    code = "provider_not_implemented"
+
+
+class ProviderError(TLDWError):
+    """The upstream provider or local model failed or answered something unusable."""
+
+    code = "provider_error"
+
+
+class RetryableError(TLDWError):
+    """Base for errors a caller may retry after `retry_after` seconds."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retry_after = retry_after
+
+
+class RateLimited(RetryableError):
+    code = "rate_limit_exceeded"
+
+
+class Overloaded(RetryableError):
+    code = "overloaded"
+
+
+class ServiceUnavailable(RetryableError):
+    code = "service_unavailable"
+
+
+class CircuitOpenError(ServiceUnavailable):
+    code = "circuit_open"

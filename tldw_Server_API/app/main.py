@@ -1,0 +1,43 @@
+"""Host app factory: `create_app(settings)` wires middleware, error handlers and routers; its
+lifespan builds the services once and closes them on shutdown. `app` is the module-level instance
+for `uvicorn tldw_Server_API.app.main:app`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from tldw_Server_API.app.api.metrics import router as metrics_router
+from tldw_Server_API.app.api.middleware import RequestContextMiddleware
+from tldw_Server_API.app.api.v1.endpoints.embeddings_v5_production_enhanced import router as embeddings_router
+from tldw_Server_API.app.api.v1.errors import install_error_handlers
+from tldw_Server_API.app.core.config import Settings
+from tldw_Server_API.app.core.observability import configure_logging
+from tldw_Server_API.app.core.services import build_services
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.logging_config())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await build_services(settings)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.aclose()
+
+    app = FastAPI(title="tldw_server embeddings", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
+    install_error_handlers(app)
+    app.include_router(embeddings_router)
+    app.include_router(metrics_router)
+    return app
+
+
+app = create_app()
