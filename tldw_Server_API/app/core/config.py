@@ -22,7 +22,7 @@ from pydantic_settings import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_CONFIG_FILE = REPO_ROOT / "Config_Files" / "embeddings_production_config.yaml"
+DEFAULT_CONFIG_FILE = Path("Config_Files/embeddings_production_config.yaml")  # relative to the repo root
 DEFAULT_PROMPTS_FILE = REPO_ROOT / "Config_Files" / "Prompts" / "embeddings.prompts.yaml"
 BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     )
 
     # --- host -------------------------------------------------------------------------------
+    tldw_config_file: Path = Field(
+        DEFAULT_CONFIG_FILE, description="Optional YAML file of settings (relative paths: from the repo root)."
+    )
     tldw_data_dir: Path = Field(Path("./Databases"), description="Directory for every file the server writes.")
     tldw_host: str = Field("127.0.0.1", description="Interface `python -m tldw_Server_API` binds.")
     tldw_port: int = Field(8000, description="Port `python -m tldw_Server_API` binds.")
@@ -117,7 +120,7 @@ class Settings(BaseSettings):
         300_000, ge=1, description="Cap on the summed tokens of one request (413 above)."
     )
     embeddings_dimension_policy: Literal["reduce", "pad", "ignore"] = Field(
-        "reduce", description="How `dimensions` applies to models without native support: reduce|pad|ignore."
+        "reduce", description="How `dimensions` applies to models without native support: reduce, pad or ignore."
     )
     embeddings_truncate: bool = Field(
         False, description="Truncate inputs over the model's max tokens instead of answering 400."
@@ -145,7 +148,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 (called by keyword)
         file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config_file = Path(os.environ.get("TLDW_CONFIG_FILE", str(DEFAULT_CONFIG_FILE)))
+        config_file = REPO_ROOT / os.environ.get("TLDW_CONFIG_FILE", str(DEFAULT_CONFIG_FILE))
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if config_file.is_file():
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
@@ -187,13 +190,33 @@ class Settings(BaseSettings):
         )
 
 
+def _show_default(default: Any) -> str:
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, list):
+        return ",".join(default)
+    if isinstance(default, Path) and not default.is_absolute():
+        return f"./{default}"
+    return str(default)
+
+
 def env_var_table() -> list[tuple[str, str, str]]:
     """(ENV_VAR, default, description) for every field: the README's configuration table."""
     rows = []
     for name, field in Settings.model_fields.items():
-        default = field.default
-        shown = "unset" if default is None else (
-            ",".join(default) if isinstance(default, list) else str(default)
-        )
-        rows.append((name.upper(), shown, field.description or ""))
+        rows.append((name.upper(), _show_default(field.default), field.description or ""))
     return rows
+
+
+def env_var_markdown() -> str:
+    """The README's configuration table, generated (a test checks the README carries it verbatim)."""
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, default, description in env_var_table():
+        lines.append(f"| `{name}` | `{default}` | {description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m tldw_Server_API.app.core.config  -> the README table
+    print(env_var_markdown())

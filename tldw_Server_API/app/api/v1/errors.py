@@ -85,10 +85,7 @@ def domain_error_response(exc: TLDWError) -> Response:
 
 
 def internal_error_response(request_id: str) -> Response:
-    return error_response(
-        500, f"internal error (request id {request_id})", "server_error", "internal_error",
-        headers={"X-Request-ID": request_id},
-    )
+    return error_response(500, f"internal error (request id {request_id})", "server_error", "internal_error")
 
 
 def _validation_message(error: dict[str, Any]) -> tuple[str, str | None]:

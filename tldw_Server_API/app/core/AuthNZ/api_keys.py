@@ -15,13 +15,15 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from tldw_Server_API.app.core.config import AuthConfig
 from tldw_Server_API.app.core.errors import AuthenticationFailed, InvalidInput
 
-USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # always used with fullmatch
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 ROLES = frozenset({"user", "admin"})
 SINGLE_USER_ID = "single_user"
 KEY_FILE_NAME = "single_user_api_key"
@@ -65,31 +67,35 @@ class APIKeyStore:
         return len(self._users)
 
 
+def _parse_entry(i: int, entry: Any) -> tuple[bytes, User]:
+    if not isinstance(entry, dict):
+        raise InvalidInput(f"API_KEYS_FILE entry {i} must be a mapping")
+    user_id, roles = entry.get("user_id"), entry.get("roles", ["user"])
+    if not isinstance(user_id, str) or not USER_ID_PATTERN.fullmatch(user_id):
+        raise InvalidInput(f"API_KEYS_FILE entry {i}: user_id must match {USER_ID_PATTERN.pattern}")
+    if not isinstance(roles, list) or not roles or not all(isinstance(r, str) and r in ROLES for r in roles):
+        raise InvalidInput(f"API_KEYS_FILE entry {i}: roles must be a non-empty list among {sorted(ROLES)}")
+    key_hash, key = entry.get("key_sha256"), entry.get("key")
+    if key_hash is not None:
+        if not isinstance(key_hash, str) or not _SHA256_HEX.fullmatch(key_hash):
+            raise InvalidInput(f"API_KEYS_FILE entry {i}: key_sha256 must be 64 hex characters")
+        digest = bytes.fromhex(key_hash)
+    elif isinstance(key, str) and key:
+        digest = _digest(key)
+    else:
+        raise InvalidInput(f"API_KEYS_FILE entry {i} needs 'key' or 'key_sha256'")
+    return digest, User(id=user_id, roles=frozenset(roles))
+
+
 def _parse_keys_file(path: Path) -> dict[bytes, User]:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidInput(f"API_KEYS_FILE {path} cannot be read as YAML") from exc
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InvalidInput(f"API_KEYS_FILE {path} cannot be read as UTF-8 YAML") from exc
     entries = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
         raise InvalidInput(f"API_KEYS_FILE {path} must hold a non-empty 'keys' list")
-    users: dict[bytes, User] = {}
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise InvalidInput(f"API_KEYS_FILE entry {i} must be a mapping")
-        user_id = str(entry.get("user_id", ""))
-        roles = frozenset(entry.get("roles") or ["user"])
-        if not USER_ID_PATTERN.match(user_id) or not roles <= ROLES:
-            raise InvalidInput(f"API_KEYS_FILE entry {i}: user_id must match {USER_ID_PATTERN.pattern} "
-                               f"and roles be among {sorted(ROLES)}")
-        if "key_sha256" in entry:
-            digest = bytes.fromhex(str(entry["key_sha256"]))
-        elif entry.get("key"):
-            digest = _digest(str(entry["key"]))
-        else:
-            raise InvalidInput(f"API_KEYS_FILE entry {i} needs 'key' or 'key_sha256'")
-        users[digest] = User(id=user_id, roles=roles)
-    return users
+    return dict(_parse_entry(i, entry) for i, entry in enumerate(entries))
 
 
 def _single_user_key(config: AuthConfig) -> tuple[str, str]:

