@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 scripts/install.sh dev
 export TIKTOKEN_CACHE_DIR="${TIKTOKEN_CACHE_DIR:-$PWD/.cache/tiktoken}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-.venv/bin/ruff check tldw_Server_API tests bench
+.venv/bin/ruff check .
 .venv/bin/mypy tldw_Server_API/app/core
 .venv/bin/python -m pytest "$@"

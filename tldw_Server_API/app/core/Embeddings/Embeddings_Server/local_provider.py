@@ -1,0 +1,156 @@
+"""Shared base of the in-process model providers (`huggingface`, `onnx`).
+
+It owns what they have in common: model-file resolution and metadata, one tokenizer per model,
+and the one dedicated inference thread every tokenizer and model call runs on (fast tokenizers
+mutate their truncation state per call and fail with "Already borrowed" across threads;
+concurrent forward passes would only fight over the same cores). A subclass supplies
+`_load_forward(model_id)`: a function from a tokenised, padded batch to pooled vectors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import EmbeddingBatch, ModelInfo
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import (
+    ModelFiles,
+    ModelMetadata,
+    ModelResolver,
+    read_metadata,
+)
+from tldw_Server_API.app.core.errors import ProviderError
+
+Forward = Callable[[dict[str, np.ndarray]], np.ndarray]  # encoded batch (numpy) -> pooled (n, d) float32
+
+
+def quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@dataclass
+class BatchEncoder:
+    """Length-sorted batching around a forward function; rows come back in input order."""
+
+    tokenizer: Any
+    forward: Forward
+    max_tokens: int
+    dimension: int
+    batch_size: int
+
+    def encode(self, texts: Sequence[str]) -> EmbeddingBatch:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
+        counts = [0] * len(texts)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            encoded = self.tokenizer(
+                [texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_tokens,
+                return_tensors="np",
+            )
+            vectors[rows] = self.forward(dict(encoded))
+            for row, count in zip(rows, encoded["attention_mask"].sum(axis=1).tolist(), strict=True):
+                counts[row] = int(count)
+        return EmbeddingBatch(vectors=vectors, token_counts=counts)
+
+
+class LocalModelProvider:
+    name = "local"
+
+    def __init__(self, resolver: ModelResolver, batch_size: int) -> None:
+        self._resolver = resolver
+        self._batch_size = batch_size
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-embed")
+        self._files: dict[str, ModelFiles] = {}
+        self._meta: dict[str, ModelMetadata] = {}
+        self._infos: dict[str, ModelInfo] = {}
+        self._tokenizers: dict[str, Any] = {}
+        self._encoders: dict[str, BatchEncoder] = {}
+
+    # --- hooks for subclasses -----------------------------------------------------------------
+    def base_model_id(self, model_id: str) -> str:
+        """The id whose files hold the weights (a subclass may strip a variant suffix)."""
+        return model_id
+
+    def _load_forward(self, model_id: str) -> Forward:
+        raise NotImplementedError
+
+    # --- metadata (cheap, no weights) -------------------------------------------------------
+    def model_info(self, model_id: str) -> ModelInfo:
+        info = self._infos.get(model_id)
+        if info is None:
+            files = self._resolver.resolve(self.base_model_id(model_id))
+            meta = read_metadata(files.path)
+            info = ModelInfo(self.name, model_id, meta.dimension, meta.max_tokens, files.source)
+            self._files[model_id], self._meta[model_id], self._infos[model_id] = files, meta, info
+        return info
+
+    def model_path(self, model_id: str) -> Any:
+        self.model_info(model_id)
+        return self._files[model_id].path
+
+    def loaded_models(self) -> list[str]:
+        return list(self._encoders)
+
+    # --- loading: only ever on self._executor's single thread, so no locks -------------------
+    def _tokenizer_sync(self, model_id: str) -> Any:
+        if model_id not in self._tokenizers:
+            quiet_transformers()
+            from transformers import AutoTokenizer
+
+            self._tokenizers[model_id] = AutoTokenizer.from_pretrained(str(self.model_path(model_id)))
+        return self._tokenizers[model_id]
+
+    def _encoder_sync(self, model_id: str) -> BatchEncoder:
+        if model_id not in self._encoders:
+            info = self.model_info(model_id)
+            tokenizer = self._tokenizer_sync(model_id)
+            forward = self._load_forward(model_id)
+            self._encoders[model_id] = BatchEncoder(
+                tokenizer=tokenizer, forward=forward, max_tokens=info.max_tokens or 512,
+                dimension=info.dimension or 0, batch_size=self._batch_size,
+            )
+        return self._encoders[model_id]
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def load(self, model_id: str) -> None:
+        await self._run(self._encoder_sync, model_id)
+
+    # --- work -------------------------------------------------------------------------------
+    async def count_tokens(self, model_id: str, texts: Sequence[str]) -> list[int]:
+        def count() -> list[int]:
+            ids = self._tokenizer_sync(model_id)(
+                list(texts), add_special_tokens=True, truncation=False,
+                return_attention_mask=False, return_token_type_ids=False,
+            )["input_ids"]
+            return [len(row) for row in ids]
+
+        result: list[int] = await self._run(count)
+        return result
+
+    async def embed(self, model_id: str, texts: Sequence[str]) -> EmbeddingBatch:
+        def run() -> EmbeddingBatch:
+            return self._encoder_sync(model_id).encode(texts)
+
+        try:
+            batch: EmbeddingBatch = await self._run(run)
+        except (RuntimeError, ValueError, OSError) as exc:  # model runtime failures, not caller errors
+            raise ProviderError(f"the local model '{model_id}' failed to embed the inputs") from exc
+        return batch
+
+    async def health(self) -> dict[str, Any]:
+        return {"status": "healthy", "loaded_models": self.loaded_models()}
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._encoders.clear()
