@@ -13,7 +13,7 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding=
 def test_readme_env_table_matches_settings() -> None:
     start = README.index("<!-- env-table:start -->") + len("<!-- env-table:start -->")
     table = README[start:README.index("<!-- env-table:end -->")].strip()
-    assert table == env_var_markdown(), "regenerate with: python -m tldw_Server_API.app.core.config"
+    assert table == env_var_markdown(), "regenerate with: .venv/bin/python scripts/update_readme_env.py"
 
 
 def test_readme_starts_with_the_two_commands() -> None:

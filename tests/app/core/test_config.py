@@ -25,7 +25,9 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults() -> None:
     settings = Settings()
     assert settings.embeddings_dimension_policy == "reduce"
-    assert settings.embeddings_models == [f"huggingface:{BUNDLED_MODEL_ID}"]
+    assert settings.embeddings_models == [
+        f"huggingface:{BUNDLED_MODEL_ID}", f"onnx:{BUNDLED_MODEL_ID}@fp32", f"onnx:{BUNDLED_MODEL_ID}@int8"
+    ]
     assert settings.embeddings_max_inputs == 2048
     assert settings.single_user_api_key is None
     assert settings.tldw_port == 8000
@@ -125,15 +127,19 @@ def test_derived_configs_carry_the_settings(tmp_path: Path) -> None:
     settings = Settings(
         tldw_data_dir=tmp_path, embeddings_models="huggingface:a,huggingface:b", embeddings_default_model="a",
         embeddings_max_inputs=5, embeddings_max_tokens_per_request=99, embeddings_dimension_policy="pad",
-        embeddings_truncate=True, embeddings_hf_batch_size=3, embeddings_torch_threads=2,
+        embeddings_truncate=True, embeddings_local_batch_size=3, embeddings_torch_threads=2,
+        embeddings_onnx_threads=4, embeddings_onnx_quantize="int8",
         embeddings_device="cuda", log_level="debug", log_json=True, single_user_api_key="k",
     )
     catalog = settings.model_catalog_config()
     assert catalog.models == ("huggingface:a", "huggingface:b") and catalog.default_model == "a"
     api = settings.embeddings_api_config()
     assert (api.max_inputs, api.max_tokens_per_request, api.dimension_policy, api.truncate) == (5, 99, "pad", True)
-    hf = settings.huggingface_config()
+    engine = settings.engine_config()
+    hf, onnx = engine.huggingface, engine.onnx
     assert (hf.batch_size, hf.torch_threads, hf.device) == (3, 2, "cuda")
+    assert (onnx.batch_size, onnx.threads, onnx.quantize) == (3, 4, "int8")
+    assert engine.catalog == catalog
     log = settings.logging_config()
     assert (log.level, log.json) == ("DEBUG", True)
     auth = settings.auth_config()
@@ -151,5 +157,5 @@ def test_env_var_table_lists_every_field() -> None:
     rows = {row[0]: row[1] for row in table}
     assert rows["EMBEDDINGS_DIMENSION_POLICY"] == "reduce"
     assert rows["SINGLE_USER_API_KEY"] == "unset"
-    assert rows["EMBEDDINGS_MODELS"] == f"huggingface:{BUNDLED_MODEL_ID}"
+    assert rows["EMBEDDINGS_MODELS"].split(",")[0] == f"huggingface:{BUNDLED_MODEL_ID}"
     assert {"TLDW_DATA_DIR", "API_KEYS_FILE", "TIKTOKEN_CACHE_DIR", "EMBEDDINGS_MODEL_DIR"} <= set(rows)

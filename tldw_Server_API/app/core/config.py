@@ -70,6 +70,20 @@ class HuggingFaceConfig:
     device: str
 
 
+@dataclass(frozen=True)
+class OnnxConfig:
+    batch_size: int
+    threads: int                     # 0: onnxruntime's own default
+    quantize: Literal["fp32", "int8"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    catalog: ModelCatalogConfig
+    huggingface: HuggingFaceConfig
+    onnx: OnnxConfig
+
+
 class Settings(BaseSettings):
     """Every runtime option of the server. The README's configuration table mirrors these fields."""
 
@@ -106,7 +120,7 @@ class Settings(BaseSettings):
 
     # --- embeddings API ---------------------------------------------------------------------
     embeddings_models: CommaList = Field(
-        [f"huggingface:{BUNDLED_MODEL_ID}"],
+        [f"huggingface:{BUNDLED_MODEL_ID}", f"onnx:{BUNDLED_MODEL_ID}@fp32", f"onnx:{BUNDLED_MODEL_ID}@int8"],
         description="Comma-separated `provider:model` entries the server offers (bare ids resolve here).",
     )
     embeddings_default_model: str = Field(
@@ -125,9 +139,15 @@ class Settings(BaseSettings):
     embeddings_truncate: bool = Field(
         False, description="Truncate inputs over the model's max tokens instead of answering 400."
     )
-    embeddings_hf_batch_size: int = Field(32, ge=1, description="Texts per forward pass (length-sorted).")
+    embeddings_local_batch_size: int = Field(
+        32, ge=1, description="Texts per forward pass of local models (huggingface, onnx), length-sorted."
+    )
     embeddings_torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default.")
     embeddings_device: str = Field("cpu", description="torch device for local models (cpu, cuda, cuda:1).")
+    embeddings_onnx_quantize: Literal["fp32", "int8"] = Field(
+        "fp32", description="ONNX variant of a bare `onnx:<model>` id; `<model>@fp32` / `@int8` pick one explicitly."
+    )
+    embeddings_onnx_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 keeps its default.")
     tiktoken_cache_dir: Path | None = Field(
         None,
         description="Directory holding tiktoken's cl100k_base file, used to decode token-array inputs. "
@@ -182,11 +202,19 @@ class Settings(BaseSettings):
             model_dir=model_dir.expanduser().resolve(),
         )
 
-    def huggingface_config(self) -> HuggingFaceConfig:
-        return HuggingFaceConfig(
-            batch_size=self.embeddings_hf_batch_size,
-            torch_threads=self.embeddings_torch_threads,
-            device=self.embeddings_device,
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            catalog=self.model_catalog_config(),
+            huggingface=HuggingFaceConfig(
+                batch_size=self.embeddings_local_batch_size,
+                torch_threads=self.embeddings_torch_threads,
+                device=self.embeddings_device,
+            ),
+            onnx=OnnxConfig(
+                batch_size=self.embeddings_local_batch_size,
+                threads=self.embeddings_onnx_threads,
+                quantize=self.embeddings_onnx_quantize,
+            ),
         )
 
 

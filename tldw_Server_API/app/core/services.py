@@ -35,7 +35,7 @@ async def build_services(settings: Settings) -> Services:
     registry = CollectorRegistry()
     auth = load_key_store(settings.auth_config())
     logger.info("auth: {}", auth.source)
-    providers = create_provider_registry(settings.model_catalog_config(), settings.huggingface_config())
+    providers = create_provider_registry(settings.engine_config())
     embeddings = EmbeddingService(
         providers,
         settings.embeddings_api_config(),

@@ -285,3 +285,12 @@ def test_request_log_line_has_fields_but_never_inputs_or_keys(app_client: TestCl
     assert "POST /api/v1/embeddings 200" in line and "inputs=2" in line and f"tokens={tokens}" in line
     assert "user=single_user" in line and "end_user=end-user-7" in line and "ms" in line
     assert secret_text not in joined and ADMIN_KEY not in joined and "not-the-key-secret" not in joined
+
+
+@pytest.mark.parametrize("model", [f"onnx:{MODEL}@fp32", f"{MODEL}@fp32"])
+def test_onnx_provider_through_http(app_client: TestClient, reference: Any, model: str) -> None:
+    response = embed(app_client, input=TEXTS, model=model)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-embeddings-provider"] == "onnx" and response.json()["model"] == model
+    vectors = np.array([row["embedding"] for row in response.json()["data"]], dtype=np.float32)
+    assert cosine_rows(vectors, reference(TEXTS)).min() >= 0.9999

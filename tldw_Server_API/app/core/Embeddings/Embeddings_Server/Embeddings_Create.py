@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from tldw_Server_API.app.core.config import HuggingFaceConfig, ModelCatalogConfig
+from tldw_Server_API.app.core.config import EngineConfig
 from tldw_Server_API.app.core.Embeddings.input_processing import parse_model_name
 from tldw_Server_API.app.core.errors import ModelNotFound, ProviderNotImplemented, TLDWError, UnknownProvider
 
@@ -144,21 +144,29 @@ class ProviderRegistry:
             await provider.aclose()
 
 
-def _huggingface(catalog: ModelCatalogConfig, hf: HuggingFaceConfig) -> EmbeddingProvider:
+def _huggingface(config: EngineConfig) -> EmbeddingProvider:
     from tldw_Server_API.app.core.Embeddings.Embeddings_Server.huggingface_provider import HuggingFaceProvider
     from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
 
-    return HuggingFaceProvider(hf, ModelResolver(catalog.model_dir))
+    return HuggingFaceProvider(config.huggingface, ModelResolver(config.catalog.model_dir))
 
 
-_PROVIDER_FACTORIES: dict[str, Callable[[ModelCatalogConfig, HuggingFaceConfig], EmbeddingProvider]] = {
+def _onnx(config: EngineConfig) -> EmbeddingProvider:
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.onnx_provider import OnnxProvider
+
+    return OnnxProvider(config.onnx, ModelResolver(config.catalog.model_dir))
+
+
+_PROVIDER_FACTORIES: dict[str, Callable[[EngineConfig], EmbeddingProvider]] = {
     "huggingface": _huggingface,
+    "onnx": _onnx,
 }
 
 
-def create_provider_registry(catalog: ModelCatalogConfig, hf: HuggingFaceConfig) -> ProviderRegistry:
-    providers = {name: factory(catalog, hf) for name, factory in _PROVIDER_FACTORIES.items()}
-    return ProviderRegistry(providers, catalog.models, catalog.default_model)
+def create_provider_registry(config: EngineConfig) -> ProviderRegistry:
+    providers = {name: factory(config) for name, factory in _PROVIDER_FACTORIES.items()}
+    return ProviderRegistry(providers, config.catalog.models, config.catalog.default_model)
 
 
 __all__ = [

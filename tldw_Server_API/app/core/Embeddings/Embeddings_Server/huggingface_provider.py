@@ -40,9 +40,8 @@ class HuggingFaceProvider(LocalModelProvider):
                 k: torch.from_numpy(v).to(device) for k, v in encoded.items() if k in input_names
             }
             with torch.inference_mode():
-                hidden = model(**tensors).last_hidden_state
-                pooled = pool(hidden, tensors["attention_mask"], pooling)
-            return np.asarray(pooled.float().cpu().numpy(), dtype=np.float32)
+                hidden = model(**tensors).last_hidden_state.float().cpu().numpy()
+            return pool(hidden, encoded["attention_mask"], pooling)
 
         return forward
 

@@ -1,0 +1,92 @@
+"""One contract, every local provider (huggingface, onnx fp32, onnx int8): same shape and order,
+token counts, and vectors close to sentence-transformers on the same real texts (fp32 paths:
+cosine >= 0.9999 each; int8: mean >= 0.99, min reported)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from support import MODEL, cosine_rows
+
+from tldw_Server_API.app.core.config import EngineConfig, HuggingFaceConfig, ModelCatalogConfig, OnnxConfig
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import (
+    EmbeddingProvider,
+    create_provider_registry,
+)
+from tldw_Server_API.app.core.Embeddings.input_processing import l2_normalize
+
+TEXTS = [
+    "The mitochondria is the powerhouse of the cell, producing most of its ATP.",
+    "Interest rates rose by a quarter point, and bond yields followed.",
+    "She plays the cello in the city orchestra on weekends.",
+    "A compiler translates source code into machine code.",
+    "Heavy rain is expected across the northern region tomorrow evening.",
+    "Short.",
+    "The treaty was signed in 1648, ending decades of war in central Europe, " * 3,
+    "naïve café résumé — unicode text ✓",
+] * 3
+
+CASES = [
+    ("huggingface", MODEL, "fp32"),
+    ("onnx", f"{MODEL}@fp32", "fp32"),
+    ("onnx", f"{MODEL}@int8", "int8"),
+]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    model_dir = tmp_path_factory.mktemp("models")
+    config = EngineConfig(
+        catalog=ModelCatalogConfig(models=(f"huggingface:{MODEL}",), default_model=MODEL, model_dir=model_dir),
+        huggingface=HuggingFaceConfig(batch_size=8, torch_threads=0, device="cpu"),
+        onnx=OnnxConfig(batch_size=8, threads=0, quantize="fp32"),
+    )
+    registry = create_provider_registry(config)
+    yield registry
+    asyncio.run(registry.aclose())
+
+
+@pytest.mark.parametrize(("provider_name", "model_id", "precision"), CASES, ids=[c[1] for c in CASES])
+def test_local_provider_contract(registry: Any, reference: Any, st_model: Any,
+                                 provider_name: str, model_id: str, precision: str) -> None:
+    provider: EmbeddingProvider = registry.get(provider_name)
+    assert isinstance(provider, EmbeddingProvider)
+    info = provider.model_info(model_id)
+    assert (info.provider, info.model_id, info.dimension, info.max_tokens) == (provider_name, model_id, 384, 256)
+
+    counts = asyncio.run(provider.count_tokens(model_id, TEXTS))
+    assert counts == [len(ids) for ids in st_model.tokenizer(TEXTS)["input_ids"]]
+    batch = asyncio.run(provider.embed(model_id, TEXTS))
+    assert batch.vectors.shape == (len(TEXTS), 384) and batch.vectors.dtype == np.float32
+    assert batch.token_counts == counts
+    vectors = l2_normalize(batch.vectors)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosines = cosine_rows(vectors, reference(TEXTS))
+    if precision == "fp32":
+        assert cosines.min() >= 0.9999, cosines.min()
+    else:
+        assert cosines.mean() >= 0.99 and cosines.min() >= 0.97, (cosines.mean(), cosines.min())
+        print(f"int8 cosine to sentence-transformers: mean {cosines.mean():.4f} min {cosines.min():.4f}")
+    assert model_id in provider.loaded_models()
+
+
+def test_onnx_export_is_cached_on_disk(registry: Any) -> None:
+    provider = registry.get("onnx")
+    asyncio.run(provider.embed(f"{MODEL}@int8", ["warm"]))
+    fp32, int8 = provider.graph_path(f"{MODEL}@fp32"), provider.graph_path(f"{MODEL}@int8")
+    assert fp32.is_file() and int8.is_file() and int8.stat().st_size < fp32.stat().st_size
+    assert fp32.parent.parent == Path(provider._onnx_root)
+    before = fp32.stat().st_mtime_ns
+    assert provider.ensure_exported(f"{MODEL}@fp32") == fp32 and fp32.stat().st_mtime_ns == before
+    assert not list(fp32.parent.glob("*.tmp"))
+
+
+def test_onnx_unknown_variant_is_a_400(registry: Any) -> None:
+    from tldw_Server_API.app.core.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="variant"):
+        registry.get("onnx").model_info(f"{MODEL}@int4")

@@ -1,0 +1,86 @@
+"""`onnx` provider: onnxruntime on the CPU, over a graph exported from the model's transformers
+weights on first use (or on the admin download route) and cached under the model storage root.
+
+Variants: `<model>@fp32` and `<model>@int8` (dynamic int8 quantisation); a bare `<model>` uses
+EMBEDDINGS_ONNX_QUANTIZE. Pooling, batching and the inference thread are shared with the other
+local providers (`LocalModelProvider`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tldw_Server_API.app.core.config import OnnxConfig
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import Forward, LocalModelProvider
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
+from tldw_Server_API.app.core.errors import InvalidInput
+
+VARIANTS = ("fp32", "int8")
+
+
+def split_variant(model_id: str, default: str) -> tuple[str, str]:
+    base, sep, variant = model_id.rpartition("@")
+    if not sep:
+        return model_id, default
+    if variant not in VARIANTS:
+        raise InvalidInput(f"unknown ONNX variant '@{variant}'; use @fp32 or @int8", param="model")
+    return base, variant
+
+
+class OnnxProvider(LocalModelProvider):
+    name = "onnx"
+
+    def __init__(self, config: OnnxConfig, resolver: ModelResolver) -> None:
+        super().__init__(resolver, config.batch_size)
+        self._config = config
+        self._onnx_root = resolver.model_dir / "onnx"
+
+    def base_model_id(self, model_id: str) -> str:
+        return split_variant(model_id, self._config.quantize)[0]
+
+    def graph_path(self, model_id: str) -> Path:
+        base, variant = split_variant(model_id, self._config.quantize)
+        return self._onnx_root / base.strip("/").replace("/", "--") / f"model.{variant}.onnx"
+
+    def ensure_exported(self, model_id: str) -> Path:
+        """Export (and quantise) once; later calls and later processes reuse the files."""
+        from tldw_Server_API.app.core.Embeddings.Embeddings_Server.onnx_export import export_onnx, quantize_int8
+
+        target = self.graph_path(model_id)
+        fp32 = target.with_name("model.fp32.onnx")
+        if not fp32.is_file():
+            export_onnx(self.model_path(model_id), fp32)
+        if target != fp32 and not target.is_file():
+            quantize_int8(fp32, target)
+        return target
+
+    def _load_forward(self, model_id: str) -> Forward:
+        import onnxruntime as ort
+
+        from tldw_Server_API.app.core.Embeddings.Embeddings_Server.pooling import pool
+
+        options = ort.SessionOptions()
+        if self._config.threads:
+            options.intra_op_num_threads = self._config.threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(self.ensure_exported(model_id)), options,
+                                       providers=["CPUExecutionProvider"])
+        input_names = {i.name for i in session.get_inputs()}
+        pooling = self._meta[model_id].pooling
+
+        def forward(encoded: dict[str, np.ndarray]) -> np.ndarray:
+            feeds = {k: v.astype(np.int64, copy=False) for k, v in encoded.items() if k in input_names}
+            hidden = session.run(["last_hidden_state"], feeds)[0]
+            return pool(hidden, encoded["attention_mask"], pooling)
+
+        return forward
+
+    async def download(self, model_id: str) -> Path:
+        path: Path = await self._run(self.ensure_exported, model_id)
+        return path
+
+    async def health(self) -> dict[str, Any]:
+        return {**await super().health(), "default_variant": self._config.quantize}
