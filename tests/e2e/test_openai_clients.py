@@ -109,3 +109,34 @@ def test_token_arrays_without_cl100k_file_get_a_400_that_says_how(
         assert "TIKTOKEN_CACHE_DIR" in str(caught.value)
         plain = openai.OpenAI(base_url=f"{server.base_url}/api/v1", api_key=ADMIN_KEY, max_retries=0)
         assert plain.embeddings.create(model=MODEL, input=TEXTS).data  # strings still work
+
+
+def test_32_concurrent_clients_each_get_their_own_rows(live_server: LiveServer) -> None:
+    import asyncio
+
+    import httpx
+
+    rnd = np.random.default_rng(7)
+    requests = [[f"request {r} text {t} " + "word " * int(rnd.integers(1, 40)) for t in range(int(rnd.integers(1, 9)))]
+                for r in range(32)]
+    url = f"{live_server.base_url}/api/v1/embeddings"
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+    async def one(client: httpx.AsyncClient, texts: list[str]) -> np.ndarray:
+        response = await client.post(url, json={"model": MODEL, "input": texts}, headers=headers)
+        assert response.status_code == 200, response.text
+        return np.array([row["embedding"] for row in response.json()["data"]], dtype=np.float32)
+
+    async def run() -> tuple[list[np.ndarray], list[np.ndarray]]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            together = await asyncio.gather(*(one(client, texts) for texts in requests))
+            alone = [await one(client, texts) for texts in requests]
+        return together, alone
+
+    together, alone = asyncio.run(run())
+    for concurrent_rows, single_rows in zip(together, alone, strict=True):
+        assert concurrent_rows.shape == single_rows.shape
+        assert cosine_rows(concurrent_rows, single_rows).min() >= 0.9999
+    health = httpx.get(f"{live_server.base_url}/api/v1/embeddings/health").json()
+    sizes = health["providers"]["huggingface"]["batchers"][MODEL]["recent_batch_sizes"]
+    assert health["providers"]["huggingface"]["batchers"][MODEL]["batches_run"] > 0 and sizes

@@ -78,10 +78,18 @@ class OnnxConfig:
 
 
 @dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_tokens: int            # token budget of one merged model call
+    max_wait_ms: float               # how long a lone request waits for company
+    max_queue_texts: int             # queued texts per model before 429 overloaded
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     catalog: ModelCatalogConfig
     huggingface: HuggingFaceConfig
     onnx: OnnxConfig
+    batching: BatchingConfig
 
 
 class Settings(BaseSettings):
@@ -148,6 +156,15 @@ class Settings(BaseSettings):
         "fp32", description="ONNX variant of a bare `onnx:<model>` id; `<model>@fp32` / `@int8` pick one explicitly."
     )
     embeddings_onnx_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 keeps its default.")
+    embeddings_batch_max_tokens: int = Field(
+        8192, ge=1, description="Micro-batcher: token budget of one merged model call across concurrent requests."
+    )
+    embeddings_batch_max_wait_ms: float = Field(
+        1.0, ge=0, description="Micro-batcher: how long a lone request waits for others to share its batch."
+    )
+    embeddings_batch_queue_size: int = Field(
+        8192, ge=1, description="Micro-batcher: queued texts per model before requests get 429 `overloaded`."
+    )
     tiktoken_cache_dir: Path | None = Field(
         None,
         description="Directory holding tiktoken's cl100k_base file, used to decode token-array inputs. "
@@ -214,6 +231,11 @@ class Settings(BaseSettings):
                 batch_size=self.embeddings_local_batch_size,
                 threads=self.embeddings_onnx_threads,
                 quantize=self.embeddings_onnx_quantize,
+            ),
+            batching=BatchingConfig(
+                max_batch_tokens=self.embeddings_batch_max_tokens,
+                max_wait_ms=self.embeddings_batch_max_wait_ms,
+                max_queue_texts=self.embeddings_batch_queue_size,
             ),
         )
 

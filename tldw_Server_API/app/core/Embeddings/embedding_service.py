@@ -85,11 +85,11 @@ class EmbeddingService:
         truncate = self._config.truncate if call.truncate is None else call.truncate
         counts = await provider.count_tokens(info.model_id, texts)
         if counts is not None:
-            check_token_limits(counts, max_tokens=info.max_tokens, truncate=truncate,
-                               max_total=self._config.max_tokens_per_request)
+            counts = check_token_limits(counts, max_tokens=info.max_tokens, truncate=truncate,
+                                        max_total=self._config.max_tokens_per_request)
         started = time.perf_counter()
         try:
-            batch = await provider.embed(info.model_id, texts)
+            batch = await provider.embed(info.model_id, texts, counts)
             vectors = validate_vectors(batch.vectors, expected_rows=len(texts), expected_dim=info.dimension)
         except TLDWError:
             self._metrics.record_failure(provider.name, info.model_id)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from support import MODEL, cosine_rows
 
-from tldw_Server_API.app.core.config import HuggingFaceConfig
+from tldw_Server_API.app.core.config import BatchingConfig, HuggingFaceConfig
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import EmbeddingProvider
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.huggingface_provider import HuggingFaceProvider
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
@@ -21,7 +21,8 @@ TEXTS = [("alpha beta gamma " * (i % 23 + 1)) + f"item {i}" for i in range(70)]
 
 @pytest.fixture()
 def provider(tmp_path: Path) -> Any:
-    return HuggingFaceProvider(HuggingFaceConfig(batch_size=8, torch_threads=0, device="cpu"), ModelResolver(tmp_path))
+    return HuggingFaceProvider(HuggingFaceConfig(batch_size=8, torch_threads=0, device="cpu"), ModelResolver(tmp_path),
+                               BatchingConfig(max_batch_tokens=512, max_wait_ms=1, max_queue_texts=1000))
 
 
 def test_satisfies_the_protocol(provider: HuggingFaceProvider) -> None:

@@ -41,7 +41,8 @@ class EmbeddingBatch:
 
 @runtime_checkable
 class EmbeddingProvider(Protocol):
-    """One provider family. `embed` gets texts already validated against `count_tokens`."""
+    """One provider family. `embed` gets texts already validated against `count_tokens`, and
+    their counts (capped at the model's max) when the provider could count them."""
 
     name: str
 
@@ -49,7 +50,9 @@ class EmbeddingProvider(Protocol):
 
     async def count_tokens(self, model_id: str, texts: Sequence[str]) -> list[int] | None: ...
 
-    async def embed(self, model_id: str, texts: Sequence[str]) -> EmbeddingBatch: ...
+    async def embed(
+        self, model_id: str, texts: Sequence[str], token_counts: Sequence[int] | None = None
+    ) -> EmbeddingBatch: ...
 
     def loaded_models(self) -> list[str]: ...
 
@@ -148,14 +151,14 @@ def _huggingface(config: EngineConfig) -> EmbeddingProvider:
     from tldw_Server_API.app.core.Embeddings.Embeddings_Server.huggingface_provider import HuggingFaceProvider
     from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
 
-    return HuggingFaceProvider(config.huggingface, ModelResolver(config.catalog.model_dir))
+    return HuggingFaceProvider(config.huggingface, ModelResolver(config.catalog.model_dir), config.batching)
 
 
 def _onnx(config: EngineConfig) -> EmbeddingProvider:
     from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
     from tldw_Server_API.app.core.Embeddings.Embeddings_Server.onnx_provider import OnnxProvider
 
-    return OnnxProvider(config.onnx, ModelResolver(config.catalog.model_dir))
+    return OnnxProvider(config.onnx, ModelResolver(config.catalog.model_dir), config.batching)
 
 
 _PROVIDER_FACTORIES: dict[str, Callable[[EngineConfig], EmbeddingProvider]] = {

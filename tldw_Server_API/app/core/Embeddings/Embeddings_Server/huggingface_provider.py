@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tldw_Server_API.app.core.config import HuggingFaceConfig
+from tldw_Server_API.app.core.config import BatchingConfig, HuggingFaceConfig
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import Forward, LocalModelProvider
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
 
@@ -18,8 +18,8 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution impo
 class HuggingFaceProvider(LocalModelProvider):
     name = "huggingface"
 
-    def __init__(self, config: HuggingFaceConfig, resolver: ModelResolver) -> None:
-        super().__init__(resolver, config.batch_size)
+    def __init__(self, config: HuggingFaceConfig, resolver: ModelResolver, batching: BatchingConfig) -> None:
+        super().__init__(resolver, config.batch_size, batching)
         self._config = config
 
     def _load_forward(self, model_id: str) -> Forward:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tldw_Server_API.app.core.config import BatchingConfig
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import EmbeddingBatch, ModelInfo
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import (
     ModelFiles,
@@ -24,6 +25,7 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution impo
     ModelResolver,
     read_metadata,
 )
+from tldw_Server_API.app.core.Embeddings.request_batching import MicroBatcher
 from tldw_Server_API.app.core.errors import ProviderError
 
 Forward = Callable[[dict[str, np.ndarray]], np.ndarray]  # encoded batch (numpy) -> pooled (n, d) float32
@@ -65,9 +67,11 @@ class BatchEncoder:
 class LocalModelProvider:
     name = "local"
 
-    def __init__(self, resolver: ModelResolver, batch_size: int) -> None:
+    def __init__(self, resolver: ModelResolver, batch_size: int, batching: BatchingConfig) -> None:
         self._resolver = resolver
         self._batch_size = batch_size
+        self._batching = batching
+        self._batchers: dict[str, MicroBatcher] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-embed")
         self._files: dict[str, ModelFiles] = {}
         self._meta: dict[str, ModelMetadata] = {}
@@ -138,7 +142,19 @@ class LocalModelProvider:
         result: list[int] = await self._run(count)
         return result
 
-    async def embed(self, model_id: str, texts: Sequence[str]) -> EmbeddingBatch:
+    async def embed(
+        self, model_id: str, texts: Sequence[str], token_counts: Sequence[int] | None = None
+    ) -> EmbeddingBatch:
+        """Through the model's micro-batcher, which merges concurrent requests into one call."""
+        batcher = self._batchers.get(model_id)
+        if batcher is None or batcher.loop is not asyncio.get_running_loop():
+            async def run_batch(batch_texts: list[str]) -> EmbeddingBatch:
+                return await self._encode_now(model_id, batch_texts)
+
+            batcher = self._batchers[model_id] = MicroBatcher(run_batch, self._batching)
+        return await batcher.submit(texts, token_counts)
+
+    async def _encode_now(self, model_id: str, texts: Sequence[str]) -> EmbeddingBatch:
         def run() -> EmbeddingBatch:
             return self._encoder_sync(model_id).encode(texts)
 
@@ -148,9 +164,18 @@ class LocalModelProvider:
             raise ProviderError(f"the local model '{model_id}' failed to embed the inputs") from exc
         return batch
 
+    def batcher_stats(self) -> dict[str, dict[str, Any]]:
+        return {
+            model_id: {"queued_texts": b.queued_texts, "batches_run": b.batches_run,
+                       "recent_batch_sizes": list(b.last_batch_sizes)[-8:]}
+            for model_id, b in self._batchers.items()
+        }
+
     async def health(self) -> dict[str, Any]:
-        return {"status": "healthy", "loaded_models": self.loaded_models()}
+        return {"status": "healthy", "loaded_models": self.loaded_models(), "batchers": self.batcher_stats()}
 
     async def aclose(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.aclose()
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._encoders.clear()

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tldw_Server_API.app.core.config import OnnxConfig
+from tldw_Server_API.app.core.config import BatchingConfig, OnnxConfig
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import Forward, LocalModelProvider
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
 from tldw_Server_API.app.core.errors import InvalidInput
@@ -33,8 +33,8 @@ def split_variant(model_id: str, default: str) -> tuple[str, str]:
 class OnnxProvider(LocalModelProvider):
     name = "onnx"
 
-    def __init__(self, config: OnnxConfig, resolver: ModelResolver) -> None:
-        super().__init__(resolver, config.batch_size)
+    def __init__(self, config: OnnxConfig, resolver: ModelResolver, batching: BatchingConfig) -> None:
+        super().__init__(resolver, config.batch_size, batching)
         self._config = config
         self._onnx_root = resolver.model_dir / "onnx"
 
