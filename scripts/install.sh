@@ -12,9 +12,10 @@ CL100K_FILE="9b5ad71b2ce5302211f9c61530b329a4922fc6a4"
 CL100K_SHA256="223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
 TIKTOKEN_DIR=".cache/tiktoken"
 
-stamp_input="$(cat pyproject.toml scripts/install.sh; echo "$extra")"
-stamp=".venv/.installed-${extra:-base}-$(printf '%s' "$stamp_input" | sha256sum | cut -c1-16)"
-if [[ -f "$stamp" && -f "$TIKTOKEN_DIR/$CL100K_FILE" ]]; then
+stamp_for() { printf '%s' "$(cat pyproject.toml scripts/install.sh; echo "$1")" | sha256sum | cut -c1-16; }
+stamp=".venv/.installed-${extra:-base}-$(stamp_for "$extra")"
+dev_stamp=".venv/.installed-dev-$(stamp_for dev)"   # a dev install holds everything the base needs
+if [[ -f "$TIKTOKEN_DIR/$CL100K_FILE" && ( -f "$stamp" || ( -z "$extra" && -f "$dev_stamp" ) ) ]]; then
   exit 0
 fi
 

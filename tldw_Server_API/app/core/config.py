@@ -82,6 +82,7 @@ class BatchingConfig:
     max_batch_tokens: int            # token budget of one merged model call
     max_wait_ms: float               # how long a lone request waits for company
     max_queue_texts: int             # queued texts per model before 429 overloaded
+    max_padded_tokens: int           # rows x longest row of one forward pass
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,11 @@ class Settings(BaseSettings):
         False, description="Truncate inputs over the model's max tokens instead of answering 400."
     )
     embeddings_local_batch_size: int = Field(
-        32, ge=1, description="Texts per forward pass of local models (huggingface, onnx), length-sorted."
+        256, ge=1, description="Most texts in one forward pass of a local model (huggingface, onnx)."
+    )
+    embeddings_local_batch_tokens: int = Field(
+        8192, ge=16, description="Padded-token budget (rows x longest row) of one local forward pass; "
+        "texts are sorted by token length first, so short texts batch wide and long ones narrow."
     )
     embeddings_torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default.")
     embeddings_device: str = Field("cpu", description="torch device for local models (cpu, cuda, cuda:1).")
@@ -236,6 +241,7 @@ class Settings(BaseSettings):
                 max_batch_tokens=self.embeddings_batch_max_tokens,
                 max_wait_ms=self.embeddings_batch_max_wait_ms,
                 max_queue_texts=self.embeddings_batch_queue_size,
+                max_padded_tokens=self.embeddings_local_batch_tokens,
             ),
         )
 

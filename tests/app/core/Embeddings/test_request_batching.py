@@ -50,7 +50,7 @@ class RecordingModel:
 
 
 def config(**overrides: float) -> BatchingConfig:
-    values = {"max_batch_tokens": 64, "max_wait_ms": 1.0, "max_queue_texts": 10_000}
+    values = {"max_batch_tokens": 64, "max_wait_ms": 1.0, "max_queue_texts": 10_000, "max_padded_tokens": 4096}
     values.update(overrides)
     return BatchingConfig(**values)  # type: ignore[arg-type]
 
@@ -142,3 +142,15 @@ def test_token_counts_drive_the_budget() -> None:
 @pytest.mark.parametrize("text", ["", "abcd", "x" * 400])
 def test_estimate_tokens_is_positive(text: str) -> None:
     assert estimate_tokens(text) >= 2
+
+
+@given(st.lists(st.integers(min_value=1, max_value=600), max_size=80).map(lambda xs: sorted(xs, reverse=True)),
+       st.integers(min_value=16, max_value=10_000), st.integers(min_value=1, max_value=300))
+def test_padded_batches_cover_every_text_once_within_budget(lengths: list[int], budget: int, max_rows: int) -> None:
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import plan_padded_batches
+
+    batches = plan_padded_batches(lengths, budget, max_rows)
+    assert [i for span in batches for i in span] == list(range(len(lengths)))
+    for span in batches:
+        assert 1 <= len(span) <= max_rows
+        assert len(span) == 1 or len(span) * lengths[span.start] <= budget

@@ -38,30 +38,54 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def plan_padded_batches(lengths: Sequence[int], max_padded_tokens: int, max_batch_size: int) -> list[range]:
+    """Cut positions of length-sorted (longest first) texts into batches whose padded size
+    (rows x longest row) stays within the budget; a text longer than the budget runs alone."""
+    batches, start = [], 0
+    while start < len(lengths):
+        longest = max(lengths[start], 1)
+        size = max(1, min(max_batch_size, max_padded_tokens // longest, len(lengths) - start))
+        batches.append(range(start, start + size))
+        start += size
+    return batches
+
+
 @dataclass
 class BatchEncoder:
-    """Length-sorted batching around a forward function; rows come back in input order."""
+    """Tokenise once, sort by token length, and run batches cut by a padded-token budget, so
+    texts of very different lengths never pad each other up; rows come back in input order."""
 
     tokenizer: Any
     forward: Forward
     max_tokens: int
     dimension: int
     batch_size: int
+    max_padded_tokens: int
+
+    def _pad(self, rows: list[list[int]], pad_id: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        for r, row in enumerate(rows):
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            ids[r, span], mask[r, span] = row, 1
+        return ids, mask
 
     def encode(self, texts: Sequence[str]) -> EmbeddingBatch:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        token_ids: list[list[int]] = self.tokenizer(
+            list(texts), truncation=True, max_length=self.max_tokens, padding=False,
+            return_attention_mask=False, return_token_type_ids=False,
+        )["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(token_ids[i]), reverse=True)
+        pad_id = self.tokenizer.pad_token_id or 0
         vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
-        counts = [0] * len(texts)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            encoded = self.tokenizer(
-                [texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_tokens,
-                return_tensors="np",
-            )
-            vectors[rows] = self.forward(dict(encoded))
-            for row, count in zip(rows, encoded["attention_mask"].sum(axis=1).tolist(), strict=True):
-                counts[row] = int(count)
-        return EmbeddingBatch(vectors=vectors, token_counts=counts)
+        for span in plan_padded_batches([len(token_ids[i]) for i in order], self.max_padded_tokens,
+                                        self.batch_size):
+            rows = [order[j] for j in span]
+            ids, mask = self._pad([token_ids[i] for i in rows], pad_id, len(token_ids[rows[0]]))
+            vectors[rows] = self.forward({"input_ids": ids, "attention_mask": mask,
+                                          "token_type_ids": np.zeros_like(ids)})
+        return EmbeddingBatch(vectors=vectors, token_counts=[len(row) for row in token_ids])
 
 
 class LocalModelProvider:
@@ -69,7 +93,7 @@ class LocalModelProvider:
 
     def __init__(self, resolver: ModelResolver, batch_size: int, batching: BatchingConfig) -> None:
         self._resolver = resolver
-        self._batch_size = batch_size
+        self._batch_size = batch_size  # most texts in one forward pass
         self._batching = batching
         self._batchers: dict[str, MicroBatcher] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-embed")
@@ -121,6 +145,7 @@ class LocalModelProvider:
             self._encoders[model_id] = BatchEncoder(
                 tokenizer=tokenizer, forward=forward, max_tokens=info.max_tokens or 512,
                 dimension=info.dimension or 0, batch_size=self._batch_size,
+                max_padded_tokens=self._batching.max_padded_tokens,
             )
         return self._encoders[model_id]
 

