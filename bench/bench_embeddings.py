@@ -125,13 +125,15 @@ def bench_http(texts: list[str], tokens_per_text: list[int], clients: int, model
                 return time.perf_counter() - start, latencies
 
         seconds, latencies = asyncio.run(run())
+        health = httpx.get(url.replace("/embeddings", "/embeddings/health")).json()
+        batchers = health["providers"][model.split(":")[0]]["batchers"]
     finally:
         server.terminate()
         server.wait(timeout=30)
     total = sum(tokens_per_text)
     return {"clients": clients, "requests": len(requests), "seconds": seconds, "tokens_per_s": total / seconds,
             "latency_p50_ms": statistics.median(latencies) * 1000,
-            "latency_p99_ms": float(np.percentile(latencies, 99)) * 1000}
+            "latency_p99_ms": float(np.percentile(latencies, 99)) * 1000, "server_batchers": batchers}
 
 
 def main() -> None:

@@ -80,7 +80,8 @@ class OnnxConfig:
 @dataclass(frozen=True)
 class BatchingConfig:
     max_batch_tokens: int            # token budget of one merged model call
-    max_wait_ms: float               # how long a lone request waits for company
+    max_wait_ms: float               # most a batch waits for more requests to arrive
+    quiet_ms: float                  # ...stopping early once none arrived for this long
     max_queue_texts: int             # queued texts per model before 429 overloaded
     max_padded_tokens: int           # rows x longest row of one forward pass
 
@@ -152,7 +153,7 @@ class Settings(BaseSettings):
         256, ge=1, description="Most texts in one forward pass of a local model (huggingface, onnx)."
     )
     embeddings_local_batch_tokens: int = Field(
-        8192, ge=16, description="Padded-token budget (rows x longest row) of one local forward pass; "
+        1024, ge=16, description="Padded-token budget (rows x longest row) of one local forward pass; "
         "texts are sorted by token length first, so short texts batch wide and long ones narrow."
     )
     embeddings_torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default.")
@@ -165,7 +166,10 @@ class Settings(BaseSettings):
         8192, ge=1, description="Micro-batcher: token budget of one merged model call across concurrent requests."
     )
     embeddings_batch_max_wait_ms: float = Field(
-        1.0, ge=0, description="Micro-batcher: how long a lone request waits for others to share its batch."
+        20.0, ge=0, description="Micro-batcher: most time a batch waits for more requests to join it (0: never)."
+    )
+    embeddings_batch_quiet_ms: float = Field(
+        2.0, ge=0, description="Micro-batcher: stop waiting once no request arrived for this long."
     )
     embeddings_batch_queue_size: int = Field(
         8192, ge=1, description="Micro-batcher: queued texts per model before requests get 429 `overloaded`."
@@ -240,6 +244,7 @@ class Settings(BaseSettings):
             batching=BatchingConfig(
                 max_batch_tokens=self.embeddings_batch_max_tokens,
                 max_wait_ms=self.embeddings_batch_max_wait_ms,
+                quiet_ms=self.embeddings_batch_quiet_ms,
                 max_queue_texts=self.embeddings_batch_queue_size,
                 max_padded_tokens=self.embeddings_local_batch_tokens,
             ),

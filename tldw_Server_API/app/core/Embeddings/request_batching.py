@@ -1,9 +1,11 @@
 """Micro-batching of concurrent embedding requests for one loaded model.
 
 Requests queue their texts; one worker task takes whole requests in arrival order up to a token
-budget (waiting at most `max_wait_ms` for company when the first one is alone), runs them as one
-model call (the encoder length-sorts inside it) and hands each request its own rows. While a
-batch runs, the next one gathers, so concurrency turns into bigger, better-packed batches. A full
+budget, runs them as one model call (the encoder length-sorts inside it) and hands each request its own rows. While a
+batch runs, the next one gathers, so concurrency turns into bigger, better-packed batches. Before
+each call the worker waits while requests keep arriving (a gap of `quiet_ms`, at most
+`max_wait_ms` in all): clients released together by one batch come back over a few milliseconds,
+and a fixed short wait would split them into a small batch and a large one. A full
 queue answers `Overloaded` (429) at once instead of queueing forever.
 
 `take_count` is the pure planning rule; `MicroBatcher` the asyncio plumbing around it.
@@ -94,13 +96,13 @@ class MicroBatcher:
                 return
             self._wakeup.clear()
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                await asyncio.wait_for(self._wakeup.wait(), min(self._config.quiet_ms / 1000, remaining))
             except TimeoutError:
-                return
+                return  # nobody arrived within the quiet gap
 
     async def _work(self) -> None:
         while self._queue:
-            if len(self._queue) == 1 and self._config.max_wait_ms > 0:
+            if self._config.max_wait_ms > 0:
                 await self._gather_company()
             batch = self._take()
             if batch:

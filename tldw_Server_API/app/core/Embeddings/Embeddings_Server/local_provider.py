@@ -1,9 +1,11 @@
 """Shared base of the in-process model providers (`huggingface`, `onnx`).
 
-It owns what they have in common: model-file resolution and metadata, one tokenizer per model,
-and the one dedicated inference thread every tokenizer and model call runs on (fast tokenizers
-mutate their truncation state per call and fail with "Already borrowed" across threads;
-concurrent forward passes would only fight over the same cores). A subclass supplies
+It owns what they have in common: model-file resolution and metadata, the micro-batcher per
+model, and two single threads, each with its own tokenizer instances: the inference thread (all
+model calls: concurrent forward passes would only fight over the same cores) and a counting
+thread, so that counting a new request's tokens never waits behind a running model call (which
+would split what should be one micro-batch into several). Fast tokenizers mutate their truncation
+state per call and fail with "Already borrowed" when one instance is shared across threads. A subclass supplies
 `_load_forward(model_id)`: a function from a tokenised, padded batch to pooled vectors.
 """
 
@@ -97,6 +99,8 @@ class LocalModelProvider:
         self._batching = batching
         self._batchers: dict[str, MicroBatcher] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-embed")
+        self._count_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-count")
+        self._count_tokenizers: dict[str, Any] = {}
         self._files: dict[str, ModelFiles] = {}
         self._meta: dict[str, ModelMetadata] = {}
         self._infos: dict[str, ModelInfo] = {}
@@ -128,13 +132,16 @@ class LocalModelProvider:
     def loaded_models(self) -> list[str]:
         return list(self._encoders)
 
-    # --- loading: only ever on self._executor's single thread, so no locks -------------------
+    # --- loading: each cache is only touched from its own single thread, so no locks ----------
+    def _new_tokenizer(self, model_id: str) -> Any:
+        quiet_transformers()
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self.model_path(model_id)))
+
     def _tokenizer_sync(self, model_id: str) -> Any:
         if model_id not in self._tokenizers:
-            quiet_transformers()
-            from transformers import AutoTokenizer
-
-            self._tokenizers[model_id] = AutoTokenizer.from_pretrained(str(self.model_path(model_id)))
+            self._tokenizers[model_id] = self._new_tokenizer(model_id)
         return self._tokenizers[model_id]
 
     def _encoder_sync(self, model_id: str) -> BatchEncoder:
@@ -158,13 +165,16 @@ class LocalModelProvider:
     # --- work -------------------------------------------------------------------------------
     async def count_tokens(self, model_id: str, texts: Sequence[str]) -> list[int]:
         def count() -> list[int]:
-            ids = self._tokenizer_sync(model_id)(
+            tokenizer = self._count_tokenizers.get(model_id)
+            if tokenizer is None:
+                tokenizer = self._count_tokenizers[model_id] = self._new_tokenizer(model_id)
+            ids = tokenizer(
                 list(texts), add_special_tokens=True, truncation=False,
                 return_attention_mask=False, return_token_type_ids=False,
             )["input_ids"]
             return [len(row) for row in ids]
 
-        result: list[int] = await self._run(count)
+        result: list[int] = await asyncio.get_running_loop().run_in_executor(self._count_executor, count)
         return result
 
     async def embed(
@@ -203,4 +213,5 @@ class LocalModelProvider:
         for batcher in self._batchers.values():
             await batcher.aclose()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._count_executor.shutdown(wait=True, cancel_futures=True)
         self._encoders.clear()
