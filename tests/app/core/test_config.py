@@ -137,8 +137,9 @@ def test_derived_configs_carry_the_settings(tmp_path: Path) -> None:
     assert (api.max_inputs, api.max_tokens_per_request, api.dimension_policy, api.truncate) == (5, 99, "pad", True)
     engine = settings.engine_config()
     hf, onnx = engine.huggingface, engine.onnx
-    assert (hf.batch_size, hf.torch_threads, hf.device) == (3, 2, "cuda")
-    assert (onnx.batch_size, onnx.threads, onnx.quantize) == (3, 4, "int8")
+    assert (hf.torch_threads, hf.device) == (2, "cuda")
+    assert (onnx.threads, onnx.quantize) == (4, "int8")
+    assert engine.batching.max_batch_rows == 3
     assert engine.catalog == catalog
     log = settings.logging_config()
     assert (log.level, log.json) == ("DEBUG", True)

@@ -65,14 +65,12 @@ class ModelCatalogConfig:
 
 @dataclass(frozen=True)
 class HuggingFaceConfig:
-    batch_size: int
     torch_threads: int               # 0: torch's own default
     device: str
 
 
 @dataclass(frozen=True)
 class OnnxConfig:
-    batch_size: int
     threads: int                     # 0: onnxruntime's own default
     quantize: Literal["fp32", "int8"]
 
@@ -84,6 +82,7 @@ class BatchingConfig:
     quiet_ms: float                  # ...stopping early once none arrived for this long
     max_queue_texts: int             # queued texts per model before 429 overloaded
     max_padded_tokens: int           # rows x longest row of one forward pass
+    max_batch_rows: int              # most texts in one forward pass
 
 
 @dataclass(frozen=True)
@@ -232,12 +231,10 @@ class Settings(BaseSettings):
         return EngineConfig(
             catalog=self.model_catalog_config(),
             huggingface=HuggingFaceConfig(
-                batch_size=self.embeddings_local_batch_size,
                 torch_threads=self.embeddings_torch_threads,
                 device=self.embeddings_device,
             ),
             onnx=OnnxConfig(
-                batch_size=self.embeddings_local_batch_size,
                 threads=self.embeddings_onnx_threads,
                 quantize=self.embeddings_onnx_quantize,
             ),
@@ -247,6 +244,7 @@ class Settings(BaseSettings):
                 quiet_ms=self.embeddings_batch_quiet_ms,
                 max_queue_texts=self.embeddings_batch_queue_size,
                 max_padded_tokens=self.embeddings_local_batch_tokens,
+                max_batch_rows=self.embeddings_local_batch_size,
             ),
         )
 

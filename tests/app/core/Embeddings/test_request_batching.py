@@ -51,7 +51,7 @@ class RecordingModel:
 
 def config(**overrides: float) -> BatchingConfig:
     values = {"max_batch_tokens": 64, "max_wait_ms": 1.0, "quiet_ms": 1.0, "max_queue_texts": 10_000,
-              "max_padded_tokens": 4096}
+              "max_padded_tokens": 4096, "max_batch_rows": 256}
     values.update(overrides)
     return BatchingConfig(**values)  # type: ignore[arg-type]
 

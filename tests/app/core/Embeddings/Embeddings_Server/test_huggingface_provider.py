@@ -21,9 +21,9 @@ TEXTS = [("alpha beta gamma " * (i % 23 + 1)) + f"item {i}" for i in range(70)]
 
 @pytest.fixture()
 def provider(tmp_path: Path) -> Any:
-    return HuggingFaceProvider(HuggingFaceConfig(batch_size=8, torch_threads=0, device="cpu"), ModelResolver(tmp_path),
+    return HuggingFaceProvider(HuggingFaceConfig(torch_threads=0, device="cpu"), ModelResolver(tmp_path),
                                BatchingConfig(max_batch_tokens=512, max_wait_ms=1, quiet_ms=1, max_queue_texts=1000,
-                                              max_padded_tokens=300))
+                                              max_padded_tokens=300, max_batch_rows=8))
 
 
 def test_satisfies_the_protocol(provider: HuggingFaceProvider) -> None:

@@ -19,7 +19,7 @@ class HuggingFaceProvider(LocalModelProvider):
     name = "huggingface"
 
     def __init__(self, config: HuggingFaceConfig, resolver: ModelResolver, batching: BatchingConfig) -> None:
-        super().__init__(resolver, config.batch_size, batching)
+        super().__init__(resolver, batching)
         self._config = config
 
     def _load_forward(self, model_id: str) -> Forward:

@@ -5,8 +5,9 @@ model, and two single threads, each with its own tokenizer instances: the infere
 model calls: concurrent forward passes would only fight over the same cores) and a counting
 thread, so that counting a new request's tokens never waits behind a running model call (which
 would split what should be one micro-batch into several). Fast tokenizers mutate their truncation
-state per call and fail with "Already borrowed" when one instance is shared across threads. A subclass supplies
-`_load_forward(model_id)`: a function from a tokenised, padded batch to pooled vectors.
+state per call and fail with "Already borrowed" when one instance is shared across threads.
+A subclass supplies `_load_forward(model_id)`: a function from a tokenised, padded batch to
+pooled vectors.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,9 +95,8 @@ class BatchEncoder:
 class LocalModelProvider:
     name = "local"
 
-    def __init__(self, resolver: ModelResolver, batch_size: int, batching: BatchingConfig) -> None:
+    def __init__(self, resolver: ModelResolver, batching: BatchingConfig) -> None:
         self._resolver = resolver
-        self._batch_size = batch_size  # most texts in one forward pass
         self._batching = batching
         self._batchers: dict[str, MicroBatcher] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-embed")
@@ -125,7 +126,7 @@ class LocalModelProvider:
             self._files[model_id], self._meta[model_id], self._infos[model_id] = files, meta, info
         return info
 
-    def model_path(self, model_id: str) -> Any:
+    def model_path(self, model_id: str) -> Path:
         self.model_info(model_id)
         return self._files[model_id].path
 
@@ -133,31 +134,30 @@ class LocalModelProvider:
         return list(self._encoders)
 
     # --- loading: each cache is only touched from its own single thread, so no locks ----------
-    def _new_tokenizer(self, model_id: str) -> Any:
-        quiet_transformers()
-        from transformers import AutoTokenizer
+    def _tokenizer_sync(self, model_id: str, cache: dict[str, Any]) -> Any:
+        """The tokenizer instance of one thread (`cache` is that thread's own)."""
+        if model_id not in cache:
+            quiet_transformers()
+            from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(self.model_path(model_id)))
-
-    def _tokenizer_sync(self, model_id: str) -> Any:
-        if model_id not in self._tokenizers:
-            self._tokenizers[model_id] = self._new_tokenizer(model_id)
-        return self._tokenizers[model_id]
+            cache[model_id] = AutoTokenizer.from_pretrained(str(self.model_path(model_id)))
+        return cache[model_id]
 
     def _encoder_sync(self, model_id: str) -> BatchEncoder:
         if model_id not in self._encoders:
             info = self.model_info(model_id)
-            tokenizer = self._tokenizer_sync(model_id)
+            tokenizer = self._tokenizer_sync(model_id, self._tokenizers)
             forward = self._load_forward(model_id)
             self._encoders[model_id] = BatchEncoder(
                 tokenizer=tokenizer, forward=forward, max_tokens=info.max_tokens or 512,
-                dimension=info.dimension or 0, batch_size=self._batch_size,
+                dimension=info.dimension or 0, batch_size=self._batching.max_batch_rows,
                 max_padded_tokens=self._batching.max_padded_tokens,
             )
         return self._encoders[model_id]
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def _run(self, fn: Callable[..., Any], *args: Any, executor: ThreadPoolExecutor | None = None) -> Any:
+        """Run on the inference thread (default) or the given single-thread executor."""
+        return await asyncio.get_running_loop().run_in_executor(executor or self._executor, fn, *args)
 
     async def load(self, model_id: str) -> None:
         await self._run(self._encoder_sync, model_id)
@@ -165,16 +165,13 @@ class LocalModelProvider:
     # --- work -------------------------------------------------------------------------------
     async def count_tokens(self, model_id: str, texts: Sequence[str]) -> list[int]:
         def count() -> list[int]:
-            tokenizer = self._count_tokenizers.get(model_id)
-            if tokenizer is None:
-                tokenizer = self._count_tokenizers[model_id] = self._new_tokenizer(model_id)
-            ids = tokenizer(
+            ids = self._tokenizer_sync(model_id, self._count_tokenizers)(
                 list(texts), add_special_tokens=True, truncation=False,
                 return_attention_mask=False, return_token_type_ids=False,
             )["input_ids"]
             return [len(row) for row in ids]
 
-        result: list[int] = await asyncio.get_running_loop().run_in_executor(self._count_executor, count)
+        result: list[int] = await self._run(count, executor=self._count_executor)
         return result
 
     async def embed(

@@ -34,7 +34,7 @@ class OnnxProvider(LocalModelProvider):
     name = "onnx"
 
     def __init__(self, config: OnnxConfig, resolver: ModelResolver, batching: BatchingConfig) -> None:
-        super().__init__(resolver, config.batch_size, batching)
+        super().__init__(resolver, batching)
         self._config = config
         self._onnx_root = resolver.model_dir / "onnx"
 
