@@ -52,6 +52,16 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class Conflict(TLDWError):
+    """The resource already exists (a vector store name, say)."""
+
+    code = "conflict"
+
+
+class UnsupportedMediaType(TLDWError):
+    code = "unsupported_media_type"
+
+
 class ProviderNotImplemented(TLDWError):
     code = "provider_not_implemented"
 
@@ -60,6 +70,19 @@ class ProviderError(TLDWError):
     """The upstream provider or local model failed or answered something unusable."""
 
     code = "provider_error"
+
+
+class ProviderTransientError(ProviderError):
+    """A provider failure worth retrying or falling back from: upstream 5xx, 429, timeout,
+    connection error, or an open circuit. `retry_after` is the upstream's hint, in seconds."""
+
+    code = "provider_unavailable"
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retry_after = retry_after
 
 
 class RetryableError(TLDWError):

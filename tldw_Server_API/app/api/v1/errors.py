@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from tldw_Server_API.app.core.errors import (
     AuthenticationFailed,
+    Conflict,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
@@ -23,9 +24,9 @@ from tldw_Server_API.app.core.errors import (
     ProviderError,
     ProviderNotImplemented,
     RateLimited,
-    RetryableError,
     ServiceUnavailable,
     TLDWError,
+    UnsupportedMediaType,
 )
 from tldw_Server_API.app.core.errors import Overloaded as OverloadedError
 
@@ -35,7 +36,9 @@ ERROR_TABLE: dict[type[TLDWError], tuple[int, str]] = {
     AuthenticationFailed: (401, "invalid_request_error"),
     PermissionDenied: (403, "permission_error"),
     NotFound: (404, "invalid_request_error"),
+    Conflict: (409, "invalid_request_error"),
     PayloadTooLarge: (413, "invalid_request_error"),
+    UnsupportedMediaType: (415, "invalid_request_error"),
     RateLimited: (429, "rate_limit_error"),
     OverloadedError: (429, "rate_limit_error"),
     ProviderNotImplemented: (501, "invalid_request_error"),
@@ -77,8 +80,9 @@ def status_for(exc: TLDWError) -> tuple[int, str]:
 def domain_error_response(exc: TLDWError) -> Response:
     status, err_type = status_for(exc)
     headers = {}
-    if isinstance(exc, RetryableError) and exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    retry_after = getattr(exc, "retry_after", None)  # RetryableError, ProviderTransientError
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return error_response(status, exc.message, err_type, exc.code, exc.param, headers)
