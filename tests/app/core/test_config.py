@@ -150,7 +150,9 @@ def test_derived_configs_carry_the_settings(tmp_path: Path) -> None:
 def test_env_var_table_lists_every_field() -> None:
     table = env_var_table()
     names = [row[0] for row in table]
-    assert names == [name.upper() for name in Settings.model_fields]
+    flat = [name.upper() for name in Settings.model_fields if name != "rag"]
+    assert [n for n in names if not n.startswith("RAG__")] == flat
+    assert {"RAG__VECTOR_STORE_TYPE", "RAG__PGVECTOR__DSN", "RAG__PGVECTOR__EF_SEARCH"} <= set(names)
     assert len(set(names)) == len(names)
     for name, default, description in table:
         assert name.isupper() and description.strip(), name
@@ -160,3 +162,16 @@ def test_env_var_table_lists_every_field() -> None:
     assert rows["SINGLE_USER_API_KEY"] == "unset"
     assert rows["EMBEDDINGS_MODELS"].split(",")[0] == f"huggingface:{BUNDLED_MODEL_ID}"
     assert {"TLDW_DATA_DIR", "API_KEYS_FILE", "TIKTOKEN_CACHE_DIR", "EMBEDDINGS_MODEL_DIR"} <= set(rows)
+
+
+def test_nested_rag_and_json_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG__VECTOR_STORE_TYPE", "pgvector")
+    monkeypatch.setenv("RAG__PGVECTOR__DSN", "postgresql://u@h/db")
+    monkeypatch.setenv("EMBEDDINGS_FALLBACK_CHAIN", '{"openai": ["onnx"]}')
+    monkeypatch.setenv("EMBEDDINGS_DENIED_MODELS", "text-*, b")
+    settings = Settings()
+    storage = settings.storage_config()
+    assert (storage.vector_store_type, storage.pgvector_dsn) == ("pgvector", "postgresql://u@h/db")
+    policy = settings.resilience_config().policy
+    assert policy.fallback_chain == {"openai": ["onnx"]}
+    assert policy.denied_models == ("text-*", "b")

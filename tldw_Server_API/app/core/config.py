@@ -7,12 +7,13 @@ Modules never see `Settings`: they get the small frozen `*Config` dataclasses bu
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -27,6 +28,7 @@ DEFAULT_PROMPTS_FILE = REPO_ROOT / "Config_Files" / "Prompts" / "embeddings.prom
 BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 CommaList = Annotated[list[str], NoDecode]
+JsonDict = Annotated[dict[str, Any], NoDecode]
 
 
 def _split_commas(value: Any) -> Any:
@@ -86,11 +88,143 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True)
+class ModelManagerConfig:
+    max_models_in_memory: int        # loaded models per local provider (LRU beyond)
+    max_memory_mb: int               # estimated weights memory per local provider; 0: no cap
+    unload_timeout_s: float          # idle models unload after this; 0: never
+    revisions: dict[str, str]        # model id -> pinned revision (mismatch refused)
+    trusted_remote_code: tuple[str, ...]  # id patterns (trailing *) allowed trust_remote_code
+    auto_download: bool              # fetch from the hub when not found locally
+    preload: tuple[str, ...]         # provider:model warmed at startup
+
+
+@dataclass(frozen=True)
+class RemoteAPIConfig:
+    """One OpenAI-compatible upstream (OpenAI itself, or a local server)."""
+
+    base_url: str | None
+    api_key: str | None
+    pool_size: int                   # connections per base URL
+    timeout_s: float                 # whole-request timeout
+    max_batch_size: int              # inputs per upstream request; larger requests are split
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     catalog: ModelCatalogConfig
     huggingface: HuggingFaceConfig
     onnx: OnnxConfig
     batching: BatchingConfig
+    models: ModelManagerConfig
+    openai: RemoteAPIConfig
+    local_api: RemoteAPIConfig
+    prompts_file: Path               # Qwen3-style instruction prompts
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    enabled: bool
+    ttl_s: float
+    max_size: int
+    cleanup_interval_s: float
+    daemon: bool                     # run the periodic cleaner
+    redis_url: str | None            # L2 shared by server processes; None: in-process only
+    redis_prefix: str
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    failure_threshold: int           # consecutive failures that open the circuit
+    recovery_timeout_s: float        # open -> half-open after this
+    half_open_probes: int            # successes in half-open that close it again
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    max_retries: int
+    base_delay_s: float
+    max_delay_s: float
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    enforce: bool
+    strict: bool                     # no admin bypass
+    allowed_providers: tuple[str, ...]
+    allowed_models: tuple[str, ...]
+    denied_providers: tuple[str, ...]
+    denied_models: tuple[str, ...]
+    fallback_chain: dict[str, list[str]]
+    fallback_model_map: dict[str, str]
+    allow_fallback_with_header: bool
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    enabled: bool
+    global_rps: float
+    global_burst: int
+    tenant_rps: float                # 0: no per-user limit
+    tenant_burst: int
+    redis_url: str | None
+    redis_prefix: str
+
+
+@dataclass(frozen=True)
+class ResilienceConfig:
+    cache: CacheConfig
+    breaker: BreakerConfig
+    retry: RetryConfig
+    policy: PolicyConfig
+    rate_limit: RateLimitConfig
+
+
+@dataclass(frozen=True)
+class ChunkingDefaults:
+    method: Literal["words", "sentences", "paragraphs", "tokens"]
+    max_size: int
+    overlap: int
+    max_allowed_size: int
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    data_dir: Path
+    vector_store_type: Literal["chroma", "pgvector"]
+    pgvector_dsn: str | None
+    pgvector_ef_search: int
+    chroma_force_stub: bool
+    jobs_db_url: str                 # SQLAlchemy URL of jobs, vector-store metadata and batches
+    max_upload_bytes: int
+    chunking: ChunkingDefaults
+    pipeline_concurrency: int
+    pipeline_queue_size: int
+
+
+class PgvectorSettings(BaseModel):
+    dsn: str | None = Field(None, description="PostgreSQL DSN of the pgvector store (`postgresql://...`).")
+    ef_search: int = Field(100, ge=1, description="`hnsw.ef_search` per query (recall vs speed).")
+
+
+class RAGSettings(BaseModel):
+    vector_store_type: Literal["chroma", "pgvector"] = Field(
+        "chroma", description="Vector store of media chunks: chroma (embedded) or pgvector."
+    )
+    pgvector: PgvectorSettings = Field(default_factory=lambda: PgvectorSettings.model_validate({}))
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return json.loads(value) if value.strip() else {}
+    return value
+
+
+DEFAULT_FALLBACK_CHAIN: dict[str, list[str]] = {
+    "openai": ["huggingface", "onnx", "local_api"],
+    "local_api": ["huggingface", "onnx"],
+    "huggingface": ["onnx"],
+    "onnx": ["huggingface"],
+}
 
 
 class Settings(BaseSettings):
@@ -173,16 +307,153 @@ class Settings(BaseSettings):
     embeddings_batch_queue_size: int = Field(
         8192, ge=1, description="Micro-batcher: queued texts per model before requests get 429 `overloaded`."
     )
+    # --- model management ---------------------------------------------------------------------
+    embeddings_max_models_in_memory: int = Field(
+        3, ge=1, description="Loaded models per local provider; the least recently used idle one is unloaded beyond."
+    )
+    embeddings_max_model_memory_mb: int = Field(
+        0, ge=0, description="Cap on the estimated weight memory of one local provider's models (0: none)."
+    )
+    embeddings_unload_timeout_seconds: float = Field(
+        0, ge=0, description="Unload a local model idle this long (0: keep loaded)."
+    )
+    embeddings_model_revisions: JsonDict = Field(
+        {}, description='JSON map of model id -> pinned revision, e.g. `{"org/model": "abc123"}`; a local copy '
+        "with another revision is refused."
+    )
+    trusted_hf_remote_code_models: CommaList = Field(
+        [], description="Comma-separated model id patterns (trailing `*`) allowed to run `trust_remote_code`."
+    )
+    auto_download_models: bool = Field(
+        True, description="Download models from the Hugging Face hub when not found locally (needs network)."
+    )
+    preload_embedding_models: CommaList = Field(
+        [], description="Comma-separated `provider:model` entries loaded (and warmed) at startup."
+    )
+
+    # --- remote providers -------------------------------------------------------------------
+    openai_api_key: SecretStr | None = Field(None, description="API key of the `openai` provider.")
+    openai_base_url: str = Field("https://api.openai.com/v1", description="Base URL of the `openai` provider.")
+    embeddings_local_api_url: str | None = Field(
+        None, description="Base URL of the `local_api` provider, an OpenAI-compatible server "
+        "(e.g. `http://127.0.0.1:8080/v1`); unset: the provider answers 501."
+    )
+    embeddings_local_api_key: SecretStr | None = Field(None, description="Bearer key for the `local_api` server.")
+    embeddings_connection_pool_size: int = Field(
+        20, ge=1, description="Pooled HTTP connections per upstream base URL."
+    )
+    embeddings_request_timeout: float = Field(60.0, gt=0, description="Seconds one upstream request may take.")
+    embeddings_max_batch_size: int = Field(
+        2048, ge=1, description="Inputs per upstream request; larger requests are split."
+    )
+
+    # --- cache, breaker, retries --------------------------------------------------------------
+    embeddings_cache_enabled: bool = Field(True, description="Cache embeddings per text.")
+    embeddings_cache_ttl_seconds: float = Field(3600, gt=0, description="Lifetime of a cached embedding.")
+    embeddings_cache_max_size: int = Field(5000, ge=1, description="Cached embeddings kept in process (LRU beyond).")
+    embeddings_cache_cleanup_interval: float = Field(
+        300, gt=0, description="Seconds between sweeps of expired cache entries."
+    )
+    embeddings_ttlcache_daemon: bool = Field(True, description="Run the periodic cache sweeper.")
+    embeddings_cache_redis: bool = Field(
+        False, description="Also cache in Redis at `REDIS_URL` (L2 shared by every server process)."
+    )
+    redis_url: str | None = Field(None, description="Redis URL (`redis://127.0.0.1:6379/0`) for the L2 cache "
+                                  "and shared rate limits.")
+    redis_key_prefix: str = Field("tldw", description="Prefix of every Redis key this server writes.")
+    embeddings_circuit_failure_threshold: int = Field(
+        5, ge=1, description="Consecutive provider failures that open its circuit breaker."
+    )
+    embeddings_circuit_recovery_timeout: float = Field(
+        30, gt=0, description="Seconds an open circuit waits before letting a probe through."
+    )
+    embeddings_circuit_half_open_probes: int = Field(
+        1, ge=1, description="Successful probes that close a half-open circuit."
+    )
+    embeddings_max_retries: int = Field(3, ge=0, description="Retries of an upstream call on 429/5xx/network errors.")
+    embeddings_retry_base_delay: float = Field(0.5, ge=0, description="First retry delay in seconds (doubles).")
+    embeddings_retry_max_delay: float = Field(20, ge=0, description="Longest wait between retries in seconds.")
+
+    # --- policy and fallback ------------------------------------------------------------------
+    embeddings_enforce_policy: bool = Field(False, description="Apply the allow/deny lists below (403).")
+    embeddings_enforce_policy_strict: bool = Field(
+        False, description="Apply the policy to admins too (otherwise admins bypass it)."
+    )
+    embeddings_allowed_providers: CommaList = Field([], description="Providers allowed (empty: all).")
+    embeddings_allowed_models: CommaList = Field([], description="Models allowed, trailing `*` wildcard (empty: all).")
+    embeddings_denied_providers: CommaList = Field([], description="Providers refused.")
+    embeddings_denied_models: CommaList = Field([], description="Models refused, trailing `*` wildcard.")
+    embeddings_fallback_chain: JsonDict = Field(
+        DEFAULT_FALLBACK_CHAIN, description="JSON: provider -> providers tried in order when it fails "
+        "(5xx, 429, network, open circuit). `{}` disables fallback."
+    )
+    embeddings_fallback_model_map: JsonDict = Field(
+        {}, description='JSON: `"provider:model"` -> model used on a fallback provider, keyed '
+        '`"<from provider>:<model>-><to provider>"` or `"<to provider>"`; default: the default model.'
+    )
+    embeddings_allow_fallback_with_header: bool = Field(
+        False, description="Keep fallback on when the caller pins a provider with the `x-provider` header."
+    )
+
+    # --- rate limits ----------------------------------------------------------------------------
+    embeddings_rate_limit: Literal["on", "off"] = Field("off", description="`on`: enforce the global request rate.")
+    embeddings_global_rps: float = Field(200, gt=0, description="Global requests/second when the limit is on.")
+    embeddings_global_burst: int = Field(400, ge=1, description="Global burst size (token bucket capacity).")
+    embeddings_tenant_rps: float = Field(0, ge=0, description="Requests/second per user (0: no per-user limit).")
+    embeddings_tenant_burst: int = Field(0, ge=0, description="Per-user burst (0: twice the rate, at least 1).")
+    embeddings_rate_limit_redis: bool = Field(
+        False, description="Keep the buckets in Redis at `REDIS_URL`, shared by every server process."
+    )
+
+    # --- storage, media and RAG -------------------------------------------------------------
+    rag: RAGSettings = Field(
+        default_factory=lambda: RAGSettings.model_validate({}),
+        description="Nested: `RAG__VECTOR_STORE_TYPE` (chroma|pgvector), `RAG__PGVECTOR__DSN`, "
+        "`RAG__PGVECTOR__EF_SEARCH` (100).",
+    )
+    chromadb_force_stub: bool = Field(
+        False, description="Use an in-memory vector store instead of Chroma (tests of other modules only)."
+    )
+    embeddings_jobs_db_url: str | None = Field(
+        None, description="SQLAlchemy URL of the jobs / vector-store metadata DB "
+        "(default SQLite `$TLDW_DATA_DIR/embeddings_jobs.db`)."
+    )
+    media_max_upload_bytes: int = Field(
+        25 * 1024 * 1024, ge=1, description="Largest media upload accepted (413 above)."
+    )
+    chunking_method: Literal["words", "sentences", "paragraphs", "tokens"] = Field(
+        "words", description="Default chunking method of media embedding."
+    )
+    chunking_max_size: int = Field(1000, ge=1, description="Default chunk size (in the method's units).")
+    chunking_overlap: int = Field(200, ge=0, description="Default chunk overlap (in the method's units).")
+    chunking_max_allowed_size: int = Field(10_000, ge=1, description="Largest chunk size a caller may ask for.")
+    embeddings_pipeline_concurrency: int = Field(
+        2, ge=1, description="Media embedding jobs run at once by the in-process executor."
+    )
+    embeddings_pipeline_queue_size: int = Field(
+        1000, ge=1, description="Queued media embedding jobs before new ones get 429."
+    )
     tiktoken_cache_dir: Path | None = Field(
         None,
         description="Directory holding tiktoken's cl100k_base file, used to decode token-array inputs. "
         "The install script provisions `.cache/tiktoken`.",
     )
 
-    @field_validator("embeddings_models", mode="before")
+    @field_validator(
+        "embeddings_models", "trusted_hf_remote_code_models", "preload_embedding_models",
+        "embeddings_allowed_providers", "embeddings_allowed_models", "embeddings_denied_providers",
+        "embeddings_denied_models", mode="before",
+    )
     @classmethod
     def _comma_lists(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @field_validator(
+        "embeddings_model_revisions", "embeddings_fallback_chain", "embeddings_fallback_model_map", mode="before"
+    )
+    @classmethod
+    def _json_dicts(cls, value: Any) -> Any:
+        return _json_value(value)
 
     @classmethod
     def settings_customise_sources(
@@ -246,6 +517,90 @@ class Settings(BaseSettings):
                 max_padded_tokens=self.embeddings_local_batch_tokens,
                 max_batch_rows=self.embeddings_local_batch_size,
             ),
+            models=ModelManagerConfig(
+                max_models_in_memory=self.embeddings_max_models_in_memory,
+                max_memory_mb=self.embeddings_max_model_memory_mb,
+                unload_timeout_s=self.embeddings_unload_timeout_seconds,
+                revisions={str(k): str(v) for k, v in self.embeddings_model_revisions.items()},
+                trusted_remote_code=tuple(self.trusted_hf_remote_code_models),
+                auto_download=self.auto_download_models,
+                preload=tuple(self.preload_embedding_models),
+            ),
+            openai=self._remote(self.openai_base_url, self.openai_api_key),
+            local_api=self._remote(self.embeddings_local_api_url, self.embeddings_local_api_key),
+            prompts_file=DEFAULT_PROMPTS_FILE,
+        )
+
+    def _remote(self, base_url: str | None, key: SecretStr | None) -> RemoteAPIConfig:
+        return RemoteAPIConfig(
+            base_url=base_url.rstrip("/") if base_url else None,
+            api_key=key.get_secret_value() if key else None,
+            pool_size=self.embeddings_connection_pool_size,
+            timeout_s=self.embeddings_request_timeout,
+            max_batch_size=self.embeddings_max_batch_size,
+        )
+
+    def resilience_config(self) -> ResilienceConfig:
+        redis_url = self.redis_url
+        return ResilienceConfig(
+            cache=CacheConfig(
+                enabled=self.embeddings_cache_enabled,
+                ttl_s=self.embeddings_cache_ttl_seconds,
+                max_size=self.embeddings_cache_max_size,
+                cleanup_interval_s=self.embeddings_cache_cleanup_interval,
+                daemon=self.embeddings_ttlcache_daemon,
+                redis_url=redis_url if self.embeddings_cache_redis else None,
+                redis_prefix=f"{self.redis_key_prefix}:emb:cache",
+            ),
+            breaker=BreakerConfig(
+                failure_threshold=self.embeddings_circuit_failure_threshold,
+                recovery_timeout_s=self.embeddings_circuit_recovery_timeout,
+                half_open_probes=self.embeddings_circuit_half_open_probes,
+            ),
+            retry=RetryConfig(
+                max_retries=self.embeddings_max_retries,
+                base_delay_s=self.embeddings_retry_base_delay,
+                max_delay_s=self.embeddings_retry_max_delay,
+            ),
+            policy=PolicyConfig(
+                enforce=self.embeddings_enforce_policy,
+                strict=self.embeddings_enforce_policy_strict,
+                allowed_providers=tuple(self.embeddings_allowed_providers),
+                allowed_models=tuple(self.embeddings_allowed_models),
+                denied_providers=tuple(self.embeddings_denied_providers),
+                denied_models=tuple(self.embeddings_denied_models),
+                fallback_chain={str(k): [str(p) for p in v] for k, v in self.embeddings_fallback_chain.items()},
+                fallback_model_map={str(k): str(v) for k, v in self.embeddings_fallback_model_map.items()},
+                allow_fallback_with_header=self.embeddings_allow_fallback_with_header,
+            ),
+            rate_limit=RateLimitConfig(
+                enabled=self.embeddings_rate_limit == "on" or self.embeddings_tenant_rps > 0,
+                global_rps=self.embeddings_global_rps if self.embeddings_rate_limit == "on" else 0.0,
+                global_burst=self.embeddings_global_burst,
+                tenant_rps=self.embeddings_tenant_rps,
+                tenant_burst=self.embeddings_tenant_burst or max(1, int(self.embeddings_tenant_rps * 2)),
+                redis_url=redis_url if self.embeddings_rate_limit_redis else None,
+                redis_prefix=f"{self.redis_key_prefix}:emb:rl",
+            ),
+        )
+
+    def storage_config(self) -> StorageConfig:
+        return StorageConfig(
+            data_dir=self.data_dir,
+            vector_store_type=self.rag.vector_store_type,
+            pgvector_dsn=self.rag.pgvector.dsn,
+            pgvector_ef_search=self.rag.pgvector.ef_search,
+            chroma_force_stub=self.chromadb_force_stub,
+            jobs_db_url=self.embeddings_jobs_db_url or f"sqlite:///{self.data_dir / 'embeddings_jobs.db'}",
+            max_upload_bytes=self.media_max_upload_bytes,
+            chunking=ChunkingDefaults(
+                method=self.chunking_method,
+                max_size=self.chunking_max_size,
+                overlap=self.chunking_overlap,
+                max_allowed_size=self.chunking_max_allowed_size,
+            ),
+            pipeline_concurrency=self.embeddings_pipeline_concurrency,
+            pipeline_queue_size=self.embeddings_pipeline_queue_size,
         )
 
 
@@ -255,18 +610,29 @@ def _show_default(default: Any) -> str:
     if isinstance(default, bool):
         return str(default).lower()
     if isinstance(default, list):
-        return ",".join(default)
+        return ",".join(default) if default else "empty"
+    if isinstance(default, dict):
+        return json.dumps(default) if default else "{}"
     if isinstance(default, Path) and not default.is_absolute():
         return f"./{default}"
     return str(default)
 
 
+def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str]]:
+    rows = []
+    for name, field in model.model_fields.items():
+        env = f"{prefix}{name.upper()}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(_rows(annotation, f"{env}__"))  # nested: RAG__PGVECTOR__DSN
+            continue
+        rows.append((env, _show_default(field.default), field.description or ""))
+    return rows
+
+
 def env_var_table() -> list[tuple[str, str, str]]:
     """(ENV_VAR, default, description) for every field: the README's configuration table."""
-    rows = []
-    for name, field in Settings.model_fields.items():
-        rows.append((name.upper(), _show_default(field.default), field.description or ""))
-    return rows
+    return _rows(Settings, "")
 
 
 def env_var_markdown() -> str:
