@@ -1,0 +1,181 @@
+"""Text extraction of uploaded media: plain text, Markdown (kept as-is) and HTML (to plain text with
+the standard library's `html.parser`). Pure: bytes in, (title, text) out. Imports only the standard
+library and core errors; raises InvalidInput / UnsupportedMediaType, never HTTP errors; does no I/O.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from html.parser import HTMLParser
+from pathlib import PurePosixPath
+from typing import Literal
+
+from tldw_Server_API.app.core.errors import InvalidInput, UnsupportedMediaType
+
+TextKind = Literal["text", "markdown", "html"]
+
+EXTENSION_KINDS: dict[str, TextKind] = {
+    ".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html",
+}
+CONTENT_TYPE_KINDS: dict[str, TextKind] = {
+    "text/plain": "text", "text/markdown": "markdown", "text/x-markdown": "markdown",
+    "text/html": "html", "application/xhtml+xml": "html",
+}
+
+# Elements whose content is not text a reader sees.
+_SKIPPED = frozenset({"script", "style", "head", "template", "noscript", "svg", "math", "iframe", "object"})
+# Elements that start a paragraph (blank line) or a line; table cells are separated by a space.
+_PARAGRAPH_TAGS = frozenset({
+    "p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "table", "ul", "ol", "dl", "section",
+    "article", "header", "footer", "nav", "aside", "main", "figure", "hr", "form", "fieldset", "address", "details",
+})
+_LINE_TAGS = frozenset({"br", "li", "tr", "div", "dt", "dd", "figcaption", "caption", "summary", "option", "body"})
+_CELL_TAGS = frozenset({"td", "th"})
+_SPACES = re.compile(r"\s+")
+
+Piece = tuple[str, str | int]  # ("text" | "pre", text) or ("break", newline count)
+
+
+class _TextCollector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.pieces: list[Piece] = []
+        self.title_parts: list[str] = []
+        self._skipping: list[str] = []
+        self._pre_depth = 0
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:  # noqa: ARG002 (HTMLParser API)
+        if tag == "body":
+            self._skipping.clear()  # a missing </head> must not hide the whole document
+        if tag in _SKIPPED:
+            self._skipping.append(tag)
+        elif tag == "title":
+            self._in_title = True
+        elif tag == "pre":
+            self._pre_depth += 1
+        self._mark_break(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._skipping:
+            while self._skipping and self._skipping.pop() != tag:
+                pass
+        elif tag == "title":
+            self._in_title = False
+        elif tag == "pre" and self._pre_depth:
+            self._pre_depth -= 1
+        self._mark_break(tag)
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title and "svg" not in self._skipping:
+            self.title_parts.append(data)
+            return
+        if self._skipping:
+            return
+        if self._pre_depth:
+            self.pieces.append(("pre", data))
+        else:
+            self.pieces.append(("text", _SPACES.sub(" ", data)))
+
+    def _mark_break(self, tag: str) -> None:
+        if self._skipping:
+            return
+        if tag in _PARAGRAPH_TAGS:
+            self.pieces.append(("break", 2))
+        elif tag in _LINE_TAGS:
+            self.pieces.append(("break", 1))
+        elif tag in _CELL_TAGS:
+            self.pieces.append(("text", " "))
+
+
+def _assemble(pieces: list[Piece]) -> str:
+    """Join text pieces; breaks become at most one blank line; spaces next to breaks are dropped."""
+    out: list[str] = []
+    pending = 0
+    for kind, value in pieces:
+        if isinstance(value, int):
+            pending = max(pending, value)
+            continue
+        if kind == "text" and (pending or not out or out[-1].endswith((" ", "\n"))):
+            value = value.lstrip(" ")
+        if not value:
+            continue
+        if pending and out:
+            out[-1] = out[-1].rstrip(" ")
+            out.append("\n" * pending)
+        pending = 0
+        out.append(value)
+    return "".join(out).strip()
+
+
+def html_to_text(html: str) -> str:
+    """Readable text of an HTML document: no script/style/head, block elements on their own lines,
+    paragraphs separated by one blank line, entities unescaped, runs of whitespace collapsed
+    (except inside <pre>)."""
+    return _parse_html(html)[1]
+
+
+def _parse_html(html: str) -> tuple[str, str]:
+    collector = _TextCollector()
+    collector.feed(html)
+    collector.close()
+    title = _SPACES.sub(" ", "".join(collector.title_parts)).strip()
+    return title, _assemble(collector.pieces)
+
+
+def detect_kind(filename: str | None, content_type: str | None) -> TextKind:
+    """The kind of an upload: by extension when the name has one, else by content type.
+    A name with an unsupported extension is refused whatever its content type says."""
+    suffix = PurePosixPath(_base_name(filename)).suffix.lower()
+    if suffix:
+        if suffix in EXTENSION_KINDS:
+            return EXTENSION_KINDS[suffix]
+        raise UnsupportedMediaType(
+            f"unsupported file type '{suffix[:20]}'; supported: {', '.join(EXTENSION_KINDS)}", param="file"
+        )
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type in CONTENT_TYPE_KINDS:
+        return CONTENT_TYPE_KINDS[media_type]
+    raise UnsupportedMediaType(
+        f"unsupported content type; supported: {', '.join(CONTENT_TYPE_KINDS)}", param="file"
+    )
+
+
+def extract_text(filename: str | None, content_type: str | None, raw_bytes: bytes) -> tuple[str, str]:
+    """(title, text) of an upload. Decodes UTF-8 (a BOM is dropped) or the charset the content type
+    declares; newlines become "\\n". HTML becomes plain text and its <title> the title; otherwise
+    the title is the file name without extension ("Untitled" without one)."""
+    kind = detect_kind(filename, content_type)
+    if not raw_bytes:
+        raise InvalidInput("the file is empty", param="file")
+    text = _decode(raw_bytes, content_type)
+    if "\x00" in text:
+        raise InvalidInput("the file contains NUL characters; it does not look like text", param="file")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    title = ""
+    if kind == "html":
+        title, text = _parse_html(text)
+    if not text.strip():
+        raise InvalidInput("the file contains no text", param="file")
+    return title or PurePosixPath(_base_name(filename)).stem.strip() or "Untitled", text
+
+
+def _base_name(filename: str | None) -> str:
+    return (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _decode(raw_bytes: bytes, content_type: str | None) -> str:
+    charset = "utf-8"
+    for param in (content_type or "").split(";")[1:]:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset" and value.strip():
+            charset = value.strip().strip("\"'").lower()
+    try:
+        codec = codecs.lookup(charset).name
+    except LookupError:
+        raise InvalidInput("unknown charset in the content type", param="file") from None
+    try:
+        return raw_bytes.decode("utf-8-sig" if codec == "utf-8" else codec)
+    except UnicodeDecodeError:
+        raise InvalidInput(f"the file is not valid {codec} text", param="file") from None
