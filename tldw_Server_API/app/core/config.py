@@ -155,7 +155,7 @@ class PolicyConfig:
     denied_providers: tuple[str, ...]
     denied_models: tuple[str, ...]
     fallback_chain: dict[str, list[str]]
-    fallback_model_map: dict[str, str]
+    fallback_model_map: dict[str, dict[str, str]]  # "provider:model" -> {fallback provider or *: model}
     allow_fallback_with_header: bool
 
 
@@ -217,6 +217,16 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, str):
         return json.loads(value) if value.strip() else {}
     return value
+
+
+def _model_map(raw: dict[str, Any]) -> dict[str, dict[str, str]]:
+    mapped: dict[str, dict[str, str]] = {}
+    for source, target in raw.items():
+        if isinstance(target, dict):
+            mapped[str(source)] = {str(k): str(v) for k, v in target.items()}
+        else:
+            mapped[str(source)] = {"*": str(target)}
+    return mapped
 
 
 DEFAULT_FALLBACK_CHAIN: dict[str, list[str]] = {
@@ -388,8 +398,9 @@ class Settings(BaseSettings):
         "(5xx, 429, network, open circuit). `{}` disables fallback."
     )
     embeddings_fallback_model_map: JsonDict = Field(
-        {}, description='JSON: `"provider:model"` -> model used on a fallback provider, keyed '
-        '`"<from provider>:<model>-><to provider>"` or `"<to provider>"`; default: the default model.'
+        {}, description='JSON: `"provider:model"` -> `{"<fallback provider>": "<model>"}` (or one model name for '
+        "every fallback provider). Unmapped: the same model id when the fallback provider serves it, "
+        "else the default model."
     )
     embeddings_allow_fallback_with_header: bool = Field(
         False, description="Keep fallback on when the caller pins a provider with the `x-provider` header."
@@ -570,7 +581,7 @@ class Settings(BaseSettings):
                 denied_providers=tuple(self.embeddings_denied_providers),
                 denied_models=tuple(self.embeddings_denied_models),
                 fallback_chain={str(k): [str(p) for p in v] for k, v in self.embeddings_fallback_chain.items()},
-                fallback_model_map={str(k): str(v) for k, v in self.embeddings_fallback_model_map.items()},
+                fallback_model_map=_model_map(self.embeddings_fallback_model_map),
                 allow_fallback_with_header=self.embeddings_allow_fallback_with_header,
             ),
             rate_limit=RateLimitConfig(

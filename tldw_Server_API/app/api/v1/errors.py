@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from tldw_Server_API.app.core.Embeddings.rate_limiter import RateLimitExceeded
 from tldw_Server_API.app.core.errors import (
     AuthenticationFailed,
     Conflict,
@@ -83,6 +84,9 @@ def domain_error_response(exc: TLDWError) -> Response:
     retry_after = getattr(exc, "retry_after", None)  # RetryableError, ProviderTransientError
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    if isinstance(exc, RateLimitExceeded) and exc.decision.limit is not None:
+        headers["X-RateLimit-Limit"] = str(exc.decision.limit)
+        headers["X-RateLimit-Remaining"] = str(exc.decision.remaining or 0)
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return error_response(status, exc.message, err_type, exc.code, exc.param, headers)

@@ -1,37 +1,47 @@
-"""The synchronous embeddings service behind `POST /api/v1/embeddings`.
+"""The synchronous embeddings service behind `POST /api/v1/embeddings` and its admin routes.
 
-One call per request: normalise input -> resolve model -> count tokens and check limits -> embed
--> validate vectors -> L2-normalise -> dimension policy -> encode. Raises domain errors only; the
-API layer translates them. Later layers (cache, rate limits, breaker, fallback) wrap `_embed`.
+One call per request: normalise input -> policy -> fallback plan; per hop: model resolution ->
+token limits -> cache (only misses go on) -> rate limit -> breaker + retries -> provider -> vector
+checks -> normalise -> cache fill -> dimension policy -> encode. A hop that fails transiently (5xx,
+429, network, open circuit) hands the whole request to the next provider of the chain, so one
+response never mixes providers. Raises domain errors only; the API layer translates them.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from loguru import logger
 
+from tldw_Server_API.app.core.AuthNZ.api_keys import User
 from tldw_Server_API.app.core.config import EmbeddingsAPIConfig
+from tldw_Server_API.app.core.Embeddings.embedding_execution import HopExecutor, HopResult, RequestBudget, resolve_hop
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import (
+    KNOWN_PROVIDERS,
     ModelListing,
     ProviderRegistry,
 )
-from tldw_Server_API.app.core.Embeddings.input_processing import (
-    apply_dimensions,
-    check_dimensions,
-    check_token_limits,
-    encode_base64,
-    l2_normalize,
-    normalize_input,
-    validate_vectors,
-)
+from tldw_Server_API.app.core.Embeddings.input_processing import encode_base64, normalize_input, parse_model_name
 from tldw_Server_API.app.core.Embeddings.metrics_integration import EmbeddingsMetrics
-from tldw_Server_API.app.core.Embeddings.tokenization import TokenArrayDecoder
-from tldw_Server_API.app.core.errors import TLDWError
+from tldw_Server_API.app.core.Embeddings.policy import EmbeddingPolicy
+from tldw_Server_API.app.core.Embeddings.rate_limiter import Decision
+from tldw_Server_API.app.core.errors import (
+    CircuitOpenError,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    ProviderNotImplemented,
+    ProviderTransientError,
+    RateLimited,
+    ServiceUnavailable,
+    TLDWError,
+)
 
 EncodingFormat = Literal["float", "base64"]
+CacheStatus = Literal["hit", "miss", "partial"]
+_FALLBACK_ERRORS = (ProviderTransientError, CircuitOpenError)
 
 
 @dataclass(frozen=True)
@@ -42,14 +52,18 @@ class EmbeddingCall:
     dimensions: int | None = None
     user: str | None = None
     truncate: bool | None = None
+    provider_header: str | None = None       # `x-provider`: pins the provider (and turns fallback off)
 
 
 @dataclass(frozen=True)
 class EmbeddingOutcome:
     model: str                                # the id the caller sent
-    provider: str
+    provider: str                             # the provider that produced every row
     embeddings: list[np.ndarray] | list[str]  # float32 rows, or base64 strings
     prompt_tokens: int
+    cache: CacheStatus = "miss"
+    fallback_from: str | None = None
+    rate_limit: Decision | None = None
 
     @property
     def input_count(self) -> int:
@@ -61,52 +75,85 @@ class EmbeddingService:
         self,
         registry: ProviderRegistry,
         config: EmbeddingsAPIConfig,
-        decoder: TokenArrayDecoder,
+        executor: HopExecutor,
+        policy: EmbeddingPolicy,
         metrics: EmbeddingsMetrics,
     ) -> None:
         self.registry = registry
         self._config = config
-        self._decoder = decoder
+        self._executor = executor
+        self._policy = policy
         self._metrics = metrics
 
-    def _texts(self, raw: Any) -> list[str]:
-        items = normalize_input(raw, max_inputs=self._config.max_inputs)
-        return [
-            item if isinstance(item, str) else self._decoder.decode(item, param=f"input[{i}]")
-            for i, item in enumerate(items)
-        ]
+    @property
+    def executor(self) -> HopExecutor:
+        return self._executor
 
-    async def create_embeddings(self, call: EmbeddingCall) -> EmbeddingOutcome:
-        texts = self._texts(call.input)
-        resolved = self.registry.resolve(call.model)
-        provider, info = resolved.provider, resolved.info
-        if info.dimension is not None:
-            check_dimensions(call.dimensions, native=info.dimension, policy=self._config.dimension_policy)
-        truncate = self._config.truncate if call.truncate is None else call.truncate
-        counts = await provider.count_tokens(info.model_id, texts)
-        if counts is not None:
-            counts = check_token_limits(counts, max_tokens=info.max_tokens, truncate=truncate,
-                                        max_total=self._config.max_tokens_per_request)
-        started = time.perf_counter()
+    # --- POST /embeddings ---------------------------------------------------------------------
+    async def create_embeddings(self, call: EmbeddingCall, user: User) -> EmbeddingOutcome:
         try:
-            batch = await provider.embed(info.model_id, texts, counts)
-            vectors = validate_vectors(batch.vectors, expected_rows=len(texts), expected_dim=info.dimension)
-        except TLDWError:
-            self._metrics.record_failure(provider.name, info.model_id)
+            outcome = await self._create(call, user)
+        except TLDWError as exc:
+            self._metrics.api_requests.labels(exc.code).inc()
+            if isinstance(exc, RateLimited):
+                self._metrics.rate_limited.inc()
             raise
-        vectors, adjusted = apply_dimensions(
-            l2_normalize(vectors), call.dimensions, policy=self._config.dimension_policy
-        )
-        if adjusted:
-            self._metrics.dimension_adjustments.labels(self._config.dimension_policy).inc()
-        tokens = sum(batch.token_counts)
-        self._metrics.record_success(provider.name, info.model_id, len(texts), tokens,
-                                     time.perf_counter() - started)
-        rows: list[np.ndarray] | list[str] = (
-            [encode_base64(v) for v in vectors] if call.encoding_format == "base64" else list(vectors)
-        )
-        return EmbeddingOutcome(model=call.model, provider=provider.name, embeddings=rows, prompt_tokens=tokens)
+        self._metrics.api_requests.labels("ok").inc()
+        return outcome
 
+    async def _create(self, call: EmbeddingCall, user: User) -> EmbeddingOutcome:
+        items = normalize_input(call.input, max_inputs=self._config.max_inputs)
+        parsed = parse_model_name(call.model)
+        provider_name = self._requested_provider(call, parsed.provider, parsed.model_id)
+        try:
+            self._policy.check(provider_name, parsed.model_id, is_admin=user.is_admin)
+        except PermissionDenied:
+            self._metrics.policy_denials.labels(provider_name).inc()
+            raise
+        hops = self._policy.fallback_plan(provider_name, parsed.model_id,
+                                          pinned_by_header=call.provider_header is not None)
+        failures: list[TLDWError] = []
+        budget = RequestBudget(user.id)
+        for position, hop in enumerate(hops):
+            resolved = resolve_hop(self.registry, hop, parsed.model_id, first=position == 0)
+            if resolved is None or not self._policy.allowed(hop.provider, resolved.info.model_id,
+                                                            is_admin=user.is_admin):
+                continue
+            try:
+                result = await self._executor.run(resolved, items, call.dimensions, call.truncate, budget)
+            except _FALLBACK_ERRORS as exc:
+                if len(hops) == 1:
+                    raise
+                failures.append(exc)
+                self._metrics.fallbacks.labels(hop.provider).inc()
+                logger.warning("embeddings: provider {} failed ({}); trying the next in its chain",
+                               hop.provider, exc.code)
+                continue
+            except InvalidInput:
+                if position == 0:
+                    raise
+                continue  # e.g. the fallback model's token limit: try the next hop
+            return self._outcome(call, result, fallback_from=provider_name if position else None)
+        raise ServiceUnavailable(
+            f"every provider for '{call.model}' failed ({', '.join(h.provider for h in hops)}); retry later",
+            retry_after=_retry_after(failures), code="all_providers_failed",
+        )
+
+    def _requested_provider(self, call: EmbeddingCall, prefix: str | None, model_id: str) -> str:
+        name = (call.provider_header or "").strip().lower() or prefix or self.registry.provider_for(model_id)
+        self.registry.get(name)  # unknown -> 400, not built here -> 501, before any policy or work
+        return name
+
+    def _outcome(self, call: EmbeddingCall, result: HopResult, fallback_from: str | None) -> EmbeddingOutcome:
+        rows: list[np.ndarray] | list[str] = (
+            [encode_base64(v) for v in result.vectors] if call.encoding_format == "base64" else list(result.vectors)
+        )
+        return EmbeddingOutcome(
+            model=call.model, provider=result.provider, embeddings=rows, prompt_tokens=result.tokens,
+            cache=result.cache, fallback_from=fallback_from, rate_limit=result.rate_limit,
+        )
+
+    # --- models and health --------------------------------------------------------------------
     def list_models(self) -> list[ModelListing]:
         return self.registry.listings()
 
@@ -116,5 +163,69 @@ class EmbeddingService:
     async def health(self) -> dict[str, Any]:
         providers = {name: await p.health() for name, p in self.registry.providers.items()}
         loaded = [f"{name}:{m}" for name, p in self.registry.providers.items() for m in p.loaded_models()]
-        degraded = any(state.get("status") != "healthy" for state in providers.values())
-        return {"status": "degraded" if degraded else "healthy", "providers": providers, "loaded_models": loaded}
+        breakers = self._executor.breakers.snapshot()
+        unhealthy = any(state.get("status") not in ("healthy", "unconfigured") for state in providers.values())
+        open_circuit = any(b.get("state") == "open" for b in breakers.values())
+        return {
+            "status": "degraded" if unhealthy or open_circuit else "healthy",
+            "providers": providers,
+            "loaded_models": loaded,
+            "circuit_breakers": breakers,
+            "cache": self._executor.cache_stats(),
+        }
+
+    async def preload(self, models: tuple[str, ...] | list[str]) -> None:
+        """PRELOAD_EMBEDDING_MODELS: load and warm each at startup; a failure is logged, not fatal."""
+        for model in models:
+            try:
+                await self.warmup(model)
+                logger.info("embeddings: preloaded {}", model)
+            except TLDWError as exc:
+                logger.warning("embeddings: could not preload {}: {}", model, exc.message)
+
+    async def aclose(self) -> None:
+        await self._executor.aclose()
+        await self.registry.aclose()
+
+    # --- admin ----------------------------------------------------------------------------------
+    async def warmup(self, model: str) -> dict[str, Any]:
+        resolved = self.registry.resolve(model)
+        warm = getattr(resolved.provider, "warmup", None)
+        if warm is None:
+            raise InvalidInput(f"provider '{resolved.provider.name}' has no local models to warm up", param="model")
+        await warm(resolved.info.model_id)
+        return {"model": resolved.info.model_id, "provider": resolved.provider.name, "status": "ready"}
+
+    async def download(self, model: str) -> dict[str, Any]:
+        parsed = parse_model_name(model)
+        provider = self.registry.get(parsed.provider or self.registry.provider_for(parsed.model_id))
+        fetch = getattr(provider, "download", None)
+        if fetch is None:
+            raise InvalidInput(f"provider '{provider.name}' does not download models", param="model")
+        path = await fetch(parsed.model_id)
+        return {"model": parsed.model_id, "provider": provider.name, "status": "downloaded", "path": str(path)}
+
+    async def clear_cache(self) -> int:
+        return await self._executor.clear_cache()
+
+    def circuit_breakers(self) -> dict[str, Any]:
+        return self._executor.breakers.snapshot()
+
+    def reset_circuit_breaker(self, provider: str) -> dict[str, Any]:
+        if provider not in KNOWN_PROVIDERS:
+            raise NotFound(f"unknown provider '{provider}'", param="provider", code="provider_not_found")
+        try:
+            self.registry.get(provider)
+        except ProviderNotImplemented as exc:
+            raise NotFound(f"provider '{provider}' is not available on this server", param="provider") from exc
+        self._executor.breakers.reset(provider)
+        return self._executor.breakers.snapshot().get(provider, {"state": "closed"})
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        return {**self._metrics.snapshot(), "cache": self._executor.cache_stats()}
+
+
+def _retry_after(failures: list[TLDWError]) -> float:
+    hints = [getattr(f, "retry_after", None) for f in failures]
+    known = [h for h in hints if h is not None]
+    return min(known) if known else 5.0

@@ -5,16 +5,16 @@ cosine >= 0.9999 each; int8: mean >= 0.99, min reported)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from support import MODEL, cosine_rows
+from support import MODEL, cosine_rows, make_settings
 
 from tldw_Server_API.app.core.config import (
     BatchingConfig,
-    EngineConfig,
     HuggingFaceConfig,
     ModelCatalogConfig,
     OnnxConfig,
@@ -46,7 +46,8 @@ CASES = [
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Any:
     model_dir = tmp_path_factory.mktemp("models")
-    config = EngineConfig(
+    config = dataclasses.replace(
+        make_settings(model_dir).engine_config(),
         catalog=ModelCatalogConfig(models=(f"huggingface:{MODEL}",), default_model=MODEL, model_dir=model_dir),
         huggingface=HuggingFaceConfig(torch_threads=0, device="cpu"),
         onnx=OnnxConfig(threads=0, quantize="fp32"),

@@ -1,21 +1,25 @@
-"""OpenAI-compatible embeddings routes, mounted under /api/v1. Thin: each handler parses its
-request model, calls one `EmbeddingService` method and renders the result; errors are translated
-by the shared table in `api/v1/errors.py`.
+"""OpenAI-compatible embeddings routes and their admin routes, mounted under /api/v1. Thin: each
+handler parses its request model, calls one `EmbeddingService` method and renders the result;
+errors are translated by the shared table in `api/v1/errors.py`.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
 from starlette.responses import Response
 
 from tldw_Server_API.app.api.v1 import API_V1_PREFIX
-from tldw_Server_API.app.api.v1.deps import CurrentUser, EmbeddingServiceDep
+from tldw_Server_API.app.api.v1.deps import AdminUser, CurrentUser, EmbeddingServiceDep
 from tldw_Server_API.app.api.v1.schemas.embeddings import (
+    CacheCleared,
     EmbeddingRequest,
     EmbeddingResponse,
     HealthResponse,
     ModelCard,
     ModelList,
+    ModelRequest,
     end_user_for_log,
     model_card,
     render_embeddings,
@@ -26,10 +30,11 @@ router = APIRouter(prefix=API_V1_PREFIX, tags=["embeddings"])
 
 @router.post("/embeddings", response_model=EmbeddingResponse)
 async def create_embeddings(
-    body: EmbeddingRequest, request: Request, _: CurrentUser, service: EmbeddingServiceDep
+    body: EmbeddingRequest, request: Request, user: CurrentUser, service: EmbeddingServiceDep,
+    x_provider: Annotated[str | None, Header(alias="x-provider")] = None,
 ) -> Response:
     request.state.end_user = end_user_for_log(body.user)
-    outcome = await service.create_embeddings(body.to_call())
+    outcome = await service.create_embeddings(body.to_call(x_provider), user)
     request.state.log_inputs, request.state.log_tokens = outcome.input_count, outcome.prompt_tokens
     return render_embeddings(outcome)
 
@@ -47,3 +52,34 @@ async def get_model(model_id: str, _: CurrentUser, service: EmbeddingServiceDep)
 @router.get("/embeddings/health", response_model=HealthResponse)
 async def health(service: EmbeddingServiceDep) -> HealthResponse:
     return HealthResponse(**await service.health())
+
+
+# --- admin ----------------------------------------------------------------------------------------
+@router.post("/embeddings/models/warmup")
+async def warmup_model(body: ModelRequest, _: AdminUser, service: EmbeddingServiceDep) -> dict[str, Any]:
+    return await service.warmup(body.model)
+
+
+@router.post("/embeddings/models/download")
+async def download_model(body: ModelRequest, _: AdminUser, service: EmbeddingServiceDep) -> dict[str, Any]:
+    return await service.download(body.model)
+
+
+@router.delete("/embeddings/cache", response_model=CacheCleared)
+async def clear_cache(_: AdminUser, service: EmbeddingServiceDep) -> CacheCleared:
+    return CacheCleared(removed=await service.clear_cache())
+
+
+@router.get("/embeddings/metrics")
+async def embeddings_metrics(_: AdminUser, service: EmbeddingServiceDep) -> dict[str, Any]:
+    return service.metrics_snapshot()
+
+
+@router.get("/embeddings/circuit-breakers")
+async def circuit_breakers(_: AdminUser, service: EmbeddingServiceDep) -> dict[str, Any]:
+    return {"circuit_breakers": service.circuit_breakers()}
+
+
+@router.post("/embeddings/circuit-breakers/{provider}/reset")
+async def reset_circuit_breaker(provider: str, _: AdminUser, service: EmbeddingServiceDep) -> dict[str, Any]:
+    return {"provider": provider, "breaker": service.reset_circuit_breaker(provider)}

@@ -30,11 +30,19 @@ class EmbeddingRequest(BaseModel):
         None, description="Extension: truncate inputs over the model's max tokens instead of 400."
     )
 
-    def to_call(self) -> EmbeddingCall:
+    def to_call(self, provider_header: str | None = None) -> EmbeddingCall:
         return EmbeddingCall(
             input=self.input, model=self.model, encoding_format=self.encoding_format or "float",
-            dimensions=self.dimensions, user=self.user, truncate=self.truncate,
+            dimensions=self.dimensions, user=self.user, truncate=self.truncate, provider_header=provider_header,
         )
+
+
+class ModelRequest(BaseModel):
+    model: StrictStr = Field(..., min_length=1, description="`provider:model` or a bare model id.")
+
+
+class CacheCleared(BaseModel):
+    removed: int
 
 
 class EmbeddingData(BaseModel):
@@ -76,6 +84,8 @@ class HealthResponse(BaseModel):
     status: Literal["healthy", "degraded"]
     providers: dict[str, Any]
     loaded_models: list[str]
+    circuit_breakers: dict[str, Any]
+    cache: dict[str, Any]
 
 
 def render_embeddings(outcome: EmbeddingOutcome) -> Response:
@@ -91,8 +101,18 @@ def render_embeddings(outcome: EmbeddingOutcome) -> Response:
     return Response(
         orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
         media_type="application/json",
-        headers={"X-Embeddings-Provider": outcome.provider},
+        headers=embedding_headers(outcome),
     )
+
+
+def embedding_headers(outcome: EmbeddingOutcome) -> dict[str, str]:
+    headers = {"X-Embeddings-Provider": outcome.provider, "X-Cache": outcome.cache}
+    if outcome.fallback_from:
+        headers["X-Embeddings-Fallback-From"] = outcome.fallback_from
+    if outcome.rate_limit is not None:
+        headers["X-RateLimit-Limit"] = str(outcome.rate_limit.limit)
+        headers["X-RateLimit-Remaining"] = str(outcome.rate_limit.remaining)
+    return headers
 
 
 def model_card(row: ModelListing) -> ModelCard:

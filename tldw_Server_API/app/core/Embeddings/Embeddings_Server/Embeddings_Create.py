@@ -113,6 +113,12 @@ class ProviderRegistry:
                 return provider_name
         return self._default_provider
 
+    def default_models_for(self, provider: str) -> list[str]:
+        """A provider's catalog models, the configured default model first when it is among them."""
+        ids = [model_id for name, model_id in self._catalog if name == provider]
+        ids.sort(key=lambda model_id: model_id != self._default_model)
+        return ids or [self._default_model]
+
     def resolve(self, model: str) -> ResolvedModel:
         """`provider:model` or a bare id -> provider + model info; ModelNotFound when absent."""
         parsed = parse_model_name(model)
@@ -151,19 +157,39 @@ def _huggingface(config: EngineConfig) -> EmbeddingProvider:
     from tldw_Server_API.app.core.Embeddings.Embeddings_Server.huggingface_provider import HuggingFaceProvider
     from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
 
-    return HuggingFaceProvider(config.huggingface, ModelResolver(config.catalog.model_dir), config.batching)
+    resolver = ModelResolver.from_config(config.catalog.model_dir, config.models)
+    return HuggingFaceProvider(config.huggingface, resolver, config.batching, config.models, config.prompts_file)
 
 
 def _onnx(config: EngineConfig) -> EmbeddingProvider:
     from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
     from tldw_Server_API.app.core.Embeddings.Embeddings_Server.onnx_provider import OnnxProvider
 
-    return OnnxProvider(config.onnx, ModelResolver(config.catalog.model_dir), config.batching)
+    resolver = ModelResolver.from_config(config.catalog.model_dir, config.models)
+    return OnnxProvider(config.onnx, resolver, config.batching, config.models, config.prompts_file)
+
+
+def _openai(config: EngineConfig) -> EmbeddingProvider:
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.openai_compatible_provider import (
+        create_openai_provider,
+    )
+
+    return create_openai_provider(config)
+
+
+def _local_api(config: EngineConfig) -> EmbeddingProvider:
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.openai_compatible_provider import (
+        create_local_api_provider,
+    )
+
+    return create_local_api_provider(config)
 
 
 _PROVIDER_FACTORIES: dict[str, Callable[[EngineConfig], EmbeddingProvider]] = {
     "huggingface": _huggingface,
     "onnx": _onnx,
+    "openai": _openai,
+    "local_api": _local_api,
 }
 
 

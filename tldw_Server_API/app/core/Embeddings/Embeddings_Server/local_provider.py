@@ -1,38 +1,70 @@
 """Shared base of the in-process model providers (`huggingface`, `onnx`).
 
-It owns what they have in common: model-file resolution and metadata, the micro-batcher per
-model, and two single threads, each with its own tokenizer instances: the inference thread (all
-model calls: concurrent forward passes would only fight over the same cores) and a counting
-thread, so that counting a new request's tokens never waits behind a running model call (which
-would split what should be one micro-batch into several). Fast tokenizers mutate their truncation
-state per call and fail with "Already borrowed" when one instance is shared across threads.
-A subclass supplies `_load_forward(model_id)`: a function from a tokenised, padded batch to
-pooled vectors.
+It owns what they have in common: model resolution (revision pins, hub download in the
+background), the model cache (LRU, count and memory caps, idle unload; a model is in use while a
+request runs and is never evicted then), one micro-batcher per loaded model, Qwen3 embedding
+behaviour (instructions, left padding, end token, last-token pooling), and two single threads,
+each with its own tokenizer instances: the inference thread (model loads and calls) and a
+counting thread, so counting a request's tokens never waits behind a model call. A subclass
+supplies `_load_forward(model_id) -> (forward, estimated bytes)`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from loguru import logger
 
-from tldw_Server_API.app.core.config import BatchingConfig
+from tldw_Server_API.app.core.config import BatchingConfig, ModelManagerConfig
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import EmbeddingBatch, ModelInfo
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_encoding import (
+    BatchEncoder,
+    Forward,
+    plan_padded_batches,
+    tokenize_rows,
+)
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_manager import (
+    CacheLimits,
+    Clock,
+    DownloadTracker,
+    Evicted,
+    IdleSweeper,
+    ModelCache,
+    sweep_interval,
+)
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import (
     ModelFiles,
     ModelMetadata,
     ModelResolver,
     read_metadata,
+    trust_remote_code_allowed,
+    weights_bytes,
+)
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.qwen3_instructions import (
+    InstructionPrompts,
+    format_texts,
+    is_qwen3_embedding,
+    load_prompts,
 )
 from tldw_Server_API.app.core.Embeddings.request_batching import MicroBatcher
-from tldw_Server_API.app.core.errors import ProviderError
+from tldw_Server_API.app.core.errors import InvalidInput, ModelNotFound, ProviderError, ServiceUnavailable, TLDWError
 
-Forward = Callable[[dict[str, np.ndarray]], np.ndarray]  # encoded batch (numpy) -> pooled (n, d) float32
+__all__ = ["DEFAULT_MODEL_MANAGEMENT", "BatchEncoder", "Forward", "LocalModelProvider", "ModelProfile",
+           "plan_padded_batches", "quiet_transformers"]
+
+DEFAULT_MODEL_MANAGEMENT = ModelManagerConfig(
+    max_models_in_memory=3, max_memory_mb=0, unload_timeout_s=0, revisions={}, trusted_remote_code=(),
+    auto_download=False, preload=(),
+)
+QWEN3_END_TOKEN = "<|endoftext|>"
+DOWNLOAD_RETRY_AFTER_S = 10.0
 
 
 def quiet_transformers() -> None:
@@ -42,134 +74,263 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def plan_padded_batches(lengths: Sequence[int], max_padded_tokens: int, max_batch_size: int) -> list[range]:
-    """Cut positions of length-sorted (longest first) texts into batches whose padded size
-    (rows x longest row) stays within the budget; a text longer than the budget runs alone."""
-    batches, start = [], 0
-    while start < len(lengths):
-        longest = max(lengths[start], 1)
-        size = max(1, min(max_batch_size, max_padded_tokens // longest, len(lengths) - start))
-        batches.append(range(start, start + size))
-        start += size
-    return batches
+def hub_offline() -> bool:
+    from huggingface_hub.constants import is_offline_mode
+
+    return bool(is_offline_mode())
 
 
-@dataclass
-class BatchEncoder:
-    """Tokenise once, sort by token length, and run batches cut by a padded-token budget, so
-    texts of very different lengths never pad each other up; rows come back in input order."""
+@dataclass(frozen=True)
+class ModelProfile:
+    """How one model is fed and pooled."""
 
-    tokenizer: Any
-    forward: Forward
-    max_tokens: int
-    dimension: int
-    batch_size: int
-    max_padded_tokens: int
+    pooling: str                     # "mean" | "cls" | "lasttoken"
+    instructions: bool = False       # Qwen3: instruction-format queries
+    padding_side: str | None = None  # None: the tokenizer's own
+    end_token: str | None = None     # appended to each row unless the tokenizer already did
 
-    def _pad(self, rows: list[list[int]], pad_id: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        left = getattr(self.tokenizer, "padding_side", "right") == "left"
-        for r, row in enumerate(rows):
-            span = slice(width - len(row), width) if left else slice(0, len(row))
-            ids[r, span], mask[r, span] = row, 1
-        return ids, mask
 
-    def encode(self, texts: Sequence[str]) -> EmbeddingBatch:
-        token_ids: list[list[int]] = self.tokenizer(
-            list(texts), truncation=True, max_length=self.max_tokens, padding=False,
-            return_attention_mask=False, return_token_type_ids=False,
-        )["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: len(token_ids[i]), reverse=True)
-        pad_id = self.tokenizer.pad_token_id or 0
-        vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for span in plan_padded_batches([len(token_ids[i]) for i in order], self.max_padded_tokens,
-                                        self.batch_size):
-            rows = [order[j] for j in span]
-            ids, mask = self._pad([token_ids[i] for i in rows], pad_id, len(token_ids[rows[0]]))
-            vectors[rows] = self.forward({"input_ids": ids, "attention_mask": mask,
-                                          "token_type_ids": np.zeros_like(ids)})
-        return EmbeddingBatch(vectors=vectors, token_counts=[len(row) for row in token_ids])
+def model_profile(model_id: str, meta: ModelMetadata) -> ModelProfile:
+    if is_qwen3_embedding(model_id):
+        return ModelProfile("lasttoken", instructions=True, padding_side="left", end_token=QWEN3_END_TOKEN)
+    return ModelProfile(meta.pooling)
+
+
+def end_token_id(tokenizer: Any, token: str | None) -> int | None:
+    if token is None:
+        return None
+    if token in tokenizer.get_vocab():
+        return int(tokenizer.convert_tokens_to_ids(token))
+    return None if tokenizer.eos_token_id is None else int(tokenizer.eos_token_id)
 
 
 class LocalModelProvider:
     name = "local"
 
-    def __init__(self, resolver: ModelResolver, batching: BatchingConfig) -> None:
+    def __init__(self, resolver: ModelResolver, batching: BatchingConfig,
+                 models: ModelManagerConfig | None = None, prompts_file: Path | None = None, *,
+                 clock: Clock = time.monotonic, sweep_sleep: Callable[[float], Any] = asyncio.sleep,
+                 hub_endpoint: str | None = None) -> None:
         self._resolver = resolver
         self._batching = batching
+        self._management = models or DEFAULT_MODEL_MANAGEMENT
+        self._prompts_file = prompts_file
+        self._prompts: InstructionPrompts | None = None
+        self._hub_endpoint = hub_endpoint
         self._batchers: dict[str, MicroBatcher] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-embed")
         self._count_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-count")
+        self._download_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-download")
         self._count_tokenizers: dict[str, Any] = {}
         self._files: dict[str, ModelFiles] = {}
         self._meta: dict[str, ModelMetadata] = {}
         self._infos: dict[str, ModelInfo] = {}
-        self._tokenizers: dict[str, Any] = {}
-        self._encoders: dict[str, BatchEncoder] = {}
+        timeout = self._management.unload_timeout_s
+        self._cache: ModelCache[BatchEncoder] = ModelCache(
+            CacheLimits(self._management.max_models_in_memory, self._management.max_memory_mb * 2**20, timeout),
+            clock=clock)
+        self._sweeper = IdleSweeper(self.evict_idle, sweep_interval(timeout), sleep=sweep_sleep)
+        self._downloads = DownloadTracker(self._download_executor, clock=clock)
 
     # --- hooks for subclasses -----------------------------------------------------------------
     def base_model_id(self, model_id: str) -> str:
         """The id whose files hold the weights (a subclass may strip a variant suffix)."""
         return model_id
 
-    def _load_forward(self, model_id: str) -> Forward:
+    def _load_forward(self, model_id: str) -> tuple[Forward, int]:
+        """The forward function of a loaded model and its estimated memory in bytes."""
         raise NotImplementedError
 
-    # --- metadata (cheap, no weights) -------------------------------------------------------
+    def _estimate_bytes(self, model_id: str) -> int:
+        return weights_bytes(self.model_path(model_id))
+
+    # --- metadata (cheap, no weights, no network) ---------------------------------------------
     def model_info(self, model_id: str) -> ModelInfo:
         info = self._infos.get(model_id)
         if info is None:
-            files = self._resolver.resolve(self.base_model_id(model_id))
+            base = self.base_model_id(model_id)
+            files = self._resolver.locate(base) or self._missing(base)
             meta = read_metadata(files.path)
             info = ModelInfo(self.name, model_id, meta.dimension, meta.max_tokens, files.source)
             self._files[model_id], self._meta[model_id], self._infos[model_id] = files, meta, info
         return info
 
+    def _missing(self, base: str) -> ModelFiles:
+        """No local copy: the reason, a remembered download failure, or a background download."""
+        if not self._resolver.can_download(base):
+            raise self._resolver.missing(base)
+        if hub_offline():
+            raise ModelNotFound(f"The model `{base}` is not available locally and the Hugging Face hub is "
+                                "offline (HF_HUB_OFFLINE)", param="model")
+        failure = self._downloads.recent_failure(base)
+        if isinstance(failure, TLDWError):
+            raise type(failure)(failure.message, param=failure.param, code=failure.code)
+        self._downloads.start(base, lambda: self._fetch_sync(base))
+        raise ServiceUnavailable(f"The model `{base}` is being downloaded from the Hugging Face hub; retry shortly",
+                                 retry_after=DOWNLOAD_RETRY_AFTER_S, param="model", code="model_downloading")
+
+    def _fetch_sync(self, base: str) -> ModelFiles:
+        from tldw_Server_API.app.core.Embeddings.Embeddings_Server.hub_download import download_model
+
+        files = self._resolver.locate(base)
+        if files is not None:   # an earlier download finished meanwhile
+            return files
+        download_model(base, self._resolver.pinned(base), self._resolver.download_target(base),
+                       endpoint=self._hub_endpoint, allow_code=self.trust_remote_code(base))
+        return self._resolver.resolve(base)
+
     def model_path(self, model_id: str) -> Path:
         self.model_info(model_id)
         return self._files[model_id].path
 
+    def model_revision(self, model_id: str) -> str:
+        """The revision of the local copy in use ("bundled" for the package, "" when unknown)."""
+        self.model_info(model_id)
+        return self._files[model_id].revision
+
+    def profile(self, model_id: str) -> ModelProfile:
+        self.model_info(model_id)
+        return model_profile(self.base_model_id(model_id), self._meta[model_id])
+
+    def trust_remote_code(self, model_id: str) -> bool:
+        return trust_remote_code_allowed(self.base_model_id(model_id), self._management.trusted_remote_code)
+
     def loaded_models(self) -> list[str]:
-        return list(self._encoders)
+        return self._cache.loaded()
 
-    # --- loading: each cache is only touched from its own single thread, so no locks ----------
-    def _tokenizer_sync(self, model_id: str, cache: dict[str, Any]) -> Any:
-        """The tokenizer instance of one thread (`cache` is that thread's own)."""
-        if model_id not in cache:
-            quiet_transformers()
-            from transformers import AutoTokenizer
+    def prepare_texts(self, model_id: str, texts: Sequence[str]) -> list[str]:
+        """What the model sees: Qwen3 queries get their instruction, everything else is as is."""
+        if not self.profile(model_id).instructions:
+            return list(texts)
+        if self._prompts is None:
+            self._prompts = load_prompts(self._prompts_file)
+        return format_texts(texts, self._prompts)
 
-            cache[model_id] = AutoTokenizer.from_pretrained(str(self.model_path(model_id)))
-        return cache[model_id]
+    # --- loading (inference thread) -----------------------------------------------------------
+    def _from_pretrained(self, loader: Any, model_id: str, **kwargs: Any) -> Any:
+        quiet_transformers()
+        try:
+            return loader.from_pretrained(str(self.model_path(model_id)),
+                                          trust_remote_code=self.trust_remote_code(model_id), **kwargs)
+        except ValueError as exc:
+            if "trust_remote_code" not in str(exc):
+                raise
+            raise InvalidInput(f"The model `{model_id}` ships its own code; allow it with "
+                               "TRUSTED_HF_REMOTE_CODE_MODELS", param="model", code="remote_code_not_trusted") from exc
 
-    def _encoder_sync(self, model_id: str) -> BatchEncoder:
-        if model_id not in self._encoders:
-            info = self.model_info(model_id)
-            tokenizer = self._tokenizer_sync(model_id, self._tokenizers)
-            forward = self._load_forward(model_id)
-            self._encoders[model_id] = BatchEncoder(
-                tokenizer=tokenizer, forward=forward, max_tokens=info.max_tokens or 512,
-                dimension=info.dimension or 0, batch_size=self._batching.max_batch_rows,
-                max_padded_tokens=self._batching.max_padded_tokens,
-            )
-        return self._encoders[model_id]
+    def _tokenizer_sync(self, model_id: str, cache: dict[str, Any] | None = None) -> Any:
+        """A tokenizer instance: the counting thread's cached one, or a new one (`cache` None)."""
+        if cache is not None and model_id in cache:
+            return cache[model_id]
+        from transformers import AutoTokenizer
+
+        tokenizer = self._from_pretrained(AutoTokenizer, model_id)
+        if cache is not None:
+            cache[model_id] = tokenizer
+        return tokenizer
+
+    def _load_sync(self, model_id: str) -> tuple[BatchEncoder, list[Evicted[BatchEncoder]]]:
+        encoder = self._cache.get(model_id)
+        if encoder is not None:
+            return encoder, []
+        evicted = self._cache.make_room(self._estimate_bytes(model_id))
+        info, profile = self.model_info(model_id), self.profile(model_id)
+        tokenizer = self._tokenizer_sync(model_id)
+        forward, size = self._load_forward(model_id)
+        encoder = BatchEncoder(
+            tokenizer=tokenizer, forward=forward, max_tokens=info.max_tokens or 512, dimension=info.dimension or 0,
+            batch_size=self._batching.max_batch_rows, max_padded_tokens=self._batching.max_padded_tokens,
+            padding_side=profile.padding_side or str(getattr(tokenizer, "padding_side", "right")),
+            end_token_id=end_token_id(tokenizer, profile.end_token),
+        )
+        logger.info("{}: loaded {} (~{} MB)", self.name, model_id, size // 2**20)
+        return encoder, evicted + self._cache.put(model_id, encoder, size)
 
     async def _run(self, fn: Callable[..., Any], *args: Any, executor: ThreadPoolExecutor | None = None) -> Any:
         """Run on the inference thread (default) or the given single-thread executor."""
         return await asyncio.get_running_loop().run_in_executor(executor or self._executor, fn, *args)
 
+    async def _loaded(self, model_id: str) -> BatchEncoder:
+        """The model's encoder, loaded (and other models evicted) when needed; caller holds a use."""
+        try:
+            encoder, evicted = await self._run(self._load_sync, model_id)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise ProviderError(f"the local model '{model_id}' could not be loaded") from exc
+        await self._release(evicted)
+        return encoder
+
+    async def _release(self, evicted: list[Evicted[BatchEncoder]]) -> None:
+        """Free what eviction took: the batcher and counting tokenizer of each model (unless it
+        came back into use meanwhile), then the memory."""
+        ids = [model_id for model_id, _ in evicted]
+        evicted.clear()
+        if not ids:
+            return
+        loop = asyncio.get_running_loop()
+        for model_id in ids:
+            if model_id in self._cache or self._cache.in_use(model_id):
+                continue
+            batcher = self._batchers.pop(model_id, None)
+            if batcher is not None and batcher.loop is loop:
+                await batcher.aclose()
+            await self._run(self._count_tokenizers.pop, model_id, None, executor=self._count_executor)
+        await self._run(gc.collect)
+        logger.info("{}: unloaded {}", self.name, ", ".join(ids))
+
+    def _start_sweeper(self) -> None:
+        if self._management.unload_timeout_s > 0:
+            self._sweeper.ensure_running()
+
+    # --- model management ---------------------------------------------------------------------
+    async def download(self, model_id: str) -> ModelInfo:
+        """Make the model's files local: nothing when a copy is there, else a hub download
+        (AUTO_DOWNLOAD_MODELS) at the pinned revision, joining one already running."""
+        base = self.base_model_id(model_id)
+        if self._resolver.locate(base) is None:
+            if not self._resolver.can_download(base):
+                raise self._resolver.missing(base)
+            await asyncio.wrap_future(self._downloads.start(base, lambda: self._fetch_sync(base)))
+            self._infos.pop(model_id, None)
+        return self.model_info(model_id)
+
+    async def warmup(self, model_id: str) -> ModelInfo:
+        """Download if needed, load, and run one tiny forward pass."""
+        info = await self.download(model_id)
+        texts = self.prepare_texts(model_id, ["warmup"])
+        self._start_sweeper()
+        async with self._cache.use(model_id, self._release):
+            encoder = await self._loaded(model_id)
+            await self._run(encoder.encode, texts)
+        return info
+
     async def load(self, model_id: str) -> None:
-        await self._run(self._encoder_sync, model_id)
+        self.model_info(model_id)
+        self._start_sweeper()
+        async with self._cache.use(model_id, self._release):
+            await self._loaded(model_id)
+
+    async def unload(self, model_id: str) -> bool:
+        """Unload one model now; False when it is not loaded or in use."""
+        evicted = self._cache.remove(model_id)
+        unloaded = bool(evicted)
+        await self._release(evicted)
+        return unloaded
+
+    async def evict_idle(self) -> list[str]:
+        """Unload models idle past EMBEDDINGS_UNLOAD_TIMEOUT_SECONDS (the sweeper calls this)."""
+        evicted = self._cache.evict_idle()
+        ids = [model_id for model_id, _ in evicted]
+        await self._release(evicted)
+        return ids
 
     # --- work -------------------------------------------------------------------------------
     async def count_tokens(self, model_id: str, texts: Sequence[str]) -> list[int]:
+        prepared = self.prepare_texts(model_id, texts)
+        end_token = self.profile(model_id).end_token
+
         def count() -> list[int]:
-            ids = self._tokenizer_sync(model_id, self._count_tokenizers)(
-                list(texts), add_special_tokens=True, truncation=False,
-                return_attention_mask=False, return_token_type_ids=False,
-            )["input_ids"]
-            return [len(row) for row in ids]
+            tokenizer = self._tokenizer_sync(model_id, self._count_tokenizers)
+            return [len(row) for row in tokenize_rows(tokenizer, prepared, None, end_token_id(tokenizer, end_token))]
 
         result: list[int] = await self._run(count, executor=self._count_executor)
         return result
@@ -178,20 +339,21 @@ class LocalModelProvider:
         self, model_id: str, texts: Sequence[str], token_counts: Sequence[int] | None = None
     ) -> EmbeddingBatch:
         """Through the model's micro-batcher, which merges concurrent requests into one call."""
-        batcher = self._batchers.get(model_id)
-        if batcher is None or batcher.loop is not asyncio.get_running_loop():
-            async def run_batch(batch_texts: list[str]) -> EmbeddingBatch:
-                return await self._encode_now(model_id, batch_texts)
+        prepared = self.prepare_texts(model_id, texts)
+        self._start_sweeper()
+        async with self._cache.use(model_id, self._release):
+            batcher = self._batchers.get(model_id)
+            if batcher is None or batcher.loop is not asyncio.get_running_loop():
+                async def run_batch(batch_texts: list[str]) -> EmbeddingBatch:
+                    return await self._encode_now(model_id, batch_texts)
 
-            batcher = self._batchers[model_id] = MicroBatcher(run_batch, self._batching)
-        return await batcher.submit(texts, token_counts)
+                batcher = self._batchers[model_id] = MicroBatcher(run_batch, self._batching)
+            return await batcher.submit(prepared, token_counts)
 
     async def _encode_now(self, model_id: str, texts: Sequence[str]) -> EmbeddingBatch:
-        def run() -> EmbeddingBatch:
-            return self._encoder_sync(model_id).encode(texts)
-
+        encoder = await self._loaded(model_id)
         try:
-            batch: EmbeddingBatch = await self._run(run)
+            batch: EmbeddingBatch = await self._run(encoder.encode, texts)
         except (RuntimeError, ValueError, OSError) as exc:  # model runtime failures, not caller errors
             raise ProviderError(f"the local model '{model_id}' failed to embed the inputs") from exc
         return batch
@@ -204,11 +366,15 @@ class LocalModelProvider:
         }
 
     async def health(self) -> dict[str, Any]:
-        return {"status": "healthy", "loaded_models": self.loaded_models(), "batchers": self.batcher_stats()}
+        return {"status": "healthy", "loaded_models": self.loaded_models(), "batchers": self.batcher_stats(),
+                "model_cache": self._cache.stats()}
 
     async def aclose(self) -> None:
+        await self._sweeper.aclose()
         for batcher in self._batchers.values():
             await batcher.aclose()
+        self._batchers.clear()
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._count_executor.shutdown(wait=True, cancel_futures=True)
-        self._encoders.clear()
+        self._download_executor.shutdown(wait=False, cancel_futures=True)
+        self._cache.clear()

@@ -8,13 +8,16 @@ local providers (`LocalModelProvider`).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tldw_Server_API.app.core.config import BatchingConfig, OnnxConfig
+from tldw_Server_API.app.core.config import BatchingConfig, ModelManagerConfig, OnnxConfig
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import ModelInfo
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import Forward, LocalModelProvider
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_manager import Clock
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
 from tldw_Server_API.app.core.errors import InvalidInput
 
@@ -33,8 +36,10 @@ def split_variant(model_id: str, default: str) -> tuple[str, str]:
 class OnnxProvider(LocalModelProvider):
     name = "onnx"
 
-    def __init__(self, config: OnnxConfig, resolver: ModelResolver, batching: BatchingConfig) -> None:
-        super().__init__(resolver, batching)
+    def __init__(self, config: OnnxConfig, resolver: ModelResolver, batching: BatchingConfig,
+                 models: ModelManagerConfig | None = None, prompts_file: Path | None = None, *,
+                 clock: Clock = time.monotonic, **kwargs: Any) -> None:
+        super().__init__(resolver, batching, models, prompts_file, clock=clock, **kwargs)
         self._config = config
         self._onnx_root = resolver.model_dir / "onnx"
 
@@ -57,7 +62,11 @@ class OnnxProvider(LocalModelProvider):
             quantize_int8(fp32, target)
         return target
 
-    def _load_forward(self, model_id: str) -> Forward:
+    def _estimate_bytes(self, model_id: str) -> int:
+        graph = self.graph_path(model_id)
+        return graph.stat().st_size if graph.is_file() else super()._estimate_bytes(model_id)
+
+    def _load_forward(self, model_id: str) -> tuple[Forward, int]:
         import onnxruntime as ort
 
         from tldw_Server_API.app.core.Embeddings.Embeddings_Server.pooling import pool
@@ -66,21 +75,23 @@ class OnnxProvider(LocalModelProvider):
         if self._config.threads:
             options.intra_op_num_threads = self._config.threads
         options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(self.ensure_exported(model_id)), options,
-                                       providers=["CPUExecutionProvider"])
+        graph = self.ensure_exported(model_id)
+        session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         input_names = {i.name for i in session.get_inputs()}
-        pooling = self._meta[model_id].pooling
+        pooling = self.profile(model_id).pooling
 
         def forward(encoded: dict[str, np.ndarray]) -> np.ndarray:
             feeds = {k: v.astype(np.int64, copy=False) for k, v in encoded.items() if k in input_names}
             hidden = session.run(["last_hidden_state"], feeds)[0]
             return pool(hidden, encoded["attention_mask"], pooling)
 
-        return forward
+        return forward, graph.stat().st_size
 
-    async def download(self, model_id: str) -> Path:
-        path: Path = await self._run(self.ensure_exported, model_id)
-        return path
+    async def download(self, model_id: str) -> ModelInfo:
+        """The transformers weights (hub download when needed), then the exported graph."""
+        info = await super().download(model_id)
+        await self._run(self.ensure_exported, model_id)
+        return info
 
     async def health(self) -> dict[str, Any]:
         return {**await super().health(), "default_variant": self._config.quantize}

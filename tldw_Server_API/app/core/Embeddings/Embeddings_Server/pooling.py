@@ -1,8 +1,9 @@
 """Pooling of a transformer's token states into one vector per text (numpy, no I/O), shared by
 every local provider: torch and onnxruntime outputs both arrive here as arrays.
 
-mean: attention-masked mean (sentence-transformers' default); cls: first token; lasttoken: the
-last real token, correct for both left and right padding (Qwen3 embedding models).
+mean: attention-masked mean (sentence-transformers' default); cls: first real token; lasttoken: the
+last real token of each row, found from the mask, so left padding (Qwen3 embedding models), right
+padding and mixed batches all pool the same token.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ def pool(hidden: np.ndarray, attention_mask: np.ndarray, mode: str) -> np.ndarra
         mask = attention_mask[:, :, None].astype(hidden.dtype)
         summed = np.einsum("nsd,nsx->nd", hidden, mask)
         return (summed / np.maximum(mask.sum(axis=1), 1e-9)).astype(np.float32, copy=False)
-    if mode == "cls":
-        return np.ascontiguousarray(hidden[:, 0], dtype=np.float32)
+    if mode == "cls":  # the first real token (position 0 unless left-padded)
+        first = np.argmax(attention_mask != 0, axis=1)
+        return np.ascontiguousarray(hidden[np.arange(hidden.shape[0]), first], dtype=np.float32)
     if mode == "lasttoken":
-        if bool(attention_mask[:, -1].all()):  # left padding: every row ends with a real token
-            return np.ascontiguousarray(hidden[:, -1], dtype=np.float32)
-        last = attention_mask.sum(axis=1) - 1
+        # The position of each row's last real token, whatever side the padding is on.
+        last = attention_mask.shape[1] - 1 - np.argmax(attention_mask[:, ::-1] != 0, axis=1)
         return np.ascontiguousarray(hidden[np.arange(hidden.shape[0]), last], dtype=np.float32)
     raise ValueError(f"unknown pooling mode {mode!r}")
