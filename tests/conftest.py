@@ -65,3 +65,36 @@ def app_client(tmp_path_factory: pytest.TempPathFactory, tiktoken_dir: Path) -> 
 def live_server(tmp_path_factory: pytest.TempPathFactory, tiktoken_dir: Path) -> Iterator[LiveServer]:
     with LiveServer(make_settings(tmp_path_factory.mktemp("live"), tiktoken_dir)) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def pgvector_dsn() -> Iterator[str]:
+    """PostgreSQL 16 + pgvector from pgserver for the whole session: a DSN (unix socket) to the
+    `postgres` database with the `vector` extension created. Tests use unique names and clean up.
+    Run as root, pgserver runs the server as a `pgserver` system user: the data dir is a fresh
+    `mkdtemp` (pgserver opens its parents for traversal), stopped and removed at session end."""
+    import shutil
+    import tempfile
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            import pgserver
+        import psycopg
+    except ImportError as exc:
+        require_service(f"pgserver/psycopg not importable: {exc}")
+    root = Path(tempfile.mkdtemp(prefix="tldw-pg-"))
+    try:
+        server = pgserver.get_server(root / "pgdata", cleanup_mode="stop")
+        dsn = server.get_uri()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except Exception as exc:  # pgserver raises several kinds: no binary, no user, timeout
+        shutil.rmtree(root, ignore_errors=True)
+        require_service(f"pgserver could not start PostgreSQL with pgvector: {exc!r}")
+    try:
+        yield dsn
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)

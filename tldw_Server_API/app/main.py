@@ -12,7 +12,11 @@ from fastapi import FastAPI
 
 from tldw_Server_API.app.api.metrics import router as metrics_router
 from tldw_Server_API.app.api.middleware import RequestContextMiddleware
+from tldw_Server_API.app.api.v1 import API_V1_PREFIX
 from tldw_Server_API.app.api.v1.endpoints.embeddings_v5_production_enhanced import router as embeddings_router
+from tldw_Server_API.app.api.v1.endpoints.media import router as media_router
+from tldw_Server_API.app.api.v1.endpoints.media_embeddings import router as media_embeddings_router
+from tldw_Server_API.app.api.v1.endpoints.rag import router as rag_router
 from tldw_Server_API.app.api.v1.errors import install_error_handlers
 from tldw_Server_API.app.core.config import Settings
 from tldw_Server_API.app.core.observability import configure_logging
@@ -33,9 +37,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.aclose()
 
     app = FastAPI(title="tldw_server embeddings", version="0.1.0", lifespan=lifespan)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
+    upload_cap = settings.storage_config().max_upload_bytes + 256 * 1024   # file + multipart envelope
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes,
+                       path_limits={f"{API_V1_PREFIX}/media/add": max(upload_cap, settings.max_request_bytes)})
     install_error_handlers(app)
     app.include_router(embeddings_router)
+    app.include_router(media_router)
+    app.include_router(media_embeddings_router)
+    app.include_router(rag_router)
     app.include_router(metrics_router)
     return app
 

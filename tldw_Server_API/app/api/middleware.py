@@ -28,9 +28,10 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, path_limits: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.path_limits = path_limits or {}   # exact path -> its own cap (file uploads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,7 +43,8 @@ class RequestContextMiddleware:
         state["request_id"] = request_id
         started = time.perf_counter()
         status = {"code": 500, "sent": False}
-        too_large = PayloadTooLarge(f"the request body is larger than {self.max_body_bytes} bytes")
+        cap = self.path_limits.get(scope.get("path", ""), self.max_body_bytes)
+        too_large = PayloadTooLarge(f"the request body is larger than {cap} bytes")
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -58,14 +60,14 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > cap:
                     raise too_large
             return message
 
         with logger.contextualize(request_id=request_id):
             try:
                 length = _header(scope, b"content-length")
-                if length and length.isdigit() and int(length) > self.max_body_bytes:
+                if length and length.isdigit() and int(length) > cap:
                     await domain_error_response(too_large)(scope, receive, send_with_id)
                 else:
                     await self.app(scope, guarded_receive, send_with_id)

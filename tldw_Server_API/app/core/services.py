@@ -6,21 +6,62 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import APIKeyStore, load_key_store
 from tldw_Server_API.app.core.config import Settings
+from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory
+from tldw_Server_API.app.core.DB_Management.media_service import MediaService
+from tldw_Server_API.app.core.Embeddings._sql_engine import dispose_engine
 from tldw_Server_API.app.core.Embeddings.circuit_breaker import BreakerRegistry
 from tldw_Server_API.app.core.Embeddings.embedding_execution import HopExecutor
 from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingService
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import create_provider_registry
+from tldw_Server_API.app.core.Embeddings.job_manager import MediaEmbeddingJobManager
+from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobsDB
+from tldw_Server_API.app.core.Embeddings.media_embedding_service import MediaEmbeddingService
 from tldw_Server_API.app.core.Embeddings.metrics_integration import EmbeddingsMetrics
 from tldw_Server_API.app.core.Embeddings.multi_tier_cache import create_embedding_cache
 from tldw_Server_API.app.core.Embeddings.policy import EmbeddingPolicy
 from tldw_Server_API.app.core.Embeddings.rate_limiter import create_rate_limiter
 from tldw_Server_API.app.core.Embeddings.tokenization import TokenArrayDecoder
+from tldw_Server_API.app.core.Embeddings.vector_store_batches_db import VectorStoreBatchesDB
+from tldw_Server_API.app.core.Embeddings.vector_store_meta_db import VectorStoreMetaDB
+from tldw_Server_API.app.core.Embeddings.workers.base_worker import Embedded, StageContext, media_collection
 from tldw_Server_API.app.core.observability import HTTPMetrics
+from tldw_Server_API.app.core.RAG.search import RAGSearchService
+from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory, create_vector_store_factory
+
+
+@dataclass
+class StorageServices:
+    """Per-user stores of the host and the plugin: media DBs, vector stores, job and store DBs."""
+
+    media_dbs: MediaDBFactory
+    vector_stores: VectorStoreFactory
+    jobs: JobsDB
+    vector_store_meta: VectorStoreMetaDB
+    vector_store_batches: VectorStoreBatchesDB
+    jobs_db_url: str
+
+    def close(self) -> None:
+        self.vector_stores.close()
+        self.media_dbs.close_all()
+        dispose_engine(self.jobs_db_url)
+
+
+def build_storage(settings: Settings) -> StorageServices:
+    config = settings.storage_config()
+    return StorageServices(
+        media_dbs=MediaDBFactory(config.data_dir),
+        vector_stores=create_vector_store_factory(config),
+        jobs=JobsDB(config.jobs_db_url),
+        vector_store_meta=VectorStoreMetaDB(config.jobs_db_url),
+        vector_store_batches=VectorStoreBatchesDB(config.jobs_db_url),
+        jobs_db_url=config.jobs_db_url,
+    )
 
 
 @dataclass
@@ -30,9 +71,15 @@ class Services:
     http_metrics: HTTPMetrics
     auth: APIKeyStore
     embeddings: EmbeddingService
+    storage: StorageServices
+    media_embeddings: MediaEmbeddingService
+    media: MediaService
+    rag: RAGSearchService
 
     async def aclose(self) -> None:
+        await self.media_embeddings.manager.aclose()
         await self.embeddings.aclose()
+        self.storage.close()
 
 
 async def build_services(settings: Settings) -> Services:
@@ -42,7 +89,34 @@ async def build_services(settings: Settings) -> Services:
     logger.info("auth: {}", auth.source)
     embeddings = build_embedding_service(settings, registry)
     await embeddings.preload(settings.engine_config().models.preload)
-    return Services(settings, registry, HTTPMetrics(registry), auth, embeddings)
+    storage = build_storage(settings)
+    media_embeddings, rag = build_media_services(settings, embeddings, storage)
+    media = MediaService(storage.media_dbs, media_embeddings, settings.storage_config().max_upload_bytes)
+    return Services(settings, registry, HTTPMetrics(registry), auth, embeddings, storage, media_embeddings, media, rag)
+
+
+def build_media_services(
+    settings: Settings, embeddings: EmbeddingService, storage: StorageServices
+) -> tuple[MediaEmbeddingService, RAGSearchService]:
+    """The embedded pipeline (stage handlers run by the in-process job manager) and RAG search."""
+    config = settings.storage_config()
+    _, default_model = embeddings.resolve_model(None)
+
+    async def embed(user_id: str, provider: str, model: str, texts: list[str]) -> Embedded:  # noqa: ARG001
+        result = await embeddings.embed_texts(f"{provider}:{model}", texts, None)
+        return Embedded(result.vectors, result.provider, result.model_id)
+
+    async def embed_query(user_id: str, query: str) -> tuple[np.ndarray, str]:
+        result = await embeddings.embed_texts(default_model, [query], None)
+        return result.vectors[0], media_collection(user_id, result.model_id, default_model)
+
+    context = StageContext(storage.media_dbs, storage.vector_stores, embed, default_model=default_model)
+    manager = MediaEmbeddingJobManager(storage.jobs, context, concurrency=config.pipeline_concurrency,
+                                       queue_size=config.pipeline_queue_size)
+    manager.start()
+    service = MediaEmbeddingService(embeddings, storage.media_dbs, storage.vector_stores, manager, config.chunking)
+    return service, RAGSearchService(storage.media_dbs, storage.vector_stores, embed_query)
+
 
 
 def build_embedding_service(settings: Settings, registry: CollectorRegistry) -> EmbeddingService:

@@ -7,8 +7,11 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import User
+from tldw_Server_API.app.core.DB_Management.media_service import MediaService
 from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingService
+from tldw_Server_API.app.core.Embeddings.media_embedding_service import MediaEmbeddingService
 from tldw_Server_API.app.core.errors import PermissionDenied
+from tldw_Server_API.app.core.RAG.search import RAGSearchService
 from tldw_Server_API.app.core.services import Services
 
 
@@ -56,3 +59,24 @@ def get_embedding_service(services: ServicesDep) -> EmbeddingService:
 
 
 EmbeddingServiceDep = Annotated[EmbeddingService, Depends(get_embedding_service)]
+
+
+def get_media_service(services: ServicesDep) -> MediaService:
+    return services.media
+
+
+MediaServiceDep = Annotated[MediaService, Depends(get_media_service)]
+
+
+def get_media_embedding_service(services: ServicesDep) -> MediaEmbeddingService:
+    return services.media_embeddings
+
+
+MediaEmbeddingServiceDep = Annotated[MediaEmbeddingService, Depends(get_media_embedding_service)]
+
+
+def get_rag_service(services: ServicesDep) -> RAGSearchService:
+    return services.rag
+
+
+RAGServiceDep = Annotated[RAGSearchService, Depends(get_rag_service)]

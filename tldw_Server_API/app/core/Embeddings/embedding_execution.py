@@ -48,6 +48,7 @@ class RequestBudget:
 
     user_id: str
     decision: Decision | None = None
+    exempt: bool = False          # internal work (media ingestion, RAG queries) is not rate limited
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ class HopExecutor:
         return HopResult(provider.name, list(ordered), hit_tokens + miss_tokens, status, budget.decision)
 
     async def _charge(self, budget: RequestBudget) -> None:
-        if self._limiter is not None and budget.decision is None:
+        if self._limiter is not None and budget.decision is None and not budget.exempt:
             budget.decision = await self._limiter.enforce(budget.user_id)
 
     async def _compute(

@@ -56,6 +56,16 @@ class EmbeddingCall:
 
 
 @dataclass(frozen=True)
+class TextEmbeddings:
+    """Vectors for internal callers (media ingestion, RAG queries, vector stores)."""
+
+    vectors: np.ndarray      # (n, d) float32, L2-normalised
+    provider: str
+    model_id: str            # the resolved id, as stored beside the vectors
+    dimension: int
+
+
+@dataclass(frozen=True)
 class EmbeddingOutcome:
     model: str                                # the id the caller sent
     provider: str                             # the provider that produced every row
@@ -153,6 +163,34 @@ class EmbeddingService:
             cache=result.cache, fallback_from=fallback_from, rate_limit=result.rate_limit,
         )
 
+    # --- internal callers ---------------------------------------------------------------------
+    async def embed_texts(
+        self, model: str, texts: list[str], user: User | None, *, truncate: bool = True
+    ) -> TextEmbeddings:
+        """One provider, no fallback (stored vectors must never mix models), no rate limit. The
+        policy applies to `user`; None means the call was authorized earlier (a queued job).
+        Long texts are truncated to the model's window by default."""
+        resolved = self.registry.resolve(model)
+        if user is not None:
+            self._policy.check(resolved.provider.name, resolved.info.model_id, is_admin=user.is_admin)
+        if not texts:
+            raise InvalidInput("nothing to embed", param="input")
+        budget = RequestBudget(user.id if user else "internal", exempt=True)
+        result = await self._executor.run(resolved, texts, None, truncate, budget)
+        vectors = np.stack(result.vectors).astype(np.float32, copy=False)
+        return TextEmbeddings(vectors, result.provider, resolved.info.model_id, int(vectors.shape[1]))
+
+    def resolve_model(self, model: str | None) -> tuple[str, str]:
+        """(provider, model id) of a model name, the default model when None; errors as for requests."""
+        resolved = self.registry.resolve(model or self.registry.default_model)
+        return resolved.provider.name, resolved.info.model_id
+
+    def authorize(self, model: str | None, user: User) -> tuple[str, str, int | None]:
+        """Resolve a model for stored vectors and apply the policy: (provider, model id, dimension)."""
+        resolved = self.registry.resolve(model or self.registry.default_model)
+        self._policy.check(resolved.provider.name, resolved.info.model_id, is_admin=user.is_admin)
+        return resolved.provider.name, resolved.info.model_id, resolved.info.dimension
+
     # --- models and health --------------------------------------------------------------------
     def list_models(self) -> list[ModelListing]:
         return self.registry.listings()
@@ -218,7 +256,7 @@ class EmbeddingService:
             self.registry.get(provider)
         except ProviderNotImplemented as exc:
             raise NotFound(f"provider '{provider}' is not available on this server", param="provider") from exc
-        self._executor.breakers.reset(provider)
+        self._executor.breakers.get(provider).reset()  # never called yet: created closed, not a 404
         return self._executor.breakers.snapshot().get(provider, {"state": "closed"})
 
     def metrics_snapshot(self) -> dict[str, Any]:

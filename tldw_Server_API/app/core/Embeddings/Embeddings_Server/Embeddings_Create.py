@@ -113,6 +113,10 @@ class ProviderRegistry:
                 return provider_name
         return self._default_provider
 
+    @property
+    def default_model(self) -> str:
+        return self._default_model
+
     def default_models_for(self, provider: str) -> list[str]:
         """A provider's catalog models, the configured default model first when it is among them."""
         ids = [model_id for name, model_id in self._catalog if name == provider]

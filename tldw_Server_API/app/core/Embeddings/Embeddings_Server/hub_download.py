@@ -70,7 +70,9 @@ def download_model(repo_id: str, revision: str | None, target: Path, *, endpoint
     """Fetch `repo_id` at `revision` (None: the default branch) into `target`; returns the commit."""
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.constants import is_offline_mode
+    from huggingface_hub.utils import disable_progress_bars
 
+    disable_progress_bars()
     if is_offline_mode():
         raise _hub_error(repo_id, revision, _offline_error())
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")

@@ -158,7 +158,10 @@ class LocalModelProvider:
     def _missing(self, base: str) -> ModelFiles:
         """No local copy: the reason, a remembered download failure, or a background download."""
         if not self._resolver.can_download(base):
-            raise self._resolver.missing(base)
+            files = self._resolver.locate(base)   # a download may have just finished
+            if files is None:
+                raise self._resolver.missing(base)
+            return files
         if hub_offline():
             raise ModelNotFound(f"The model `{base}` is not available locally and the Hugging Face hub is "
                                 "offline (HF_HUB_OFFLINE)", param="model")
@@ -287,9 +290,10 @@ class LocalModelProvider:
         (AUTO_DOWNLOAD_MODELS) at the pinned revision, joining one already running."""
         base = self.base_model_id(model_id)
         if self._resolver.locate(base) is None:
-            if not self._resolver.can_download(base):
+            if self._resolver.can_download(base):
+                await asyncio.wrap_future(self._downloads.start(base, lambda: self._fetch_sync(base)))
+            elif self._resolver.locate(base) is None:   # not a download that just finished
                 raise self._resolver.missing(base)
-            await asyncio.wrap_future(self._downloads.start(base, lambda: self._fetch_sync(base)))
             self._infos.pop(model_id, None)
         return self.model_info(model_id)
 

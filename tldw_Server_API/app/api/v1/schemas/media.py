@@ -1,0 +1,76 @@
+"""Wire models of the host media routes (`/api/v1/media`), and the embedding-option fields shared
+with the media embeddings routes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from tldw_Server_API.app.core.DB_Management.Media_DB import MediaRecord, MediaSummary
+from tldw_Server_API.app.core.Embeddings.media_embedding_service import EmbeddingOptions
+
+
+class EmbeddingOptionsModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    embedding_model: StrictStr | None = Field(None, description="`provider:model` or a bare id (default model).")
+    embedding_provider: StrictStr | None = Field(None, description="Provider of `embedding_model`.")
+    chunk_size: StrictInt | None = Field(None, description="Chunk size in the method's units (default 1000).")
+    chunk_overlap: StrictInt | None = Field(None, description="Overlap in the method's units (default 200).")
+    chunk_method: Literal["words", "sentences", "paragraphs", "tokens"] | None = None
+    force_regenerate: StrictBool = False
+    priority: Literal["high", "normal", "low"] = "normal"
+
+    def to_options(self) -> EmbeddingOptions:
+        return EmbeddingOptions(**self.model_dump())
+
+
+class MediaAddJSON(EmbeddingOptionsModel):
+    title: StrictStr | None = Field(None, max_length=512)
+    content: StrictStr = Field(..., description="The text of the media item.")
+    media_type: StrictStr = Field("text", max_length=32)
+    generate_embeddings: StrictBool = True
+
+
+class MediaItem(BaseModel):
+    id: int
+    title: str
+    media_type: str
+    source_filename: str | None
+    content_hash: str
+    chunk_count: int
+    created_at: datetime
+    updated_at: datetime
+    content: str | None = None
+
+    @classmethod
+    def of(cls, record: MediaSummary) -> MediaItem:
+        content = record.content if isinstance(record, MediaRecord) else None
+        return cls(
+            id=record.id, title=record.title, media_type=record.media_type, source_filename=record.source_filename,
+            content_hash=record.content_hash, chunk_count=record.chunk_count, created_at=record.created_at,
+            updated_at=record.updated_at, content=content,
+        )
+
+
+class MediaAddResponse(BaseModel):
+    media_id: int
+    title: str
+    content_hash: str
+    job_id: str | None = None
+    embedding_status: str | None = None
+
+
+class MediaList(BaseModel):
+    items: list[MediaItem]
+    total: int
+    limit: int
+    offset: int
+
+
+class MediaDeleted(BaseModel):
+    media_id: int
+    deleted: bool = True
+    vectors_removed: int = 0

@@ -1,0 +1,79 @@
+"""Wire models of the media embeddings routes (`/api/v1/media/.../embeddings`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from tldw_Server_API.app.api.v1.schemas.media import EmbeddingOptionsModel
+from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobRecord
+
+
+class BatchRequest(EmbeddingOptionsModel):
+    media_ids: list[StrictInt] = Field(..., min_length=1, max_length=1000)
+
+
+class JobView(BaseModel):
+    job_id: str
+    media_id: int
+    status: str
+    progress: float
+    total_chunks: int
+    processed_chunks: int
+    stored_chunks: int
+    embedding_model: str
+    embedding_provider: str
+    chunk_method: str
+    chunk_size: int
+    chunk_overlap: int
+    priority: str
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+
+    @classmethod
+    def of(cls, job: JobRecord) -> JobView:
+        fields = {name: getattr(job, name) for name in cls.model_fields}
+        fields["status"] = job.status.value
+        return cls(**fields)
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    media_id: int
+    status: str
+    skipped: bool = False
+
+
+class JobPage(BaseModel):
+    items: list[JobView]
+    total: int
+    limit: int
+    offset: int
+
+
+class EmbeddingStatus(BaseModel):
+    media_id: int
+    has_embeddings: bool
+    chunk_count: int
+    content_hash: str
+    embedding_model: str | None
+    embedding_provider: str | None
+    job: JobView | None
+
+    @classmethod
+    def of(cls, status: dict[str, Any]) -> EmbeddingStatus:
+        job = status.pop("job")
+        return cls(**status, job=JobView.of(job) if job else None)
+
+
+class MediaSearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: StrictStr
+    top_k: StrictInt = 10
+    media_ids: list[StrictInt] | None = None
+    filters: dict[str, Any] | None = None

@@ -1,0 +1,44 @@
+"""Wire models of `POST /api/v1/rag/search`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
+
+from tldw_Server_API.app.core.RAG.search import SearchRequest, SearchResult
+
+
+class RAGSearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: StrictStr
+    top_k: StrictInt = 10
+    mode: Literal["vector", "fts", "hybrid"] = "hybrid"
+    media_ids: list[StrictInt] | None = None
+    filters: Any = None     # a where-object; its shape is checked by the core (clear 400s)
+
+    def to_request(self, mode: str | None = None) -> SearchRequest:
+        return SearchRequest(query=self.query, top_k=self.top_k, mode=mode or self.mode,  # type: ignore[arg-type]
+                             media_ids=self.media_ids, filters=self.filters)
+
+
+class RAGResult(BaseModel):
+    media_id: int
+    title: str
+    chunk_index: int
+    text: str
+    start_char: int
+    end_char: int
+    score: float
+
+    @classmethod
+    def of(cls, result: SearchResult) -> RAGResult:
+        return cls(**result.__dict__)
+
+
+class RAGSearchResponse(BaseModel):
+    object: Literal["list"] = "list"
+    query: str
+    mode: str
+    data: list[RAGResult]

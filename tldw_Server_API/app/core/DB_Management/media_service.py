@@ -1,0 +1,83 @@
+"""Host media operations behind `api/v1/endpoints/media.py`: add (upload or JSON text), read, list,
+soft delete (optionally purging vectors at once). Adding validates every option first, then writes
+the media with its FTS chunks, then queues the embedding job, so a refused request writes nothing.
+Imports core modules only; synchronous DB calls run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from tldw_Server_API.app.core.AuthNZ.api_keys import User
+from tldw_Server_API.app.core.Chunking import ChunkingOptions, chunk_text, extract_text
+from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory, MediaRecord, MediaSummary
+from tldw_Server_API.app.core.Embeddings.media_embedding_service import (
+    EmbeddingOptions,
+    MediaEmbeddingService,
+    StartResult,
+)
+from tldw_Server_API.app.core.errors import InvalidInput, Overloaded, PayloadTooLarge
+
+MAX_TITLE = 512
+
+
+@dataclass(frozen=True)
+class NewMedia:
+    title: str | None
+    content: str
+    media_type: str
+    source_filename: str | None = None
+
+
+class MediaService:
+    def __init__(self, media_dbs: MediaDBFactory, embeddings: MediaEmbeddingService, max_upload_bytes: int) -> None:
+        self._media_dbs = media_dbs
+        self._embeddings = embeddings
+        self._max_upload_bytes = max_upload_bytes
+
+    async def add_upload(
+        self, user: User, filename: str, content_type: str | None, raw: bytes, title: str | None,
+        generate_embeddings: bool, options: EmbeddingOptions,
+    ) -> tuple[MediaRecord, StartResult | None]:
+        if len(raw) > self._max_upload_bytes:
+            raise PayloadTooLarge(f"the upload is larger than {self._max_upload_bytes} bytes", param="file")
+        found_title, text = extract_text(filename, content_type, raw)
+        kind = filename.rsplit(".", 1)[-1].lower() if "." in filename else "text"
+        return await self.add(user, NewMedia(title or found_title, text, kind, filename), generate_embeddings, options)
+
+    async def add(
+        self, user: User, media: NewMedia, generate_embeddings: bool, options: EmbeddingOptions
+    ) -> tuple[MediaRecord, StartResult | None]:
+        if not media.content.strip():
+            raise InvalidInput("'content' must not be empty", param="content")
+        if media.title is not None and len(media.title) > MAX_TITLE:
+            raise InvalidInput(f"'title' is longer than {MAX_TITLE} characters", param="title")
+        provider, model_id, chunking = self._embeddings.prepare(user, options)   # every check before writing
+        if generate_embeddings and not self._embeddings.manager.has_capacity():
+            raise Overloaded("the embedding job queue is full; retry later", retry_after=5)
+        chunks = chunk_text(media.content, ChunkingOptions(chunking.method, chunking.size, chunking.overlap))
+        db = self._media_dbs.get(user.id)
+
+        def write() -> MediaRecord:
+            record = db.add_media(media.title or "", media.content, media.media_type, media.source_filename)
+            db.replace_chunks(record.id, chunks)   # FTS search works with or without embeddings
+            return record
+
+        record = await asyncio.to_thread(write)
+        if not generate_embeddings:
+            return record, None
+        return record, await self._embeddings.start(user, record.id, options)
+
+    async def get(self, user: User, media_id: int) -> MediaRecord:
+        return await asyncio.to_thread(self._media_dbs.get(user.id).get_media, media_id)
+
+    async def list(self, user: User, limit: int, offset: int) -> tuple[list[MediaSummary], int]:
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise InvalidInput("'limit' must be 1-1000 and 'offset' >= 0", param="limit")
+        return await asyncio.to_thread(self._media_dbs.get(user.id).list_media, limit, offset)
+
+    async def delete(self, user: User, media_id: int, purge_vectors: bool) -> int:
+        """Soft delete (gone from search at once); returns vectors purged (0 unless asked)."""
+        await asyncio.to_thread(self._media_dbs.get(user.id).soft_delete, media_id)
+        return await self._embeddings.purge_vectors(user.id, media_id) if purge_vectors else 0

@@ -1,0 +1,404 @@
+"""Media embedding jobs: the pure job state machine, error sanitising, and `JobsDB` (SQLAlchemy).
+
+`JobStatus`, `can_transition`, `compute_progress` and `sanitize_error` are pure. `JobsDB` persists
+jobs (SQLite by default, PostgreSQL by URL) and is safe to call from worker threads; every state
+change is one compare-and-set UPDATE, so a cancel racing a worker never gets overwritten.
+May import SQLAlchemy, `_sql_engine` and core errors; no HTTP, no queues, no environment.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text, case, func, literal, select, update
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.sql.elements import ColumnElement
+
+from tldw_Server_API.app.core.Embeddings._sql_engine import Clock, UTCDateTime, engine_for, new_id, transaction, utc_now
+from tldw_Server_API.app.core.errors import InvalidInput, NotFound, TLDWError
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    CHUNKING = "chunking"
+    EMBEDDING = "embedding"
+    STORING = "storing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+RUNNING_STATES = frozenset({JobStatus.CHUNKING, JobStatus.EMBEDDING, JobStatus.STORING})
+ACTIVE_STATES = RUNNING_STATES | {JobStatus.QUEUED}
+PRIORITIES = ("high", "normal", "low")
+_NEXT = {
+    JobStatus.QUEUED: JobStatus.CHUNKING,
+    JobStatus.CHUNKING: JobStatus.EMBEDDING,
+    JobStatus.EMBEDDING: JobStatus.STORING,
+    JobStatus.STORING: JobStatus.COMPLETED,
+}
+
+
+def can_transition(old: JobStatus, new: JobStatus) -> bool:
+    """queued -> chunking -> embedding -> storing -> completed, one step at a time; any active state
+    -> failed | cancelled; terminal states are final. A state never moves to itself."""
+    if old in TERMINAL_STATES:
+        return False
+    return new in (JobStatus.FAILED, JobStatus.CANCELLED) or _NEXT.get(old) == new
+
+
+def sources_of(new: JobStatus) -> frozenset[JobStatus]:
+    """The states from which `new` may be entered."""
+    return frozenset(old for old in JobStatus if can_transition(old, new))
+
+
+def compute_progress(total: int, processed: int, stored: int) -> float:
+    """Percent done: embedding is the first half of the work, storing the second."""
+    if total <= 0:
+        return 0.0
+    return min(100.0, (processed + stored) * 50.0 / total)
+
+
+# --- error sanitising (pure) -----------------------------------------------------------------
+MAX_ERROR_LENGTH = 300
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\).*", re.S)
+_BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+\S+")
+_SECRET_VALUE = re.compile(
+    r"(?i)\b((?:api[_-]?)?keys?|tokens?|secrets?|passwords?|passwd|pwd|authorization|credentials?|auth|dsn)"
+    r"(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)"
+)
+_PATHLIKE = re.compile(r"\S*[/\\]\S*")  # any word with a slash: paths, URLs (and their credentials)
+_LONG_TOKEN = re.compile(r"[A-Za-z0-9_\-+=.~]{24,}")  # API keys, hashes, base64
+_KEY_PREFIX = re.compile(r"\b(?:sk|pk|rk|hf|ghp|xox[abp])[-_]\S+")
+_HOME = re.compile(r"~\S*")
+
+
+def sanitize_message(text: str, max_length: int = MAX_ERROR_LENGTH) -> str:
+    """One line, no tracebacks, paths, URLs or secret-looking values, at most `max_length` chars."""
+    text = _TRACEBACK.sub(" ", text)
+    text = _BEARER.sub(r"\1 <redacted>", text)
+    text = _SECRET_VALUE.sub(r"\1\2<redacted>", text)
+    text = _PATHLIKE.sub("<path>", text)
+    text = _HOME.sub("<path>", text)
+    text = _KEY_PREFIX.sub("<redacted>", text)
+    text = _LONG_TOKEN.sub("<redacted>", text)
+    text = " ".join(text.split())
+    if len(text) > max_length:
+        text = text[: max_length - 3].rstrip() + "..."
+    return text
+
+
+def sanitize_error(exc: BaseException, max_length: int = MAX_ERROR_LENGTH) -> str:
+    """`ClassName: safe short message` for storing and showing to the job's owner."""
+    name = type(exc).__name__
+    raw = exc.message if isinstance(exc, TLDWError) else str(exc)
+    message = sanitize_message(raw, max(0, max_length - len(name) - 2))
+    return f"{name}: {message}"[:max_length] if message else name[:max_length]
+
+
+# --- persistence -------------------------------------------------------------------------------
+_metadata = MetaData()
+jobs_table = Table(
+    "embedding_jobs",
+    _metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),  # creation order, tie-breaker
+    Column("job_id", String(64), nullable=False, unique=True),
+    Column("user_id", String(64), nullable=False),
+    Column("media_id", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("priority", String(8), nullable=False),
+    Column("progress", Float, nullable=False, default=0.0),
+    Column("total_chunks", Integer, nullable=False, default=0),
+    Column("processed_chunks", Integer, nullable=False, default=0),
+    Column("stored_chunks", Integer, nullable=False, default=0),
+    Column("embedding_model", String(255), nullable=False),
+    Column("embedding_provider", String(64), nullable=False),
+    Column("chunk_method", String(32), nullable=False),
+    Column("chunk_size", Integer, nullable=False),
+    Column("chunk_overlap", Integer, nullable=False),
+    Column("content_hash", String(128), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("completed_at", UTCDateTime, nullable=True),
+    Index("ix_embedding_jobs_user_created", "user_id", "created_at"),
+    Index("ix_embedding_jobs_user_media", "user_id", "media_id"),
+    Index("ix_embedding_jobs_status", "status"),
+)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    user_id: str
+    media_id: int
+    status: JobStatus
+    priority: str
+    progress: float
+    total_chunks: int
+    processed_chunks: int
+    stored_chunks: int
+    embedding_model: str
+    embedding_provider: str
+    chunk_method: str
+    chunk_size: int
+    chunk_overlap: int
+    content_hash: str | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    updated_at: datetime
+    completed_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> JobRecord:
+        values = {f.name: row[f.name] for f in fields(cls)}
+        values["status"] = JobStatus(values["status"])
+        return cls(**values)
+
+
+def _progress_sql(total: Any, processed: Any, stored: Any) -> ColumnElement[Any]:
+    """`compute_progress` in SQL (same formula; CASE guards the division)."""
+    raw = (processed + stored) * literal(50.0) / total
+    return case((total <= 0, literal(0.0)), (raw > 100.0, literal(100.0)), else_=raw)
+
+
+def _check_counts(**counts: int | None) -> None:
+    for name, value in counts.items():
+        if value is not None and value < 0:
+            raise InvalidInput(f"{name} must be >= 0", param=name)
+
+
+def _error_text(error: str | BaseException | None) -> str | None:
+    if error is None:
+        return None
+    return sanitize_error(error) if isinstance(error, BaseException) else sanitize_message(error)
+
+
+class JobsDB:
+    """Media embedding jobs, scoped per user. Thread-safe; one shared engine per URL."""
+
+    def __init__(self, url: str, *, clock: Clock = utc_now) -> None:
+        self.engine = engine_for(url)
+        self._clock = clock
+        _metadata.create_all(self.engine)
+
+    # --- creation and reads -----------------------------------------------------------------
+    def create_job(
+        self, user_id: str, media_id: int, *, embedding_model: str, embedding_provider: str, chunk_method: str,
+        chunk_size: int, chunk_overlap: int, priority: str = "normal", content_hash: str | None = None,
+    ) -> JobRecord:
+        """A new job in state `queued`."""
+        if priority not in PRIORITIES:
+            raise InvalidInput(f"priority must be one of {', '.join(PRIORITIES)}", param="priority")
+        if chunk_size < 1 or not 0 <= chunk_overlap < chunk_size:
+            raise InvalidInput("chunk size must be >= 1 and 0 <= overlap < size", param="chunk_size")
+        now = self._clock()
+        job_id = new_id("job")
+        values = {
+            "job_id": job_id, "user_id": user_id, "media_id": media_id, "status": JobStatus.QUEUED.value,
+            "priority": priority, "progress": 0.0, "total_chunks": 0, "processed_chunks": 0,
+            "stored_chunks": 0, "embedding_model": embedding_model, "embedding_provider": embedding_provider,
+            "chunk_method": chunk_method, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap,
+            "content_hash": content_hash, "created_at": now, "updated_at": now,
+        }
+        with transaction(self.engine) as conn:
+            conn.execute(jobs_table.insert().values(**values))
+            return self._read(conn, job_id, user_id)
+
+    def get_job(self, user_id: str, job_id: str) -> JobRecord:
+        """The caller's job; NotFound for a missing job or another user's."""
+        with transaction(self.engine) as conn:
+            return self._read(conn, job_id, user_id)
+
+    def get_status(self, job_id: str) -> JobStatus:
+        """Unscoped status read for workers (checking for a cancel between steps)."""
+        with transaction(self.engine) as conn:
+            return self._status(conn, job_id)
+
+    def list_jobs(
+        self, user_id: str, status: JobStatus | None = None, limit: int = 50, offset: int = 0,
+        media_id: int | None = None,
+    ) -> tuple[list[JobRecord], int]:
+        """The caller's jobs, newest first, and how many match in all."""
+        if not 1 <= limit <= 1000:
+            raise InvalidInput("limit must be between 1 and 1000", param="limit")
+        if offset < 0:
+            raise InvalidInput("offset must be >= 0", param="offset")
+        conditions: list[ColumnElement[bool]] = [jobs_table.c.user_id == user_id]
+        if status is not None:
+            if status not in JobStatus.__members__.values():
+                raise InvalidInput(f"unknown job status {str(status)[:32]!r}", param="status")
+            conditions.append(jobs_table.c.status == JobStatus(status).value)
+        if media_id is not None:
+            conditions.append(jobs_table.c.media_id == media_id)
+        query = (
+            select(jobs_table).where(*conditions)
+            .order_by(jobs_table.c.created_at.desc(), jobs_table.c.seq.desc()).limit(limit).offset(offset)
+        )
+        with transaction(self.engine) as conn:
+            total = conn.execute(select(func.count()).select_from(jobs_table).where(*conditions)).scalar_one()
+            rows = conn.execute(query).mappings().all()
+        return [JobRecord.from_row(row) for row in rows], int(total)
+
+    def latest_job_for_media(self, user_id: str, media_id: int) -> JobRecord | None:
+        items, _ = self.list_jobs(user_id, limit=1, media_id=media_id)
+        return items[0] if items else None
+
+    def count_active(self, user_id: str) -> int:
+        """The caller's queued or running jobs (concurrency limits)."""
+        return self._count(user_id, jobs_table.c.status.in_([s.value for s in ACTIVE_STATES]))
+
+    def count_created_since(self, user_id: str, since: datetime) -> int:
+        """Jobs the caller created at or after `since` (daily quotas)."""
+        return self._count(user_id, jobs_table.c.created_at >= since)
+
+    # --- state changes ------------------------------------------------------------------------
+    def transition(
+        self, job_id: str, new_status: JobStatus, *, total_chunks: int | None = None,
+        processed_chunks: int | None = None, stored_chunks: int | None = None, error: str | BaseException | None = None,
+    ) -> bool:
+        """Move `job_id` to `new_status` (and set the given fields) in one compare-and-set UPDATE.
+
+        True when applied. Re-entering the current active state is idempotent (True): redelivered
+        messages and parallel sub-batches announce the same stage. False when the job already
+        reached a terminal state (cancelled meanwhile, or done): the caller should stop.
+        InvalidInput when the move is illegal from the job's active state (a skipped stage);
+        NotFound for an unknown job. `error` is sanitised before it is stored."""
+        new_status = JobStatus(new_status)
+        _check_counts(total_chunks=total_chunks, processed_chunks=processed_chunks, stored_chunks=stored_chunks)
+        allowed = set(sources_of(new_status))
+        if new_status not in TERMINAL_STATES:
+            allowed.add(new_status)
+        values = self._transition_values(new_status, total_chunks, processed_chunks, stored_chunks, error)
+        with transaction(self.engine) as conn:
+            result = conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.job_id == job_id, jobs_table.c.status.in_([s.value for s in allowed]))
+                .values(**values)
+            )
+            if result.rowcount == 1:
+                return True
+            current = self._status(conn, job_id)
+        if current in TERMINAL_STATES:
+            return False
+        raise InvalidInput(f"illegal job transition {current.value} -> {new_status.value}", param="status")
+
+    def update_progress(
+        self, job_id: str, *, processed: int | None = None, stored: int | None = None, total: int | None = None
+    ) -> bool:
+        """Set the counts given (absolute values) and recompute progress. False once the job is
+        terminal (nothing changes then); NotFound for an unknown job."""
+        _check_counts(processed=processed, stored=stored, total=total)
+        values = self._count_values(total, processed, stored)
+        return self._update_active(job_id, values)
+
+    def add_progress(self, job_id: str, *, processed: int = 0, stored: int = 0) -> bool:
+        """Atomically add to the counts (parallel sub-batches); like `update_progress` otherwise."""
+        _check_counts(processed=processed, stored=stored)
+        c = jobs_table.c
+        new_processed, new_stored = c.processed_chunks + processed, c.stored_chunks + stored
+        values = {
+            "processed_chunks": new_processed,
+            "stored_chunks": new_stored,
+            "progress": _progress_sql(c.total_chunks, new_processed, new_stored),
+        }
+        return self._update_active(job_id, values)
+
+    def cancel(self, user_id: str, job_id: str) -> JobRecord:
+        """Cancel the caller's job and return it. Cancelling a job that already reached a terminal
+        state (completed, failed, cancelled) is a no-op: the record comes back unchanged, so the
+        caller sees which state won. NotFound for a missing job or another user's."""
+        now = self._clock()
+        active = [s.value for s in ACTIVE_STATES]
+        with transaction(self.engine) as conn:
+            conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.job_id == job_id, jobs_table.c.user_id == user_id, jobs_table.c.status.in_(active))
+                .values(status=JobStatus.CANCELLED.value, updated_at=now, completed_at=now)
+            )
+        return self.get_job(user_id, job_id)
+
+    def fail_stale_running_jobs(self, *, include_queued: bool = False, updated_before: datetime | None = None) -> int:
+        """Startup recovery: jobs a crashed process left running become failed ("interrupted").
+        `include_queued` also fails queued jobs (the in-process executor loses its queue on a
+        crash; Redis Streams keeps it); `updated_before` spares jobs another live process is
+        still updating. Returns how many jobs were failed."""
+        states = RUNNING_STATES | ({JobStatus.QUEUED} if include_queued else set())
+        conditions: list[ColumnElement[bool]] = [jobs_table.c.status.in_([s.value for s in states])]
+        if updated_before is not None:
+            conditions.append(jobs_table.c.updated_at < updated_before)
+        now = self._clock()
+        with transaction(self.engine) as conn:
+            result = conn.execute(
+                update(jobs_table).where(*conditions).values(
+                    status=JobStatus.FAILED.value, error="interrupted", updated_at=now, completed_at=now
+                )
+            )
+        return int(result.rowcount)
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _transition_values(
+        self, new_status: JobStatus, total: int | None, processed: int | None, stored: int | None,
+        error: str | BaseException | None,
+    ) -> dict[str, Any]:
+        now = self._clock()
+        values = self._count_values(total, processed, stored)
+        values.update(status=new_status.value, updated_at=now)
+        if new_status in RUNNING_STATES:
+            values["started_at"] = func.coalesce(jobs_table.c.started_at, now)
+        if new_status in TERMINAL_STATES:
+            values["completed_at"] = now
+        if new_status == JobStatus.COMPLETED:
+            values["progress"] = 100.0
+        if error is not None:
+            values["error"] = _error_text(error)
+        return values
+
+    def _count_values(self, total: int | None, processed: int | None, stored: int | None) -> dict[str, Any]:
+        c = jobs_table.c
+        values: dict[str, Any] = {"updated_at": self._clock()}
+        given = {"total_chunks": total, "processed_chunks": processed, "stored_chunks": stored}
+        values.update({name: value for name, value in given.items() if value is not None})
+        if any(value is not None for value in given.values()):
+            # SET expressions see the old row, so feed the new values in where given.
+            t, p, s = (c[name] if value is None else literal(value) for name, value in given.items())
+            values["progress"] = _progress_sql(t, p, s)
+        return values
+
+    def _update_active(self, job_id: str, values: dict[str, Any]) -> bool:
+        values.setdefault("updated_at", self._clock())
+        active = [s.value for s in ACTIVE_STATES]
+        with transaction(self.engine) as conn:
+            query = update(jobs_table).where(jobs_table.c.job_id == job_id, jobs_table.c.status.in_(active))
+            result = conn.execute(query.values(**values))
+            if result.rowcount == 1:
+                return True
+            self._status(conn, job_id)  # NotFound for an unknown job
+        return False
+
+    def _count(self, user_id: str, condition: ColumnElement[bool]) -> int:
+        query = select(func.count()).select_from(jobs_table).where(jobs_table.c.user_id == user_id, condition)
+        with transaction(self.engine) as conn:
+            return int(conn.execute(query).scalar_one())
+
+    @staticmethod
+    def _status(conn: Connection, job_id: str) -> JobStatus:
+        status = conn.execute(select(jobs_table.c.status).where(jobs_table.c.job_id == job_id)).scalar()
+        if status is None:
+            raise NotFound(f"job {job_id!r} not found", param="job_id")
+        return JobStatus(status)
+
+    @staticmethod
+    def _read(conn: Connection, job_id: str, user_id: str) -> JobRecord:
+        query = select(jobs_table).where(jobs_table.c.job_id == job_id, jobs_table.c.user_id == user_id)
+        row = conn.execute(query).mappings().first()
+        if row is None:
+            raise NotFound(f"job {job_id!r} not found", param="job_id")
+        return JobRecord.from_row(row)

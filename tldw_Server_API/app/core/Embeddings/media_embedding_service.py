@@ -1,0 +1,167 @@
+"""Media embeddings (the logic behind `media_embeddings.py`): start a job for a media item (with
+validated chunking options and an authorized model), skip unchanged content, report status,
+delete a media item's vectors, batch starts, and job reads/cancel. Jobs run in the job manager.
+
+Imports core stores and services only; never FastAPI. Synchronous store calls go to a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from tldw_Server_API.app.core.AuthNZ.api_keys import User
+from tldw_Server_API.app.core.Chunking import ChunkingOptions, validate_options
+from tldw_Server_API.app.core.config import ChunkingDefaults
+from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory, MediaRecord
+from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingService
+from tldw_Server_API.app.core.Embeddings.job_manager import JobSpec, MediaEmbeddingJobManager
+from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobRecord, JobStatus
+from tldw_Server_API.app.core.Embeddings.queue_schemas import ChunkOptions
+from tldw_Server_API.app.core.Embeddings.workers.base_worker import media_collection
+from tldw_Server_API.app.core.errors import InvalidInput, Overloaded, TLDWError
+from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory
+
+MAX_BATCH_MEDIA = 1000
+
+
+@dataclass(frozen=True)
+class EmbeddingOptions:
+    """What a caller may choose per job; None falls back to the configured defaults."""
+
+    embedding_model: str | None = None
+    embedding_provider: str | None = None
+    chunk_size: int | None = None
+    chunk_overlap: int | None = None
+    chunk_method: str | None = None
+    force_regenerate: bool = False
+    priority: str = "normal"
+
+
+@dataclass(frozen=True)
+class StartResult:
+    job: JobRecord
+    skipped: bool          # unchanged content already embedded with this model: no new job
+
+
+class MediaEmbeddingService:
+    def __init__(
+        self, embeddings: EmbeddingService, media_dbs: MediaDBFactory, vector_stores: VectorStoreFactory,
+        manager: MediaEmbeddingJobManager, chunking: ChunkingDefaults,
+    ) -> None:
+        self._embeddings = embeddings
+        self._media_dbs = media_dbs
+        self._vector_stores = vector_stores
+        self.manager = manager
+        self._chunking = chunking
+
+    def _chunk_options(self, options: EmbeddingOptions) -> ChunkOptions:
+        chosen = ChunkingOptions(
+            method=options.chunk_method or self._chunking.method,
+            max_size=options.chunk_size if options.chunk_size is not None else self._chunking.max_size,
+            overlap=options.chunk_overlap if options.chunk_overlap is not None else self._chunking.overlap,
+        )
+        if options.chunk_size is not None and options.chunk_overlap is None and chosen.overlap >= chosen.max_size:
+            chosen = ChunkingOptions(method=chosen.method, max_size=chosen.max_size, overlap=chosen.max_size // 5)
+        validate_options(chosen, self._chunking.max_allowed_size)
+        values = {"method": chosen.method, "size": chosen.max_size, "overlap": chosen.overlap}
+        return ChunkOptions.model_validate(values)
+
+    def _model_name(self, options: EmbeddingOptions) -> str | None:
+        if options.embedding_provider and options.embedding_model and ":" not in options.embedding_model:
+            return f"{options.embedding_provider}:{options.embedding_model}"
+        if options.embedding_provider and not options.embedding_model:
+            return f"{options.embedding_provider}:{self._embeddings.registry.default_model}"
+        return options.embedding_model
+
+    def prepare(self, user: User, options: EmbeddingOptions) -> tuple[str, str, ChunkOptions]:
+        """Validate everything a job needs before anything is written: (provider, model, chunking)."""
+        if options.priority not in ("high", "normal", "low"):
+            raise InvalidInput("priority must be high, normal or low", param="priority")
+        chunking = self._chunk_options(options)
+        provider, model_id, _ = self._embeddings.authorize(self._model_name(options), user)
+        return provider, model_id, chunking
+
+    async def start(self, user: User, media_id: int, options: EmbeddingOptions) -> StartResult:
+        provider, model_id, chunking = self.prepare(user, options)
+        media = await self._media(user, media_id)
+        return self._submit(user, media, provider, model_id, chunking, options)
+
+    def _submit(self, user: User, media: MediaRecord, provider: str, model_id: str, chunking: ChunkOptions,
+                options: EmbeddingOptions) -> StartResult:
+        if not options.force_regenerate:
+            latest = self.manager.jobs.latest_job_for_media(user.id, media.id)
+            if latest is not None and _same_result(latest, media.content_hash, provider, model_id, chunking):
+                return StartResult(latest, skipped=latest.status == JobStatus.COMPLETED)
+        spec = JobSpec(user.id, media.id, media.title, media.content_hash, provider, model_id, chunking,
+                       options.priority)
+        return StartResult(self.manager.submit(spec), skipped=False)
+
+    async def _media(self, user: User, media_id: int) -> MediaRecord:
+        db = self._media_dbs.get(user.id)
+        return await asyncio.to_thread(db.get_media, media_id)
+
+    async def start_batch(self, user: User, media_ids: list[int], options: EmbeddingOptions) -> dict[str, Any]:
+        if not media_ids or len(media_ids) > MAX_BATCH_MEDIA:
+            raise InvalidInput(f"media_ids must hold 1-{MAX_BATCH_MEDIA} ids", param="media_ids")
+        provider, model_id, chunking = self.prepare(user, options)
+        accepted: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        for media_id in dict.fromkeys(media_ids):
+            try:
+                media = await self._media(user, media_id)
+                result = self._submit(user, media, provider, model_id, chunking, options)
+            except (TLDWError, Overloaded) as exc:
+                rejected.append({"media_id": media_id, "reason": exc.message, "code": exc.code})
+                continue
+            accepted.append({"media_id": media_id, "job_id": result.job.job_id, "skipped": result.skipped})
+        status = "accepted" if not rejected else ("partial" if accepted else "rejected")
+        return {"status": status, "accepted": accepted, "rejected": rejected}
+
+    async def status(self, user: User, media_id: int) -> dict[str, Any]:
+        media = await self._media(user, media_id)
+        latest = self.manager.jobs.latest_job_for_media(user.id, media_id)
+        store = self._vector_stores.for_user(user.id)
+        model = latest.embedding_model if latest else None
+        name = media_collection(user.id, model, self._embeddings.registry.default_model) if model else None
+        count = await asyncio.to_thread(store.count, name, {"media_id": media_id}) if name else 0
+        return {
+            "media_id": media.id, "has_embeddings": count > 0, "chunk_count": count,
+            "content_hash": media.content_hash, "embedding_model": model,
+            "embedding_provider": latest.embedding_provider if latest else None,
+            "job": latest,
+        }
+
+    async def delete_embeddings(self, user: User, media_id: int) -> int:
+        await self._media(user, media_id)
+        return await self.purge_vectors(user.id, media_id)
+
+    async def purge_vectors(self, user_id: str, media_id: int) -> int:
+        """Remove a media item's chunks from every media collection of the user."""
+        store = self._vector_stores.for_user(user_id)
+        prefix = media_collection(user_id, "", None)
+
+        def purge() -> int:
+            names = [n for n in store.list_collections() if n.startswith(prefix)]
+            return sum(store.delete_where(name, {"media_id": media_id}) for name in names)
+
+        return await asyncio.to_thread(purge)
+
+    def get_job(self, user: User, job_id: str) -> JobRecord:
+        return self.manager.jobs.get_job(user.id, job_id)
+
+    def list_jobs(self, user: User, status: str | None, limit: int, offset: int) -> tuple[list[JobRecord], int]:
+        if status is not None and status not in {s.value for s in JobStatus}:
+            raise InvalidInput(f"unknown job status '{status}'", param="status")
+        return self.manager.jobs.list_jobs(user.id, JobStatus(status) if status else None, limit, offset)
+
+    def cancel_job(self, user: User, job_id: str) -> JobRecord:
+        return self.manager.jobs.cancel(user.id, job_id)
+
+
+def _same_result(job: JobRecord, content_hash: str, provider: str, model_id: str, chunking: ChunkOptions) -> bool:
+    if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        return False
+    return (job.content_hash, job.embedding_provider, job.embedding_model, job.chunk_method, job.chunk_size,
+            job.chunk_overlap) == (content_hash, provider, model_id, chunking.method, chunking.size, chunking.overlap)

@@ -1,0 +1,227 @@
+"""Typed, versioned messages of the three pipeline stages (chunking -> embedding -> storage) and
+their pure codec: `encode` / `decode` (JSON, schema version checked), `chunk_id`, vector packing
+(float32 base64) and `split_into_batches` for bounded sub-batches of large documents.
+
+Pure: imports pydantic, numpy, orjson and core errors; no Redis, no I/O, no clock reads (callers
+pass `created_at`). Messages forbid unknown fields: any schema change bumps `SCHEMA_VERSION`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+import numpy as np
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tldw_Server_API.app.core.errors import InvalidInput
+
+SCHEMA_VERSION: Final = 1
+Priority = Literal["high", "normal", "low"]
+ChunkMethod = Literal["words", "sentences", "paragraphs", "tokens"]
+T = TypeVar("T")
+
+
+class MessageSchemaError(InvalidInput):
+    """A queue payload that is not a valid message of this schema (dead-letter it, never retry)."""
+
+    code = "invalid_message"
+
+
+class UnsupportedSchemaVersion(MessageSchemaError):
+    code = "unsupported_schema_version"
+
+
+def chunk_id(media_id: int, index: int) -> str:
+    """Deterministic vector id of a media chunk: re-runs overwrite, never duplicate."""
+    return f"media_{media_id}_chunk_{index}"
+
+
+def split_into_batches(items: Sequence[T], max_per_batch: int) -> list[list[T]]:
+    """Consecutive sub-batches of at most `max_per_batch` items, every item once, in order."""
+    if max_per_batch < 1:
+        raise InvalidInput("max_per_batch must be >= 1", param="max_per_batch")
+    return [list(items[i : i + max_per_batch]) for i in range(0, len(items), max_per_batch)]
+
+
+def pack_vectors(vectors: np.ndarray | Sequence[Sequence[float]]) -> tuple[str, int]:
+    """Row-major little-endian float32 bytes, base64: (payload, dimension)."""
+    array = np.asarray(vectors, dtype="<f4")
+    if array.ndim != 2:
+        raise InvalidInput("vectors must be a 2-D array", param="vectors")
+    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii"), int(array.shape[1])
+
+
+def unpack_vectors(payload: str, count: int, dimension: int) -> np.ndarray:
+    """The (count, dimension) float32 array of `pack_vectors`; InvalidInput on a size mismatch."""
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MessageSchemaError("vectors are not valid base64", param="vectors_b64") from exc
+    if len(raw) != count * dimension * 4:
+        raise MessageSchemaError("vectors size does not match count x dimension", param="vectors_b64")
+    return np.frombuffer(raw, dtype="<f4").reshape(count, dimension).astype(np.float32)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChunkOptions(_Model):
+    method: ChunkMethod = "words"
+    size: Annotated[int, Field(ge=1)] = 1000
+    overlap: Annotated[int, Field(ge=0)] = 200
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkOptions:
+        if self.overlap >= self.size:
+            raise ValueError("overlap must be smaller than size")
+        return self
+
+
+class ChunkPayload(_Model):
+    """One chunk of a media item's text with its character span in the original."""
+
+    chunk_index: Annotated[int, Field(ge=0)]
+    text: str
+    start_char: Annotated[int, Field(ge=0)]
+    end_char: Annotated[int, Field(ge=0)]
+
+
+class ChunkMetadata(_Model):
+    """The metadata stored beside each chunk vector (ARCHITECTURE.md section 4)."""
+
+    media_id: int
+    chunk_index: Annotated[int, Field(ge=0)]
+    start_char: Annotated[int, Field(ge=0)]
+    end_char: Annotated[int, Field(ge=0)]
+    content_hash: str
+    embedding_model: str
+    embedding_provider: str
+    embedding_dimension: Annotated[int, Field(ge=1)]
+    title: str | None = None
+    created_at: AwareDatetime
+
+    def to_store_dict(self) -> dict[str, str | int]:
+        """Flat scalars for vector stores (Chroma refuses None): title "" when absent, ISO time."""
+        values = self.model_dump(mode="json")
+        values["title"] = values["title"] or ""
+        return values
+
+
+class _StageMessage(_Model):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: str
+    user_id: str
+    media_id: int
+    priority: Priority = "normal"
+    created_at: AwareDatetime
+
+
+class ChunkingMessage(_StageMessage):
+    """Chunk one media item. `content` is set only when the text is not read from the media DB."""
+
+    stage: Literal["chunking"] = "chunking"
+    content_hash: str
+    chunk_options: ChunkOptions
+    embedding_model: str
+    embedding_provider: str
+    title: str | None = None
+    content: str | None = None
+
+
+class EmbeddingMessage(_StageMessage):
+    """Embed one sub-batch (`batch_index` of `batch_count`) of a media item's chunks."""
+
+    stage: Literal["embedding"] = "embedding"
+    content_hash: str
+    embedding_model: str
+    embedding_provider: str
+    title: str | None = None
+    chunks: list[ChunkPayload]
+    batch_index: Annotated[int, Field(ge=0)] = 0
+    batch_count: Annotated[int, Field(ge=1)] = 1
+    total_chunks: Annotated[int, Field(ge=0)]
+
+    @model_validator(mode="after")
+    def _batch_in_range(self) -> EmbeddingMessage:
+        if self.batch_index >= self.batch_count:
+            raise ValueError("batch_index must be smaller than batch_count")
+        return self
+
+
+class StorageMessage(_StageMessage):
+    """Store one sub-batch of vectors: ids, texts and metadata line up row by row."""
+
+    stage: Literal["storage"] = "storage"
+    chunk_ids: list[str]
+    documents: list[str]
+    vectors_b64: str
+    dimension: Annotated[int, Field(ge=1)]
+    metadatas: list[ChunkMetadata]
+    batch_index: Annotated[int, Field(ge=0)] = 0
+    batch_count: Annotated[int, Field(ge=1)] = 1
+    total_chunks: Annotated[int, Field(ge=0)]
+
+    @model_validator(mode="after")
+    def _rows_line_up(self) -> StorageMessage:
+        count = len(self.chunk_ids)
+        if len(self.documents) != count or len(self.metadatas) != count:
+            raise ValueError("chunk_ids, documents and metadatas must have the same length")
+        if self.batch_index >= self.batch_count:
+            raise ValueError("batch_index must be smaller than batch_count")
+        try:
+            unpack_vectors(self.vectors_b64, count, self.dimension)
+        except MessageSchemaError as exc:
+            raise ValueError(exc.message) from None
+        return self
+
+    def vectors(self) -> np.ndarray:
+        """The (len(chunk_ids), dimension) float32 vectors."""
+        return unpack_vectors(self.vectors_b64, len(self.chunk_ids), self.dimension)
+
+
+PipelineMessage = ChunkingMessage | EmbeddingMessage | StorageMessage
+MESSAGE_TYPES: dict[str, type[ChunkingMessage] | type[EmbeddingMessage] | type[StorageMessage]] = {
+    "chunking": ChunkingMessage,
+    "embedding": EmbeddingMessage,
+    "storage": StorageMessage,
+}
+
+
+def encode(message: PipelineMessage) -> bytes:
+    """JSON bytes of a message (every field, the schema version and stage included)."""
+    return orjson.dumps(message.model_dump(mode="json"))
+
+
+def _describe(error: ValidationError) -> str:
+    """Field locations and reasons only: pydantic's own text would echo the (raw) input values."""
+    parts = [f"{'.'.join(str(p) for p in item['loc']) or 'message'}: {item['msg']}" for item in error.errors()]
+    return "; ".join(parts[:5])
+
+
+def decode(data: bytes | str) -> PipelineMessage:
+    """The message in `data`; UnsupportedSchemaVersion for another version, MessageSchemaError
+    for anything else that is not a valid message."""
+    try:
+        payload: Any = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise MessageSchemaError("message is not valid JSON") from exc
+    if not isinstance(payload, dict):
+        raise MessageSchemaError("message must be a JSON object")
+    version = payload.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise UnsupportedSchemaVersion(
+            f"unsupported message schema_version {repr(version)[:32]} (this worker reads {SCHEMA_VERSION})",
+            param="schema_version",
+        )
+    model = MESSAGE_TYPES.get(str(payload.get("stage")))
+    if model is None:
+        raise MessageSchemaError(f"unknown message stage (one of {', '.join(MESSAGE_TYPES)})", param="stage")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise MessageSchemaError(f"invalid {model.__name__}: {_describe(exc)}") from exc

@@ -1,0 +1,24 @@
+"""Storage stage: upsert one sub-batch of chunk vectors into the user's media collection under
+deterministic ids (a re-run overwrites, never duplicates), then drop chunks of an earlier, longer
+version of the document (index >= the new chunk count). Synchronous; runs in a worker thread."""
+
+from __future__ import annotations
+
+from tldw_Server_API.app.core.Embeddings.queue_schemas import StorageMessage
+from tldw_Server_API.app.core.Embeddings.workers.base_worker import StageContext, media_collection
+
+
+def handle(message: StorageMessage, context: StageContext) -> int:
+    """Stores the batch; returns how many stale chunks of the media were removed."""
+    if not message.metadatas:
+        return 0
+    model_id = message.metadatas[0].embedding_model
+    store = context.vector_stores.for_user(message.user_id)
+    name = media_collection(message.user_id, model_id, context.default_model)
+    store.ensure_collection(name, message.dimension)
+    store.upsert(
+        name, message.chunk_ids, message.vectors(), documents=message.documents,
+        metadatas=[m.to_store_dict() for m in message.metadatas],
+    )
+    stale = {"$and": [{"media_id": message.media_id}, {"chunk_index": {"$gte": message.total_chunks}}]}
+    return store.delete_where(name, stale)
