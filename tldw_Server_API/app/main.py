@@ -17,6 +17,7 @@ from tldw_Server_API.app.api.v1.endpoints.embeddings_v5_production_enhanced impo
 from tldw_Server_API.app.api.v1.endpoints.media import router as media_router
 from tldw_Server_API.app.api.v1.endpoints.media_embeddings import router as media_embeddings_router
 from tldw_Server_API.app.api.v1.endpoints.rag import router as rag_router
+from tldw_Server_API.app.api.v1.endpoints.vector_stores_openai import router as vector_stores_router
 from tldw_Server_API.app.api.v1.errors import install_error_handlers
 from tldw_Server_API.app.core.config import Settings
 from tldw_Server_API.app.core.observability import configure_logging
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        path_limits={f"{API_V1_PREFIX}/media/add": max(upload_cap, settings.max_request_bytes)})
     install_error_handlers(app)
     app.include_router(embeddings_router)
+    app.include_router(vector_stores_router)
     app.include_router(media_router)
     app.include_router(media_embeddings_router)
     app.include_router(rag_router)

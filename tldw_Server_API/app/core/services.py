@@ -29,6 +29,7 @@ from tldw_Server_API.app.core.Embeddings.rate_limiter import create_rate_limiter
 from tldw_Server_API.app.core.Embeddings.tokenization import TokenArrayDecoder
 from tldw_Server_API.app.core.Embeddings.vector_store_batches_db import VectorStoreBatchesDB
 from tldw_Server_API.app.core.Embeddings.vector_store_meta_db import VectorStoreMetaDB
+from tldw_Server_API.app.core.Embeddings.vector_store_service import VectorStoreService
 from tldw_Server_API.app.core.Embeddings.workers.base_worker import Embedded, StageContext, media_collection
 from tldw_Server_API.app.core.observability import HTTPMetrics
 from tldw_Server_API.app.core.RAG.search import RAGSearchService
@@ -72,11 +73,13 @@ class Services:
     auth: APIKeyStore
     embeddings: EmbeddingService
     storage: StorageServices
+    vector_store_api: VectorStoreService
     media_embeddings: MediaEmbeddingService
     media: MediaService
     rag: RAGSearchService
 
     async def aclose(self) -> None:
+        await self.vector_store_api.aclose()
         await self.media_embeddings.manager.aclose()
         await self.embeddings.aclose()
         self.storage.close()
@@ -90,9 +93,11 @@ async def build_services(settings: Settings) -> Services:
     embeddings = build_embedding_service(settings, registry)
     await embeddings.preload(settings.engine_config().models.preload)
     storage = build_storage(settings)
+    vector_store_api = VectorStoreService(embeddings, storage, settings.storage_config().chunking)
     media_embeddings, rag = build_media_services(settings, embeddings, storage)
     media = MediaService(storage.media_dbs, media_embeddings, settings.storage_config().max_upload_bytes)
-    return Services(settings, registry, HTTPMetrics(registry), auth, embeddings, storage, media_embeddings, media, rag)
+    return Services(settings, registry, HTTPMetrics(registry), auth, embeddings, storage, vector_store_api,
+                    media_embeddings, media, rag)
 
 
 def build_media_services(

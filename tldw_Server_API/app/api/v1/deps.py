@@ -10,6 +10,7 @@ from tldw_Server_API.app.core.AuthNZ.api_keys import User
 from tldw_Server_API.app.core.DB_Management.media_service import MediaService
 from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingService
 from tldw_Server_API.app.core.Embeddings.media_embedding_service import MediaEmbeddingService
+from tldw_Server_API.app.core.Embeddings.vector_store_service import VectorStoreService
 from tldw_Server_API.app.core.errors import PermissionDenied
 from tldw_Server_API.app.core.RAG.search import RAGSearchService
 from tldw_Server_API.app.core.services import Services
@@ -80,3 +81,10 @@ def get_rag_service(services: ServicesDep) -> RAGSearchService:
 
 
 RAGServiceDep = Annotated[RAGSearchService, Depends(get_rag_service)]
+
+
+def get_vector_store_service(services: ServicesDep) -> VectorStoreService:
+    return services.vector_store_api
+
+
+VectorStoreServiceDep = Annotated[VectorStoreService, Depends(get_vector_store_service)]

@@ -37,7 +37,7 @@ from tldw_Server_API.app.core.Embeddings.policy import Hop
 from tldw_Server_API.app.core.Embeddings.rate_limiter import Decision, RateLimiterProtocol
 from tldw_Server_API.app.core.Embeddings.retries import call_with_retries
 from tldw_Server_API.app.core.Embeddings.tokenization import TokenArrayDecoder
-from tldw_Server_API.app.core.errors import ModelNotFound, PermissionDenied, ProviderNotImplemented, TLDWError
+from tldw_Server_API.app.core.errors import TLDWError
 
 CacheStatus = Literal["hit", "miss", "partial"]
 
@@ -62,18 +62,19 @@ class HopResult:
 
 def resolve_hop(registry: ProviderRegistry, hop: Hop, requested_model: str, *, first: bool) -> ResolvedModel | None:
     """The first hop resolves strictly (its errors reach the caller). A fallback hop resolves to
-    its mapped model, else the requested id when that provider serves it, else its default model;
-    None when the provider is not available here."""
+    its mapped model, else the requested id when that provider's catalog offers it, else its
+    default models; never anything that would start a download. None: skip this hop."""
     if first:
         return registry.resolve(f"{hop.provider}:{hop.model}")
     provider = registry.providers.get(hop.provider)
     if provider is None:
         return None
-    candidates = [hop.model] if hop.model else [requested_model, *registry.default_models_for(hop.provider)]
+    catalog = registry.default_models_for(hop.provider)
+    candidates = [hop.model] if hop.model else [m for m in (requested_model, *catalog) if m in catalog]
     for model_id in candidates:
         try:
             return ResolvedModel(provider=provider, info=provider.model_info(model_id))
-        except (ModelNotFound, ProviderNotImplemented, PermissionDenied):
+        except TLDWError:
             continue
     return None
 

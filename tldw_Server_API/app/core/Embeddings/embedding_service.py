@@ -240,8 +240,9 @@ class EmbeddingService:
         fetch = getattr(provider, "download", None)
         if fetch is None:
             raise InvalidInput(f"provider '{provider.name}' does not download models", param="model")
-        path = await fetch(parsed.model_id)
-        return {"model": parsed.model_id, "provider": provider.name, "status": "downloaded", "path": str(path)}
+        fetched = await fetch(parsed.model_id)
+        source = getattr(fetched, "source", None) or str(fetched)
+        return {"model": parsed.model_id, "provider": provider.name, "status": "downloaded", "source": source}
 
     async def clear_cache(self) -> int:
         return await self._executor.clear_cache()

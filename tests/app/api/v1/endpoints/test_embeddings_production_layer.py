@@ -332,6 +332,9 @@ def test_metrics_json_and_prometheus(client: TestClient, fake: FakeOpenAIServer)
     text = client.get("/metrics", headers=NO_KEY).text
     for name in ("embeddings_cache_hits_total", "embeddings_fallbacks_total", "embeddings_circuit_breaker_state"):
         assert f"# TYPE {name.removesuffix('_total')}" in text
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert float(samples["embeddings_cache_misses_total"]) == after["cache_misses"]
+    assert float(samples["embeddings_cache_hits_total"]) == after["cache_hits"]
     assert OPENAI_KEY not in text and LOCAL_KEY not in text
 
 

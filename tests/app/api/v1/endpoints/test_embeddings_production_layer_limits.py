@@ -126,7 +126,7 @@ def test_strict_policy_applies_to_admins(make_client: Any, fake: FakeOpenAIServe
 
 # --- rate limits -----------------------------------------------------------------------------------
 def test_per_user_rate_limit(make_client: Any, fake: FakeOpenAIServer) -> None:
-    client = make_client(embeddings_tenant_rps=0.2, embeddings_tenant_burst=2)
+    client = make_client(embeddings_tenant_rps=0.05, embeddings_tenant_burst=2)
     first = embed(client, ALICE, input="rl one")
     assert first.status_code == 200
     assert (first.headers["X-RateLimit-Limit"], first.headers["X-RateLimit-Remaining"]) == ("2", "1")
@@ -147,7 +147,7 @@ def test_per_user_rate_limit(make_client: Any, fake: FakeOpenAIServer) -> None:
 
 
 def test_global_rate_limit_applies_to_everybody(make_client: Any, fake: FakeOpenAIServer) -> None:
-    client = make_client(embeddings_rate_limit="on", embeddings_global_rps=0.2, embeddings_global_burst=2)
+    client = make_client(embeddings_rate_limit="on", embeddings_global_rps=0.05, embeddings_global_burst=2)
     assert embed(client, ALICE, input="g1").headers["X-RateLimit-Limit"] == "2"
     assert embed(client, BOB, input="g2").status_code == 200
     for headers in (ALICE, BOB, ADMIN):
@@ -192,6 +192,14 @@ def test_disabled_cache_always_misses(make_client: Any, fake: FakeOpenAIServer) 
     assert len(fake.requests) == 2
     assert client.get("/api/v1/embeddings/health").json()["cache"] == {"enabled": False}
     assert client.delete("/api/v1/embeddings/cache").json() == {"removed": 0}
+
+
+def test_resetting_a_breaker_never_used_is_not_a_404(make_client: Any) -> None:
+    client = make_client()
+    reset = client.post("/api/v1/embeddings/circuit-breakers/openai/reset")
+    assert reset.status_code == 200, reset.text
+    assert reset.json()["breaker"]["state"] == "closed"
+    assert_openai_error(client.post("/api/v1/embeddings/circuit-breakers/nosuch/reset"), 404, "provider_not_found")
 
 
 def test_local_api_without_url_is_501(make_client: Any, fake: FakeOpenAIServer) -> None:

@@ -8,13 +8,15 @@ from __future__ import annotations
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from tldw_Server_API.app.api.v1 import API_V1_PREFIX
 from tldw_Server_API.app.api.v1.deps import CurrentUser, MediaServiceDep
 from tldw_Server_API.app.api.v1.schemas.media import (
+    MAX_MEDIA_ID,
+    MIN_MEDIA_ID,
     EmbeddingOptionsModel,
     MediaAddJSON,
     MediaAddResponse,
@@ -26,6 +28,7 @@ from tldw_Server_API.app.core.DB_Management.media_service import NewMedia
 from tldw_Server_API.app.core.errors import InvalidInput
 
 router = APIRouter(prefix=API_V1_PREFIX, tags=["media"])
+MediaIdPath = Annotated[int, Path(ge=MIN_MEDIA_ID, le=MAX_MEDIA_ID)]
 
 
 def _validated(model: type[EmbeddingOptionsModel], data: object) -> EmbeddingOptionsModel:
@@ -34,7 +37,18 @@ def _validated(model: type[EmbeddingOptionsModel], data: object) -> EmbeddingOpt
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
+        if param is None:
+            raise InvalidInput("the request body must be a JSON object") from None
+        if first["type"] == "missing":
+            raise InvalidInput(f"'{param}' is required", param=param, code="missing_required_parameter") from None
         raise InvalidInput(f"invalid value for '{param}': {first['msg']}", param=param) from None
+
+
+def _json_body(raw: bytes) -> object:
+    try:
+        return orjson.loads(raw or b"null")
+    except orjson.JSONDecodeError:
+        raise InvalidInput("the request body is not valid JSON") from None
 
 
 def _form_value(value: object) -> object:
@@ -61,7 +75,7 @@ async def add_media(request: Request, user: CurrentUser, service: MediaServiceDe
             generate, options.to_options(),
         )
     else:
-        body = _validated(MediaAddJSON, orjson.loads(await request.body() or b"null"))
+        body = _validated(MediaAddJSON, _json_body(await request.body()))
         assert isinstance(body, MediaAddJSON)
         record, started = await service.add(
             user, NewMedia(body.title, body.content, body.media_type), body.generate_embeddings, body.to_options(),
@@ -74,7 +88,7 @@ async def add_media(request: Request, user: CurrentUser, service: MediaServiceDe
 
 
 @router.get("/media/{media_id}", response_model=MediaItem)
-async def get_media(media_id: int, user: CurrentUser, service: MediaServiceDep) -> MediaItem:
+async def get_media(media_id: MediaIdPath, user: CurrentUser, service: MediaServiceDep) -> MediaItem:
     return MediaItem.of(await service.get(user, media_id))
 
 
@@ -89,7 +103,7 @@ async def list_media(
 
 @router.delete("/media/{media_id}", response_model=MediaDeleted)
 async def delete_media(
-    media_id: int, user: CurrentUser, service: MediaServiceDep, purge_vectors: bool = False
+    media_id: MediaIdPath, user: CurrentUser, service: MediaServiceDep, purge_vectors: bool = False
 ) -> MediaDeleted:
     removed = await service.delete(user, media_id, purge_vectors)
     return MediaDeleted(media_id=media_id, vectors_removed=removed)

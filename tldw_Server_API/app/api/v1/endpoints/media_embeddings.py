@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Path, Query
 
 from tldw_Server_API.app.api.v1 import API_V1_PREFIX
 from tldw_Server_API.app.api.v1.deps import CurrentUser, MediaEmbeddingServiceDep, RAGServiceDep
-from tldw_Server_API.app.api.v1.schemas.media import EmbeddingOptionsModel
+from tldw_Server_API.app.api.v1.schemas.media import MAX_MEDIA_ID, MIN_MEDIA_ID, EmbeddingOptionsModel
 from tldw_Server_API.app.api.v1.schemas.media_embeddings import (
     BatchRequest,
     EmbeddingStatus,
@@ -24,11 +24,12 @@ from tldw_Server_API.app.api.v1.schemas.rag import RAGResult, RAGSearchResponse
 from tldw_Server_API.app.core.RAG.search import SearchRequest
 
 router = APIRouter(prefix=API_V1_PREFIX, tags=["media-embeddings"])
+MediaIdPath = Annotated[int, Path(ge=MIN_MEDIA_ID, le=MAX_MEDIA_ID)]
 
 
 @router.post("/media/{media_id}/embeddings", response_model=JobAccepted, status_code=202)
 async def start_embedding(
-    media_id: int, user: CurrentUser, service: MediaEmbeddingServiceDep,
+    media_id: MediaIdPath, user: CurrentUser, service: MediaEmbeddingServiceDep,
     body: Annotated[EmbeddingOptionsModel | None, Body()] = None,
 ) -> JobAccepted:
     result = await service.start(user, media_id, (body or EmbeddingOptionsModel()).to_options())
@@ -37,12 +38,16 @@ async def start_embedding(
 
 
 @router.get("/media/{media_id}/embeddings/status", response_model=EmbeddingStatus)
-async def embedding_status(media_id: int, user: CurrentUser, service: MediaEmbeddingServiceDep) -> EmbeddingStatus:
+async def embedding_status(
+    media_id: MediaIdPath, user: CurrentUser, service: MediaEmbeddingServiceDep
+) -> EmbeddingStatus:
     return EmbeddingStatus.of(await service.status(user, media_id))
 
 
 @router.delete("/media/{media_id}/embeddings")
-async def delete_embeddings(media_id: int, user: CurrentUser, service: MediaEmbeddingServiceDep) -> dict[str, Any]:
+async def delete_embeddings(
+    media_id: MediaIdPath, user: CurrentUser, service: MediaEmbeddingServiceDep
+) -> dict[str, Any]:
     return {"media_id": media_id, "deleted": await service.delete_embeddings(user, media_id)}
 
 

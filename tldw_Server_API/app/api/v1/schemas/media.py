@@ -4,12 +4,18 @@ with the media embeddings routes."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from tldw_Server_API.app.core.DB_Management.Media_DB import MediaRecord, MediaSummary
 from tldw_Server_API.app.core.Embeddings.media_embedding_service import EmbeddingOptions
+
+# Media ids are SQLite integers: anything outside this range is refused (400) instead of
+# overflowing the driver (a 500).
+MAX_MEDIA_ID = 2**63 - 1
+MIN_MEDIA_ID = -(2**63)
+MediaId = Annotated[StrictInt, Field(ge=MIN_MEDIA_ID, le=MAX_MEDIA_ID)]
 
 
 class EmbeddingOptionsModel(BaseModel):
@@ -24,7 +30,8 @@ class EmbeddingOptionsModel(BaseModel):
     priority: Literal["high", "normal", "low"] = "normal"
 
     def to_options(self) -> EmbeddingOptions:
-        return EmbeddingOptions(**self.model_dump())
+        # Only the option fields: subclasses (the JSON add body, batches) carry other fields too.
+        return EmbeddingOptions(**self.model_dump(include=set(EmbeddingOptionsModel.model_fields)))
 
 
 class MediaAddJSON(EmbeddingOptionsModel):

@@ -7,12 +7,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from tldw_Server_API.app.api.v1.schemas.media import EmbeddingOptionsModel
+from tldw_Server_API.app.api.v1.schemas.media import EmbeddingOptionsModel, MediaId
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobRecord
 
 
 class BatchRequest(EmbeddingOptionsModel):
-    media_ids: list[StrictInt] = Field(..., min_length=1, max_length=1000)
+    media_ids: list[MediaId] = Field(..., min_length=1, max_length=1000)
 
 
 class JobView(BaseModel):
@@ -75,5 +75,5 @@ class MediaSearchRequest(BaseModel):
 
     query: StrictStr
     top_k: StrictInt = 10
-    media_ids: list[StrictInt] | None = None
+    media_ids: list[MediaId] | None = None
     filters: dict[str, Any] | None = None

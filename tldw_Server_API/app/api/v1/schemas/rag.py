@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 
+from tldw_Server_API.app.api.v1.schemas.media import MediaId
 from tldw_Server_API.app.core.RAG.search import SearchRequest, SearchResult
 
 
@@ -15,7 +16,7 @@ class RAGSearchRequest(BaseModel):
     query: StrictStr
     top_k: StrictInt = 10
     mode: Literal["vector", "fts", "hybrid"] = "hybrid"
-    media_ids: list[StrictInt] | None = None
+    media_ids: list[MediaId] | None = None
     filters: Any = None     # a where-object; its shape is checked by the core (clear 400s)
 
     def to_request(self, mode: str | None = None) -> SearchRequest:

@@ -1,0 +1,214 @@
+"""Ingestion throughput (issue #4): 100 documents of real text uploaded at once through
+`POST /api/v1/media/add` (multipart) until every embedding job is `completed`, in chunks/s from the
+first upload sent to the last job completed, against the engine's own rate on exactly the same chunk
+texts in the same run (`provider.embed` of all of them in one call). Target: >= 0.8x the engine.
+
+    .venv/bin/python bench/bench_ingestion.py [--documents 100] [--model provider:model ...] [--out PATH]
+
+Chunks are 150 words with 30 words of overlap: ~250 model tokens on this corpus, the model's
+256-token window (the defaults, 1000/200 words, would be cut to 256 tokens). The reference runs
+before and after the server; the ratio uses the faster of the two (the conservative one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import build_corpus  # noqa: E402
+from harness import ServerProcess, machine_info  # noqa: E402
+
+from tldw_Server_API.app.core.Chunking import ChunkingOptions, chunk_text, extract_text  # noqa: E402
+from tldw_Server_API.app.core.config import BUNDLED_MODEL_ID, Settings  # noqa: E402
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import (  # noqa: E402
+    create_provider_registry,
+)
+
+TARGET_RATIO = 0.8
+DEFAULT_MODELS = (f"huggingface:{BUNDLED_MODEL_ID}", f"onnx:{BUNDLED_MODEL_ID}@fp32")
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+def build_documents(count: int, seed: int, min_words: int, max_words: int) -> list[str]:
+    """Documents of `min_words`-`max_words` words: corpus passages joined as paragraphs."""
+    passages = iter(build_corpus(count * max_words // 40 + 100, seed=seed))
+    rnd = random.Random(seed)
+    documents = []
+    for _ in range(count):
+        target, paragraphs, words = rnd.randint(min_words, max_words), [], 0
+        while words < target:
+            paragraph = next(passages)
+            paragraphs.append(paragraph)
+            words += len(paragraph.split())
+        documents.append("\n\n".join(paragraphs))
+    return documents
+
+
+def file_name(index: int) -> str:
+    return f"bench-doc-{index:03d}.txt"
+
+
+def chunk_documents(documents: list[str], options: ChunkingOptions) -> list[str]:
+    """The chunk texts the server will embed: the same extraction and chunking of the same bytes."""
+    texts: list[str] = []
+    for index, document in enumerate(documents):
+        _, text = extract_text(file_name(index), "text/plain", document.encode())
+        texts.extend(chunk.text for chunk in chunk_text(text, options))
+    return texts
+
+
+async def engine_rate(model: str, texts: list[str], settings: Settings) -> dict[str, Any]:
+    """The engine alone: one `embed` call with every chunk (it length-sorts and cuts its own batches)."""
+    registry = create_provider_registry(settings.engine_config())
+    try:
+        resolved = registry.resolve(model)
+        provider, model_id = resolved.provider, resolved.info.model_id
+        await provider.embed(model_id, texts[:64])  # load and warm the model, not timed
+        start = time.perf_counter()
+        batch = await provider.embed(model_id, texts)
+        seconds = time.perf_counter() - start
+    finally:
+        await registry.aclose()
+    tokens = sum(batch.token_counts)
+    return {"seconds": seconds, "chunks_per_s": len(texts) / seconds, "tokens": tokens,
+            "tokens_per_s": tokens / seconds}
+
+
+async def upload(client: httpx.AsyncClient, index: int, document: str, form: dict[str, str]) -> dict[str, Any]:
+    files = {"file": (file_name(index), document.encode(), "text/plain")}
+    response = await client.post("/api/v1/media/add", files=files, data={"title": f"Bench {index}", **form})
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def wait_for_jobs(client: httpx.AsyncClient, job_ids: set[str], poll_s: float) -> dict[str, dict[str, Any]]:
+    """Poll the job list until every job is terminal; the jobs as the server reports them."""
+    while True:
+        response = await client.get("/api/v1/media/embeddings/jobs", params={"limit": 500})
+        response.raise_for_status()
+        jobs = {job["job_id"]: job for job in response.json()["items"] if job["job_id"] in job_ids}
+        if len(jobs) == len(job_ids) and all(job["status"] in TERMINAL for job in jobs.values()):
+            return jobs
+        await asyncio.sleep(poll_s)
+
+
+def _timestamp(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+async def run_pipeline(server: ServerProcess, documents: list[str], form: dict[str, str]) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=len(documents), max_keepalive_connections=len(documents))
+    async with httpx.AsyncClient(base_url=server.base_url, headers=server.headers, timeout=600,
+                                 limits=limits) as client:
+        started = time.time()
+        added = await asyncio.gather(*(upload(client, i, d, form) for i, d in enumerate(documents)))
+        uploaded = time.time()
+        jobs = await wait_for_jobs(client, {a["job_id"] for a in added}, poll_s=0.25)
+        detected = time.time()
+    failed = [job for job in jobs.values() if job["status"] != "completed"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} job(s) did not complete, e.g. {failed[0]['status']}: {failed[0]['error']}")
+    finished = max(_timestamp(job["completed_at"]) for job in jobs.values())
+    chunks = sum(job["total_chunks"] for job in jobs.values())
+    seconds = finished - started
+    waits = [_timestamp(j["started_at"]) - _timestamp(j["created_at"]) for j in jobs.values()]
+    runs = [_timestamp(j["completed_at"]) - _timestamp(j["started_at"]) for j in jobs.values()]
+    return {
+        "jobs": len(jobs), "chunks": chunks, "seconds": seconds, "chunks_per_s": chunks / seconds,
+        "uploads_seconds": uploaded - started, "seconds_until_client_saw_all_completed": detected - started,
+        "job_queue_wait_s": {"median": statistics.median(waits), "max": max(waits)},
+        "job_run_s": {"median": statistics.median(runs), "max": max(runs)},
+    }
+
+
+async def bench_model(model: str, documents: list[str], texts: list[str], form: dict[str, str],
+                      root: Path) -> dict[str, Any]:
+    model_dir = root / "models"  # shared by the reference and the server (the ONNX export is cached there)
+    reference_settings = Settings(tldw_data_dir=root / "reference", embeddings_model_dir=model_dir,
+                                  log_level="WARNING")
+    before = await engine_rate(model, texts, reference_settings)
+    print(f"  engine alone (before): {before['chunks_per_s']:.1f} chunks/s", flush=True)
+    env = {"EMBEDDINGS_MODEL_DIR": str(model_dir), "PRELOAD_EMBEDDING_MODELS": model}
+    with ServerProcess(root / f"server-{model.split(':')[0]}", env) as server:
+        pipeline = await run_pipeline(server, documents, {**form, "embedding_model": model})
+    print(f"  pipeline: {pipeline['chunks_per_s']:.1f} chunks/s", flush=True)
+    after = await engine_rate(model, texts, reference_settings)
+    print(f"  engine alone (after): {after['chunks_per_s']:.1f} chunks/s", flush=True)
+    if pipeline["chunks"] != len(texts):
+        raise RuntimeError(f"the server made {pipeline['chunks']} chunks, the reference {len(texts)}")
+    best = max(before["chunks_per_s"], after["chunks_per_s"])
+    mean = (before["chunks_per_s"] + after["chunks_per_s"]) / 2
+    pipeline["tokens_per_s"] = before["tokens"] / pipeline["seconds"]
+    return {
+        "model": model, "pipeline": pipeline, "engine_before": before, "engine_after": after,
+        "ratio": pipeline["chunks_per_s"] / best, "ratio_vs_mean_engine": pipeline["chunks_per_s"] / mean,
+        "target_ratio": TARGET_RATIO, "passed": pipeline["chunks_per_s"] / best >= TARGET_RATIO,
+    }
+
+
+def describe_corpus(documents: list[str], texts: list[str], options: ChunkingOptions) -> dict[str, Any]:
+    words = [len(d.split()) for d in documents]
+    return {"documents": len(documents), "words_min": min(words), "words_mean": statistics.mean(words),
+            "words_max": max(words), "chunks": len(texts), "unique_chunks": len(set(texts)),
+            "chunking": {"method": options.method, "size_words": options.max_size,
+                         "overlap_words": options.overlap}}
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    corpus = report["corpus"]
+    print(f"{corpus['documents']} documents ({corpus['words_min']}-{corpus['words_max']} words), "
+          f"{corpus['chunks']} chunks of {corpus['chunking']['size_words']} words "
+          f"(overlap {corpus['chunking']['overlap_words']})")
+    print(f"{'model':<52}{'pipeline c/s':>13}{'engine c/s':>12}{'ratio':>7}  target >= {TARGET_RATIO}")
+    for run in report["runs"]:
+        engine = max(run["engine_before"]["chunks_per_s"], run["engine_after"]["chunks_per_s"])
+        verdict = "PASS" if run["passed"] else "FAIL"
+        print(f"{run['model']:<52}{run['pipeline']['chunks_per_s']:>13.1f}{engine:>12.1f}{run['ratio']:>7.2f}  "
+              f"{verdict}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--documents", type=int, default=100)
+    parser.add_argument("--min-words", type=int, default=300)
+    parser.add_argument("--max-words", type=int, default=3000)
+    parser.add_argument("--chunk-size", type=int, default=150, help="words per chunk")
+    parser.add_argument("--chunk-overlap", type=int, default=30, help="words of overlap")
+    parser.add_argument("--model", action="append", dest="models",
+                        help=f"provider:model, repeatable (default: {', '.join(DEFAULT_MODELS)})")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "ingestion.json")
+    args = parser.parse_args()
+
+    options = ChunkingOptions("words", args.chunk_size, args.chunk_overlap)
+    documents = build_documents(args.documents, 0, args.min_words, args.max_words)
+    texts = chunk_documents(documents, options)
+    form = {"chunk_method": "words", "chunk_size": str(args.chunk_size), "chunk_overlap": str(args.chunk_overlap)}
+    report: dict[str, Any] = {"machine": machine_info(), "corpus": describe_corpus(documents, texts, options),
+                              "settings": {"pipeline_concurrency": Settings().embeddings_pipeline_concurrency,
+                                           "batch_max_tokens": Settings().embeddings_batch_max_tokens},
+                              "runs": []}
+    with tempfile.TemporaryDirectory(prefix="bench-ingestion-") as root:
+        for model in args.models or DEFAULT_MODELS:
+            print(f"{model}:", flush=True)
+            report["runs"].append(asyncio.run(bench_model(model, documents, texts, form, Path(root))))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print_summary(report)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

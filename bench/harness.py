@@ -1,0 +1,90 @@
+"""Shared plumbing of the benchmarks: the real server (`python -m tldw_Server_API`) as a separate
+process on a free port with settings passed as environment variables, machine facts for the
+results files, and latency percentiles. Benchmark support only: imports the standard library,
+numpy and httpx; never the app itself (the server runs in its own process, as in production).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+BENCH_KEY = "bench-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def machine_info() -> dict[str, Any]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor(),
+            "machine": platform.machine(), "load_average_at_start": load}
+
+
+def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
+    values = np.asarray(seconds, dtype=np.float64) * 1000
+    return {"p50_ms": float(np.percentile(values, 50)), "p95_ms": float(np.percentile(values, 95)),
+            "p99_ms": float(np.percentile(values, 99)), "mean_ms": float(values.mean())}
+
+
+class ServerProcess:
+    """`python -m tldw_Server_API` serving `data_dir` in single-user mode; `env` adds settings
+    (e.g. `RAG__VECTOR_STORE_TYPE`). Waits until the health route answers; stops it on exit."""
+
+    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None, ready_timeout_s: float = 300) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.ready_timeout_s = ready_timeout_s
+        # The child inherits this environment (HF_HUB_OFFLINE, TIKTOKEN_CACHE_DIR, ...) plus ours.
+        self.env = {**os.environ, "TLDW_HOST": "127.0.0.1", "TLDW_PORT": str(self.port),
+                    "TLDW_DATA_DIR": str(data_dir), "SINGLE_USER_API_KEY": BENCH_KEY, "LOG_LEVEL": "WARNING",
+                    **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {BENCH_KEY}"}
+
+    def __enter__(self) -> ServerProcess:
+        self.process = subprocess.Popen([sys.executable, "-m", "tldw_Server_API"], env=self.env)
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with status {self.process.returncode} before it was ready")
+            try:
+                response = httpx.get(f"{self.base_url}/api/v1/embeddings/health", headers=self.headers, timeout=5)
+                if response.status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.__exit__()
+        raise RuntimeError(f"the server did not answer within {self.ready_timeout_s:.0f} s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self.process = None
