@@ -51,6 +51,9 @@ class MediaService:
     ) -> tuple[MediaRecord, StartResult | None]:
         if not media.content.strip():
             raise InvalidInput("'content' must not be empty", param="content")
+        if len(media.content.encode("utf-8")) > self._max_upload_bytes:   # JSON text has the upload cap too
+            param = "file" if media.source_filename else "content"
+            raise PayloadTooLarge(f"the media text is larger than {self._max_upload_bytes} bytes", param=param)
         if media.title is not None and len(media.title) > MAX_TITLE:
             raise InvalidInput(f"'title' is longer than {MAX_TITLE} characters", param="title")
         provider, model_id, chunking = self._embeddings.prepare(user, options)   # every check before writing

@@ -24,6 +24,7 @@ from tldw_Server_API.app.core.errors import InvalidInput, Overloaded, TLDWError
 from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory
 
 MAX_BATCH_MEDIA = 1000
+_WIRE_PARAMS = {"method": "chunk_method", "overlap": "chunk_overlap"}
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,10 @@ class MediaEmbeddingService:
         )
         if options.chunk_size is not None and options.chunk_overlap is None and chosen.overlap >= chosen.max_size:
             chosen = ChunkingOptions(method=chosen.method, max_size=chosen.max_size, overlap=chosen.max_size // 5)
-        validate_options(chosen, self._chunking.max_allowed_size)
+        try:
+            validate_options(chosen, self._chunking.max_allowed_size)
+        except InvalidInput as exc:   # name the wire field (chunk_overlap, not overlap)
+            raise InvalidInput(exc.message, param=_WIRE_PARAMS.get(exc.param or "", exc.param)) from None
         values = {"method": chosen.method, "size": chosen.max_size, "overlap": chosen.overlap}
         return ChunkOptions.model_validate(values)
 
@@ -86,14 +90,17 @@ class MediaEmbeddingService:
     async def start(self, user: User, media_id: int, options: EmbeddingOptions) -> StartResult:
         provider, model_id, chunking = self.prepare(user, options)
         media = await self._media(user, media_id)
-        return self._submit(user, media, provider, model_id, chunking, options)
+        return await self._submit(user, media, provider, model_id, chunking, options)
 
-    def _submit(self, user: User, media: MediaRecord, provider: str, model_id: str, chunking: ChunkOptions,
-                options: EmbeddingOptions) -> StartResult:
+    async def _submit(self, user: User, media: MediaRecord, provider: str, model_id: str, chunking: ChunkOptions,
+                      options: EmbeddingOptions) -> StartResult:
         if not options.force_regenerate:
             latest = self.manager.jobs.latest_job_for_media(user.id, media.id)
             if latest is not None and _same_result(latest, media.content_hash, provider, model_id, chunking):
-                return StartResult(latest, skipped=latest.status == JobStatus.COMPLETED)
+                if latest.status != JobStatus.COMPLETED:
+                    return StartResult(latest, skipped=False)     # the same job is already on its way
+                if await self._stored_count(user.id, media.id, model_id):   # not deleted since
+                    return StartResult(latest, skipped=True)
         spec = JobSpec(user.id, media.id, media.title, media.content_hash, provider, model_id, chunking,
                        options.priority)
         return StartResult(self.manager.submit(spec), skipped=False)
@@ -111,7 +118,7 @@ class MediaEmbeddingService:
         for media_id in dict.fromkeys(media_ids):
             try:
                 media = await self._media(user, media_id)
-                result = self._submit(user, media, provider, model_id, chunking, options)
+                result = await self._submit(user, media, provider, model_id, chunking, options)
             except (TLDWError, Overloaded) as exc:
                 rejected.append({"media_id": media_id, "reason": exc.message, "code": exc.code})
                 continue
@@ -119,17 +126,24 @@ class MediaEmbeddingService:
         status = "accepted" if not rejected else ("partial" if accepted else "rejected")
         return {"status": status, "accepted": accepted, "rejected": rejected}
 
+    async def _stored_count(self, user_id: str, media_id: int, model_id: str) -> int:
+        store = self._vector_stores.for_user(user_id)
+        name = media_collection(user_id, model_id, self._embeddings.registry.default_model)
+        return await asyncio.to_thread(store.count, name, {"media_id": media_id})
+
     async def status(self, user: User, media_id: int) -> dict[str, Any]:
         media = await self._media(user, media_id)
         latest = self.manager.jobs.latest_job_for_media(user.id, media_id)
-        store = self._vector_stores.for_user(user.id)
-        model = latest.embedding_model if latest else None
-        name = media_collection(user.id, model, self._embeddings.registry.default_model) if model else None
-        count = await asyncio.to_thread(store.count, name, {"media_id": media_id}) if name else 0
+        # The vectors are those of the last *completed* job: a failed or running re-embed (maybe
+        # with another model) has not replaced them.
+        done, _ = self.manager.jobs.list_jobs(user.id, JobStatus.COMPLETED, 1, 0, media_id=media_id)
+        source = done[0] if done else latest
+        model = source.embedding_model if source else None
+        count = await self._stored_count(user.id, media_id, model) if model else 0
         return {
             "media_id": media.id, "has_embeddings": count > 0, "chunk_count": count,
             "content_hash": media.content_hash, "embedding_model": model,
-            "embedding_provider": latest.embedding_provider if latest else None,
+            "embedding_provider": source.embedding_provider if source else None,
             "job": latest,
         }
 

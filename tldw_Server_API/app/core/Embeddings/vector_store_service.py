@@ -2,27 +2,28 @@
 
 Store records live in `VectorStoreMetaDB`, vectors in the user's `VectorStore` under a collection
 named after the store id (`vs_<hex>`), batches in `VectorStoreBatchesDB`; content is embedded with
-the store's model. Every blocking call runs in a worker thread; batches run as asyncio tasks this
-service tracks and cancels in `aclose()`. Raises domain errors only; imports no web framework.
+the store's model. Every blocking call runs in a worker thread; batches run as asyncio tasks
+(`BatchTasks`), cancelled in `aclose()`. Pure checks live in `vector_store_records`. Raises
+domain errors only; imports no web framework.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from loguru import logger
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import User
-from tldw_Server_API.app.core.Chunking import ChunkingOptions, chunk_text, validate_options
+from tldw_Server_API.app.core.Chunking import ChunkingOptions, chunk_text
 from tldw_Server_API.app.core.config import ChunkingDefaults
 from tldw_Server_API.app.core.DB_Management.Media_DB import MediaRecord
 from tldw_Server_API.app.core.Embeddings._sql_engine import Order
 from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingService
+from tldw_Server_API.app.core.Embeddings.vector_store_batch_tasks import BatchTally, BatchTasks
 from tldw_Server_API.app.core.Embeddings.vector_store_batches_db import BatchRecord
 from tldw_Server_API.app.core.Embeddings.vector_store_meta_db import VectorStoreRecord
 from tldw_Server_API.app.core.Embeddings.vector_store_records import (
@@ -38,6 +39,7 @@ from tldw_Server_API.app.core.Embeddings.vector_store_records import (
     check_record_count,
     check_unique_ids,
     checked_where,
+    chunking_options,
     media_chunk_records,
     merge_hits,
     openai_filter_to_where,
@@ -47,7 +49,7 @@ from tldw_Server_API.app.core.Embeddings.vector_store_records import (
     triage_records,
     usage_bytes,
 )
-from tldw_Server_API.app.core.errors import Conflict, InvalidInput, NotFound, ProviderError, ServiceUnavailable
+from tldw_Server_API.app.core.errors import InvalidInput, NotFound, ProviderError, ServiceUnavailable
 from tldw_Server_API.app.core.RAG.vector_stores.base import VectorHit, VectorRecord, VectorStore, validate_top_k
 
 if TYPE_CHECKING:
@@ -89,26 +91,6 @@ class MediaStoreCall:
         return self.chunk_method is None and self.chunk_size is None and self.chunk_overlap is None
 
 
-@dataclass
-class _Tally:
-    completed: int = 0
-    failed: int = 0
-    error: str | None = None
-
-    def fail(self, count: int, error: BaseException) -> None:
-        self.failed += count
-        if self.error is None:
-            self.error = str(getattr(error, "message", None) or type(error).__name__)
-
-
-@dataclass
-class _Running:
-    user_id: str
-    store_id: str
-    task: asyncio.Task[None]
-    done: asyncio.Event = field(default_factory=asyncio.Event)  # set once the task has ended
-
-
 async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking store/database call off the event loop."""
     return await asyncio.to_thread(partial(fn, *args, **kwargs))
@@ -122,7 +104,7 @@ class VectorStoreService:
         self._meta = storage.vector_store_meta
         self._batches = storage.vector_store_batches
         self._chunking = chunking
-        self._running: dict[str, _Running] = {}
+        self._tasks = BatchTasks(storage.vector_store_batches)
         self._closed = False
 
     def _vectors(self, user: User) -> VectorStore:
@@ -163,7 +145,7 @@ class VectorStoreService:
     async def delete_store(self, user: User, store_id: str) -> None:
         """Stop the store's batches, then drop its vectors, its record and its batch records."""
         store = await self.get_store(user, store_id)
-        await self._stop_batches(store.id)
+        await self._tasks.cancel_store(store.id)
         await _call(self._vectors(user).delete_collection, store.id)
         await _call(self._meta.delete, user.id, store.id)
         await _call(self._batches.delete_for_store, user.id, store.id)
@@ -237,7 +219,8 @@ class VectorStoreService:
         store = await self.get_store(user, store_id)
         self._check_open()
         batch = await _call(self._batches.create, user.id, store.id, total=len(records))
-        self._spawn(user, store, batch.id, partial(self._records_job, user, store, batch.id, list(records)))
+        self._tasks.start(user.id, store.id, batch.id, partial(self._records_job, user, store, batch.id, list(records)),
+                          partial(self._refresh, user, store.id))
         return batch
 
     async def get_batch(self, user: User, store_id: str, batch_id: str) -> BatchRecord:
@@ -252,31 +235,21 @@ class VectorStoreService:
                            after=after, before=before, status=status)
 
     async def cancel_batch(self, user: User, store_id: str, batch_id: str) -> BatchRecord:
-        """Cancel a running batch (what it wrote stays); a finished one comes back unchanged."""
+        """Cancel a running batch after its current step, so its counts say exactly what it wrote
+        (and what it wrote stays); a finished batch comes back unchanged."""
         batch = await self.get_batch(user, store_id, batch_id)
-        record = await _call(self._batches.cancel, user.id, batch.id)
-        running = self._running.get(batch.id)
-        if running is not None:
-            running.task.cancel()
-            await asyncio.wait({running.task})
-        return record
+        await self._tasks.stop(batch.id)
+        return await _call(self._batches.cancel, user.id, batch.id)
 
     async def wait_for_batch(self, batch_id: str, timeout: float | None = None) -> bool:
         """Wait until a batch of this process has finished; False on timeout. A batch that is not
         running here (finished, or unknown) returns True at once."""
-        running = self._running.get(batch_id)
-        if running is None:
-            return True
-        try:
-            await asyncio.wait_for(running.done.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await self._tasks.wait(batch_id, timeout)
 
     async def create_from_media(self, user: User, call: MediaStoreCall) -> tuple[VectorStoreRecord, BatchRecord]:
         """A new store (status `in_progress`) and the batch that fills it with the chunks of the
         given media, one count per media item; the store turns `completed` when the batch ends."""
-        options = self._chunking_options(call)
+        options = chunking_options(call.chunk_method, call.chunk_size, call.chunk_overlap, self._chunking)
         ids = tuple(dict.fromkeys(call.media_ids))
         if not 1 <= len(ids) <= MAX_MEDIA_PER_STORE:
             raise InvalidInput(f"media_ids must hold 1 to {MAX_MEDIA_PER_STORE} ids", param="media_ids")
@@ -288,19 +261,13 @@ class VectorStoreService:
                                         status="in_progress")
         batch = await _call(self._batches.create, user.id, store.id, total=len(media))
         job = partial(self._media_job, user, store, batch.id, media, options, call.reuse_chunks)
-        self._spawn(user, store, batch.id, job, finish_store=True)
+        self._tasks.start(user.id, store.id, batch.id, job, partial(self._refresh, user, store.id, "completed"))
         return store, batch
 
     async def aclose(self) -> None:
         """Refuse new batches, cancel the running ones and wait until they have recorded it."""
         self._closed = True
-        running = list(self._running.items())
-        for _, item in running:
-            item.task.cancel()
-        if running:
-            await asyncio.wait({item.task for _, item in running})
-        for batch_id, item in running:  # a task cancelled before it started recorded nothing
-            await _call(self._batches.cancel, item.user_id, batch_id)
+        await self._tasks.aclose()
 
     # --- internals -------------------------------------------------------------------------------
     @staticmethod
@@ -340,74 +307,30 @@ class VectorStoreService:
         await _call(self._meta.update, user.id, store_id, vector_count=count, status=status,
                     usage_bytes=usage_bytes(count, store.dimensions or 0))
 
-    async def _stop_batches(self, store_id: str) -> None:
-        tasks = {item.task for item in self._running.values() if item.store_id == store_id}
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-
-    def _spawn(self, user: User, store: VectorStoreRecord, batch_id: str,
-               job: Callable[[], Awaitable[_Tally]], finish_store: bool = False) -> None:
-        coro: Coroutine[Any, Any, None] = self._run_batch(user, store.id, batch_id, job, finish_store)
-        running = _Running(user.id, store.id, asyncio.create_task(coro, name=f"vector-store-batch-{batch_id}"))
-        self._running[batch_id] = running
-
-        def forget(_: asyncio.Task[None]) -> None:
-            self._running.pop(batch_id, None)
-            running.done.set()
-
-        running.task.add_done_callback(forget)
-
-    async def _run_batch(self, user: User, store_id: str, batch_id: str, job: Callable[[], Awaitable[_Tally]],
-                         finish_store: bool) -> None:
-        try:
-            tally = await job()
-            await self._finish(user, batch_id, "failed" if tally.failed else "completed", tally.error)
-        except asyncio.CancelledError:
-            await _call(self._batches.cancel, user.id, batch_id)
-            raise
-        except Exception as exc:  # noqa: BLE001 - a batch records its failure; the server goes on
-            logger.opt(exception=exc).warning("vector store batch {} failed", batch_id)
-            await self._finish(user, batch_id, "failed", exc)
-        finally:
-            try:
-                await self._refresh(user, store_id, "completed" if finish_store else None)
-            except NotFound:
-                pass  # the store was deleted meanwhile
-            except Exception as exc:  # noqa: BLE001 - the counts are refreshed by the next write
-                logger.warning("vector store {}: could not refresh its counts: {}", store_id, exc)
-
-    async def _finish(self, user: User, batch_id: str, status: str, error: str | BaseException | None) -> None:
-        try:
-            await _call(self._batches.update, user.id, batch_id, status=status, error=error)
-        except (Conflict, NotFound):
-            pass  # cancelled, or its store deleted, while it ran: that outcome stands
-
     async def _records_job(self, user: User, store: VectorStoreRecord, batch_id: str,
-                           records: list[VectorInput]) -> _Tally:
-        tally = _Tally()
+                           records: list[VectorInput], stop: asyncio.Event) -> BatchTally:
+        tally = BatchTally()
         for start in range(0, len(records), EMBED_BATCH):
+            if stop.is_set():
+                break
             good, bad = triage_records(records[start:start + EMBED_BATCH], self._width(store), start)
-            step = _Tally(failed=len(bad), error=bad[0].message if bad else None)
+            step = BatchTally(failed=len(bad), error=bad[0].message if bad else None)
             if good:
                 try:
                     await self._write(user, store, good)
                     step.completed = len(good)
                 except (InvalidInput, ProviderError, ServiceUnavailable) as exc:
                     step.fail(len(good), exc)
-            tally.completed += step.completed
-            tally.failed += step.failed
-            tally.error = tally.error or step.error
+            tally.add(step)
             await _call(self._batches.add_counts, user.id, batch_id, completed=step.completed, failed=step.failed)
         return tally
 
     async def _media_job(self, user: User, store: VectorStoreRecord, batch_id: str, media: list[MediaRecord],
-                         options: ChunkingOptions, use_stored_chunks: bool) -> _Tally:
-        tally = _Tally()
+                         options: ChunkingOptions, use_stored_chunks: bool, stop: asyncio.Event) -> BatchTally:
+        tally = BatchTally()
         media_db = self._storage.media_dbs.get(user.id)
         for item in media:
-            step = _Tally()
+            step = BatchTally()
             try:
                 chunks = await _call(media_db.list_chunks, item.id) if use_stored_chunks else []
                 if not chunks:
@@ -416,24 +339,14 @@ class VectorStoreService:
                     raise InvalidInput(f"media {item.id} gives {len(chunks)} chunks (1 to {MAX_CHUNKS_PER_MEDIA})")
                 inputs = media_chunk_records(item.id, item.title, item.content_hash, chunks)
                 for start in range(0, len(inputs), EMBED_BATCH):
+                    if stop.is_set():
+                        return tally  # this media item stays uncounted: cancelled
                     await self._write(user, store, prepare_records(inputs[start:start + EMBED_BATCH],
                                                                    self._width(store), EMBED_BATCH))
                 step.completed = 1
             except (InvalidInput, NotFound, ProviderError, ServiceUnavailable) as exc:
                 step.fail(1, exc)
-            tally.completed += step.completed
-            tally.failed += step.failed
-            tally.error = tally.error or step.error
+            tally.add(step)
             await _call(self._batches.add_counts, user.id, batch_id, completed=step.completed, failed=step.failed)
         return tally
 
-    def _chunking_options(self, call: MediaStoreCall) -> ChunkingOptions:
-        defaults = self._chunking
-        size = call.chunk_size if call.chunk_size is not None else (defaults.max_size if defaults else 1000)
-        overlap = call.chunk_overlap
-        if overlap is None:  # the default overlap, but never most of a chunk the caller made small
-            overlap = min(defaults.overlap if defaults else 200, size // 5) if isinstance(size, int) else 0
-        options = ChunkingOptions(method=call.chunk_method or (defaults.method if defaults else "words"),
-                                  max_size=size, overlap=overlap)
-        validate_options(options, defaults.max_allowed_size if defaults else None)
-        return options

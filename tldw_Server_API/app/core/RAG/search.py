@@ -81,6 +81,8 @@ class RAGSearchService:
 
     async def search(self, user_id: str, request: SearchRequest) -> list[SearchResult]:
         parsed_filter = validate_request(request)
+        if request.media_ids is not None and not request.media_ids:
+            return []   # restricted to no media: nothing in every mode (vector mode used to ignore it)
         db = self._media_dbs.get(user_id)
         depth = min(MAX_TOP_K * 2, request.top_k * 3)   # headroom for fusion and deleted media
         vector_hits: list[SearchResult] = []

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from support import MODEL, cosine_rows, make_settings
+from support import ADMIN_KEY, MODEL, cosine_rows, make_settings
 
 from tldw_Server_API.app.main import create_app
 
@@ -287,13 +287,15 @@ def test_search_has_openai_shape(alice: Api) -> None:
     assert set(best) == {"file_id", "filename", "score", "attributes", "content"}
     assert best["file_id"] == "plants" and best["attributes"] == {"topic": "plants", "n": 2}
     assert best["content"] == [{"type": "text", "text": DOCS["plants"]}]
+    both = alice.ok(alice.post(f"/{store_id}/search", {"query": ["how do plants use sunlight?",
+                                                                 "falling share prices"], "max_num_results": 2}))
+    assert len(both["search_query"]) == 2 and {r["file_id"] for r in both["data"]} == {"plants", "stocks"}
     filtered = alice.ok(alice.post(f"/{store_id}/search", {
         "query": ["how do plants use sunlight?", "falling share prices"],
         "filters": {"type": "or", "filters": [{"type": "eq", "key": "topic", "value": "cat"},
-                                              {"type": "gte", "key": "n", "value": 1}]},
+                                              {"type": "gte", "key": "n", "value": 2}]},
     }))
-    assert len(filtered["search_query"]) == 2 and {r["file_id"] for r in filtered["data"]} == {"cat", "stocks", "plants"}
-    assert [r["file_id"] for r in filtered["data"]][:2] in (["plants", "stocks"], ["stocks", "plants"])
+    assert [r["file_id"] for r in filtered["data"]] == ["plants", "cat"]  # stocks (n=1) is filtered out
     strict = alice.ok(alice.post(f"/{store_id}/search", {"query": "how do plants use sunlight?",
                                                          "ranking_options": {"score_threshold": 0.99}}))
     assert strict["data"] == []
@@ -459,3 +461,74 @@ def test_unknown_routes_and_bad_bodies_answer_openai_errors(alice: Api) -> None:
     alice.error(alice.post(f"/{store_id}/vectors", {"records": "all of them"}), 400, param="records")
     alice.error(alice.get(f"/{store_id}/nothing-here"), 404)
     alice.error(alice.client.put(BASE + f"/{store_id}", json={}, headers=alice.headers), 405)
+
+
+# --- the official client ---------------------------------------------------------------------------------
+@pytest.mark.live
+def test_the_official_openai_client_parses_our_shapes(live_server: Any) -> None:
+    import httpx
+    from openai import NotFoundError, OpenAI
+
+    client = OpenAI(base_url=f"{live_server.base_url}/api/v1", api_key=ADMIN_KEY, max_retries=0)
+    store = client.vector_stores.create(name=f"sdk-{uuid.uuid4().hex[:8]}", metadata={"via": "sdk"})
+    assert store.id.startswith("vs_") and store.status == "completed" and store.metadata == {"via": "sdk"}
+    records = [{"id": key, "content": text, "metadata": {"topic": key}} for key, text in DOCS.items()]
+    upsert = httpx.post(f"{live_server.base_url}{BASE}/{store.id}/vectors", json={"records": records},
+                        headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60)
+    assert upsert.status_code == 200, upsert.text
+    assert client.vector_stores.retrieve(store.id).usage_bytes == 3 * WIDTH * 4
+    assert client.vector_stores.update(store.id, name=store.name + "-renamed").name == store.name + "-renamed"
+    assert store.id in [s.id for s in client.vector_stores.list(limit=100)]
+    page = client.vector_stores.search(store.id, query="a kitten napping on a rug", max_num_results=2)
+    results = list(page)
+    assert len(results) == 2 and results[0].file_id == "cat" and results[0].content[0].text == DOCS["cat"]
+    assert results[0].attributes == {"topic": "cat"} and results[0].score > results[1].score
+    filtered = list(client.vector_stores.search(store.id, query="cat", filters={"type": "eq", "key": "topic",
+                                                                                  "value": "plants"}))
+    assert [r.file_id for r in filtered] == ["plants"]
+    deleted = client.vector_stores.delete(store.id)
+    assert deleted.deleted and deleted.id == store.id
+    with pytest.raises(NotFoundError):
+        client.vector_stores.retrieve(store.id)
+
+
+# --- every vector store backend --------------------------------------------------------------------------
+@pytest.fixture(params=["chroma", "pgvector"])
+def backend_client(request: pytest.FixtureRequest, tmp_path: Path, tiktoken_dir: Path) -> Iterator[TestClient]:
+    overrides: dict[str, Any] = {}
+    if request.param == "pgvector":
+        dsn = request.getfixturevalue("pgvector_dsn")
+        overrides["rag"] = {"vector_store_type": "pgvector", "pgvector": {"dsn": dsn}}
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(yaml.safe_dump({"keys": [{"key": ALICE_KEY, "user_id": f"alice-{uuid.uuid4().hex[:8]}"},
+                                             {"key": BOB_KEY, "user_id": f"bob-{uuid.uuid4().hex[:8]}"}]}))
+    with TestClient(create_app(make_settings(tmp_path / "data", tiktoken_dir, api_keys_file=keys,
+                                             **overrides))) as test_client:
+        yield test_client
+
+
+def test_the_same_flow_on_every_backend(backend_client: TestClient) -> None:
+    alice, bob = Api(backend_client, ALICE_KEY), Api(backend_client, BOB_KEY)
+    store_id = alice.create()["id"]
+    add_docs(alice, store_id)
+    alice.ok(alice.post(f"/{store_id}/vectors", {"records": [{"id": "v", "values": unit(3), "metadata": {"n": 9}}]}))
+    alice.error(alice.post(f"/{store_id}/vectors", {"records": [{"values": unit(3, 8)}]}), 400, "dimension_mismatch")
+    listed = alice.ok(alice.get(f"/{store_id}/vectors", limit=2, filter='{"n": {"$gte": 1}}'))
+    assert [v["id"] for v in listed["data"]] == ["stocks", "plants"] and listed["has_more"] is True
+    hits = alice.ok(alice.post(f"/{store_id}/query", {"query": "a kitten napping on a rug", "top_k": 2}))["data"]
+    assert hits[0]["id"] == "cat"
+    assert alice.ok(alice.post(f"/{store_id}/query", {"vector": unit(3), "top_k": 1}))["data"][0]["id"] == "v"
+    page = alice.ok(alice.post(f"/{store_id}/search", {"query": "photosynthesis", "filters": {
+        "type": "ne", "key": "topic", "value": "cat"}}))
+    assert page["data"][0]["file_id"] == "plants" and "cat" not in {r["file_id"] for r in page["data"]}
+    batch = alice.ok(alice.post(f"/{store_id}/vectors/batches", {"records": [
+        {"id": "ok", "content": "a background record"}, {"id": "bad", "values": unit(1, 5)}]}))
+    alice.wait(batch["id"])
+    done = alice.ok(alice.get(f"/{store_id}/vectors/batches/{batch['id']}"))
+    assert done["status"] == "failed" and done["file_counts"]["completed"] == 1 and done["file_counts"]["failed"] == 1
+    alice.ok(alice.delete(f"/{store_id}/vectors/cat"))
+    assert alice.ok(alice.get(f"/{store_id}"))["vector_count"] == 4
+    bob.error(bob.post(f"/{store_id}/query", {"query": "cat"}), 404)
+    assert bob.ok(bob.get(""))["data"] == []
+    alice.ok(alice.delete(f"/{store_id}"))
+    alice.error(alice.get(f"/{store_id}/vectors"), 404)

@@ -68,7 +68,9 @@ async def add_media(request: Request, user: CurrentUser, service: MediaServiceDe
             raise InvalidInput("a multipart upload needs a 'file' part with a file name", param="file")
         fields = {k: _form_value(v) for k, v in form.items() if k not in ("file", "title", "generate_embeddings")}
         options = _validated(EmbeddingOptionsModel, fields)
-        generate = str(form.get("generate_embeddings", "true")).lower() != "false"
+        generate = _form_value(form.get("generate_embeddings", "true"))
+        if not isinstance(generate, bool):
+            raise InvalidInput("'generate_embeddings' must be true or false", param="generate_embeddings")
         title = form.get("title")
         record, started = await service.add_upload(
             user, upload.filename, upload.content_type, await upload.read(), title if isinstance(title, str) else None,

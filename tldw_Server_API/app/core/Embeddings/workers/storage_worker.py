@@ -1,11 +1,14 @@
 """Storage stage: upsert one sub-batch of chunk vectors into the user's media collection under
 deterministic ids (a re-run overwrites, never duplicates), then drop chunks of an earlier, longer
-version of the document (index >= the new chunk count). Synchronous; runs in a worker thread."""
+version of the document (index >= the new chunk count). A media item deleted while its job ran
+gets no vectors: they are checked for after the upsert (so a concurrent purge cannot miss them)
+and removed, and the job fails with NotFound. Synchronous; runs in a worker thread."""
 
 from __future__ import annotations
 
 from tldw_Server_API.app.core.Embeddings.queue_schemas import StorageMessage
 from tldw_Server_API.app.core.Embeddings.workers.base_worker import StageContext, media_collection
+from tldw_Server_API.app.core.errors import NotFound
 
 
 def handle(message: StorageMessage, context: StageContext) -> int:
@@ -20,5 +23,10 @@ def handle(message: StorageMessage, context: StageContext) -> int:
         name, message.chunk_ids, message.vectors(), documents=message.documents,
         metadatas=[m.to_store_dict() for m in message.metadatas],
     )
+    try:
+        context.media_dbs.get(message.user_id).get_media(message.media_id)
+    except NotFound:
+        store.delete_where(name, {"media_id": message.media_id})
+        raise
     stale = {"$and": [{"media_id": message.media_id}, {"chunk_index": {"$gte": message.total_chunks}}]}
     return store.delete_where(name, stale)
