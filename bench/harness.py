@@ -62,6 +62,15 @@ class ServerProcess:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {BENCH_KEY}"}
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the server process (all its threads) has used so far; Linux only.
+        Less sensitive than wall time to other work on the machine."""
+        stat = Path(f"/proc/{self.process.pid}/stat") if self.process is not None else None
+        if stat is None or not stat.exists():
+            return None
+        fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": field 3 onwards
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
     def __enter__(self) -> ServerProcess:
         self.process = subprocess.Popen([sys.executable, "-m", "tldw_Server_API"], env=self.env)
         deadline = time.monotonic() + self.ready_timeout_s

@@ -14,8 +14,14 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from tldw_Server_API.app.core.Chunking import Chunk
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobRecord, JobsDB, JobStatus
-from tldw_Server_API.app.core.Embeddings.queue_schemas import ChunkingMessage, ChunkOptions, StorageMessage
+from tldw_Server_API.app.core.Embeddings.queue_schemas import (
+    ChunkingMessage,
+    ChunkOptions,
+    EmbeddingMessage,
+    StorageMessage,
+)
 from tldw_Server_API.app.core.Embeddings.workers import chunking_worker, embedding_worker, storage_worker
 from tldw_Server_API.app.core.Embeddings.workers.base_worker import StageContext
 from tldw_Server_API.app.core.errors import Overloaded, TLDWError
@@ -137,4 +143,11 @@ class MediaEmbeddingJobManager:
             await asyncio.to_thread(storage_worker.handle, storage, self._context)
             if not self.jobs.add_progress(job_id, stored=len(storage.chunk_ids)):
                 return
+        await asyncio.to_thread(self._refresh_fts, message, batches)
         self.jobs.transition(job_id, JobStatus.COMPLETED)
+
+    def _refresh_fts(self, message: ChunkingMessage, batches: list[EmbeddingMessage]) -> None:
+        """FTS chunks follow the vectors only once they are stored: a failed or cancelled re-embed
+        leaves the previous chunking searchable in both modes, consistently."""
+        chunks = [Chunk(c.chunk_index, c.text, c.start_char, c.end_char) for b in batches for c in b.chunks]
+        self._context.media_dbs.get(message.user_id).replace_chunks(message.media_id, chunks)

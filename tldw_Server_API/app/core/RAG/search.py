@@ -59,7 +59,10 @@ def validate_request(request: SearchRequest) -> Any:
         raise InvalidInput("'mode' must be vector, fts or hybrid", param="mode")
     if request.filters is not None and not isinstance(request.filters, Mapping):
         raise InvalidInput("'filters' must be an object", param="filters")
-    return parse_where(request.filters) if request.filters else None
+    try:
+        return parse_where(request.filters) if request.filters else None
+    except InvalidInput as exc:   # the wire field is `filters`
+        raise InvalidInput(exc.message, param="filters") from None
 
 
 def _where(media_ids: list[int] | None, filters: Mapping[str, Any] | None) -> dict[str, Any] | None:

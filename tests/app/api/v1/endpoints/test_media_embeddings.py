@@ -123,7 +123,9 @@ def fake() -> Iterator[FakeOpenAIServer]:
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory, tiktoken_dir: Path, fake: FakeOpenAIServer) -> Iterator[TestClient]:
+def client(
+    tmp_path_factory: pytest.TempPathFactory, tiktoken_dir: Path, fake: FakeOpenAIServer
+) -> Iterator[TestClient]:
     data = tmp_path_factory.mktemp("media-embeddings")
     keys = data / "keys.yaml"
     keys.write_text(yaml.safe_dump({"keys": [{"key": key_of(u), "user_id": u, "roles": ["user"]} for u in USERS]}))
@@ -162,7 +164,8 @@ def test_job_is_accepted_runs_and_reports_counts_and_timings(caller: Caller) -> 
     assert done["status"] == "completed" and done["progress"] == 100.0 and done["error"] is None
     assert done["total_chunks"] == done["processed_chunks"] == done["stored_chunks"] == 5   # 40 words, step 8
     assert (done["embedding_model"], done["embedding_provider"]) == (MODEL, "huggingface")
-    assert (done["chunk_method"], done["chunk_size"], done["chunk_overlap"], done["priority"]) == ("words", 10, 2, "low")
+    chunking = (done["chunk_method"], done["chunk_size"], done["chunk_overlap"], done["priority"])
+    assert chunking == ("words", 10, 2, "low")
     assert done["created_at"] <= done["started_at"] <= done["completed_at"]
     status = caller.get(f"/api/v1/media/{media_id}/embeddings/status").json()
     assert status["has_embeddings"] is True and status["chunk_count"] == 5 and status["embedding_model"] == MODEL
@@ -448,7 +451,7 @@ BAD_SEARCHES: dict[str, tuple[dict[str, Any], str | None]] = {
     "missing query": ({"top_k": 3}, "query"),
     "filters a string": ({"query": "x", "filters": "title"}, "filters"),
     "filters a list": ({"query": "x", "filters": [{"title": "a"}]}, "filters"),
-    "unknown filter operator": ({"query": "x", "filters": {"title": {"$regex": "a"}}}, None),
+    "unknown filter operator": ({"query": "x", "filters": {"title": {"$regex": "a"}}}, "filters"),
     "media_ids not a list": ({"query": "x", "media_ids": 3}, "media_ids"),
     "media id out of range": ({"query": "x", "media_ids": [2**70]}, "media_ids.0"),
     "unknown field": ({"query": "x", "mode": "fts"}, "mode"),

@@ -191,11 +191,12 @@ BAD_SEARCHES: dict[str, tuple[Any, str, str | None]] = {
     "filters a list": ({"query": "lava", "filters": [{"title": "Chess"}]}, "invalid_value", "filters"),
     "filters a number": ({"query": "lava", "filters": 5}, "invalid_value", "filters"),
     "filter value an object of two operators": (
-        {"query": "lava", "filters": {"chunk_index": {"$gte": 0, "$lte": 3}}}, "invalid_value", None),
-    "unknown filter operator": ({"query": "lava", "filters": {"title": {"$regex": "Ch.*"}}}, "invalid_value", None),
-    "range on a string": ({"query": "lava", "filters": {"chunk_index": {"$gt": "1"}}}, "invalid_value", None),
-    "$and not a list": ({"query": "lava", "filters": {"$and": {"title": "Chess"}}}, "invalid_value", None),
-    "filter value null": ({"query": "lava", "filters": {"title": None}}, "invalid_value", None),
+        {"query": "lava", "filters": {"chunk_index": {"$gte": 0, "$lte": 3}}}, "invalid_value", "filters"),
+    "unknown filter operator": (
+        {"query": "lava", "filters": {"title": {"$regex": "Ch.*"}}}, "invalid_value", "filters"),
+    "range on a string": ({"query": "lava", "filters": {"chunk_index": {"$gt": "1"}}}, "invalid_value", "filters"),
+    "$and not a list": ({"query": "lava", "filters": {"$and": {"title": "Chess"}}}, "invalid_value", "filters"),
+    "filter value null": ({"query": "lava", "filters": {"title": None}}, "invalid_value", "filters"),
     "unknown mode": ({"query": "lava", "mode": "semantic"}, "invalid_value", "mode"),
     "empty query": ({"query": ""}, "invalid_value", "query"),
     "blank query": ({"query": " \n\t"}, "invalid_value", "query"),
@@ -204,6 +205,7 @@ BAD_SEARCHES: dict[str, tuple[Any, str, str | None]] = {
     "media_ids not a list": ({"query": "lava", "media_ids": 1}, "invalid_value", "media_ids"),
     "media id a string": ({"query": "lava", "media_ids": ["1"]}, "invalid_value", "media_ids.0"),
     "media id out of range": ({"query": "lava", "media_ids": [2**70]}, "invalid_value", "media_ids.0"),
+    "too many media ids": ({"query": "lava", "media_ids": list(range(1, 1002))}, "invalid_value", "media_ids"),
     "unknown field": ({"query": "lava", "k": 3}, "invalid_value", "k"),
     "body not an object": (["lava"], "invalid_value", None),
 }
@@ -251,8 +253,8 @@ def test_metadata_filters_apply_in_every_mode(alice: Library, mode: str) -> None
 
 def test_media_embeddings_search_route_takes_the_same_restrictions(alice: Library) -> None:
     bread = alice.ids["Sourdough"]
-    response = alice.caller.post("/api/v1/media/embeddings/search",
-                                 json={"query": "lava", "top_k": 20, "media_ids": [bread], "filters": {"chunk_index": 0}})
+    body = {"query": "lava", "top_k": 20, "media_ids": [bread], "filters": {"chunk_index": 0}}
+    response = alice.caller.post("/api/v1/media/embeddings/search", json=body)
     assert response.status_code == 200 and response.json()["mode"] == "vector", response.text
     hits = response.json()["data"]
     assert hits and {(h["media_id"], h["chunk_index"]) for h in hits} == {(bread, 0)}

@@ -32,7 +32,7 @@ async def start_embedding(
     media_id: MediaIdPath, user: CurrentUser, service: MediaEmbeddingServiceDep,
     body: Annotated[EmbeddingOptionsModel | None, Body()] = None,
 ) -> JobAccepted:
-    result = await service.start(user, media_id, (body or EmbeddingOptionsModel()).to_options())
+    result = await service.start(user, media_id, (body or EmbeddingOptionsModel.model_validate({})).to_options())
     return JobAccepted(job_id=result.job.job_id, media_id=media_id, status=result.job.status.value,
                        skipped=result.skipped)
 
@@ -53,8 +53,7 @@ async def delete_embeddings(
 
 @router.post("/media/embeddings/batch", status_code=202)
 async def batch_embeddings(body: BatchRequest, user: CurrentUser, service: MediaEmbeddingServiceDep) -> dict[str, Any]:
-    options = EmbeddingOptionsModel(**body.model_dump(exclude={"media_ids"})).to_options()
-    return await service.start_batch(user, list(body.media_ids), options)
+    return await service.start_batch(user, list(body.media_ids), body.to_options())
 
 
 @router.get("/media/embeddings/jobs/{job_id}", response_model=JobView)

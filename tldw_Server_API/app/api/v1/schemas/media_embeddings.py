@@ -75,5 +75,5 @@ class MediaSearchRequest(BaseModel):
 
     query: StrictStr
     top_k: StrictInt = 10
-    media_ids: list[MediaId] | None = None
+    media_ids: list[MediaId] | None = Field(None, max_length=1000)
     filters: dict[str, Any] | None = None

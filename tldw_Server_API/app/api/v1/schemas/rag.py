@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from tldw_Server_API.app.api.v1.schemas.media import MediaId
 from tldw_Server_API.app.core.RAG.search import SearchRequest, SearchResult
@@ -16,7 +16,7 @@ class RAGSearchRequest(BaseModel):
     query: StrictStr
     top_k: StrictInt = 10
     mode: Literal["vector", "fts", "hybrid"] = "hybrid"
-    media_ids: list[MediaId] | None = None
+    media_ids: list[MediaId] | None = Field(None, max_length=1000)
     filters: Any = None     # a where-object; its shape is checked by the core (clear 400s)
 
     def to_request(self, mode: str | None = None) -> SearchRequest:

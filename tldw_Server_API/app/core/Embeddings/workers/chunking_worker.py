@@ -1,6 +1,6 @@
-"""Chunking stage: read the media text, cut it into chunks (with character offsets), refresh the
-media's FTS chunks, and emit bounded embedding sub-batches. Pure apart from the media DB read and
-write; runs in a worker thread (synchronous)."""
+"""Chunking stage: read the media text, cut it into chunks (with character offsets) and emit
+bounded embedding sub-batches (the media's FTS chunks are swapped only when the job completes).
+Pure apart from the media DB read; runs in a worker thread (synchronous)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ def handle(message: ChunkingMessage, context: StageContext) -> list[EmbeddingMes
     chunks = chunk_text(content, options)
     if not chunks:
         raise InvalidInput("the media has no text to embed", param="media_id")
-    media_db.replace_chunks(message.media_id, chunks)
     payloads = [
         ChunkPayload(chunk_index=c.index, text=c.text, start_char=c.start_char, end_char=c.end_char) for c in chunks
     ]

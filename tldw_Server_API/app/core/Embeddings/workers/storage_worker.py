@@ -1,8 +1,9 @@
 """Storage stage: upsert one sub-batch of chunk vectors into the user's media collection under
 deterministic ids (a re-run overwrites, never duplicates), then drop chunks of an earlier, longer
-version of the document (index >= the new chunk count). A media item deleted while its job ran
-gets no vectors: they are checked for after the upsert (so a concurrent purge cannot miss them)
-and removed, and the job fails with NotFound. Synchronous; runs in a worker thread."""
+version (index >= the new chunk count) and the media's vectors in the user's other media
+collections (an earlier embedding with another model), so search never serves two versions.
+A media item deleted while its job ran gets no vectors: they are checked for after the upsert and
+removed, and the job fails with NotFound. Synchronous; runs in a worker thread."""
 
 from __future__ import annotations
 
@@ -29,4 +30,9 @@ def handle(message: StorageMessage, context: StageContext) -> int:
         store.delete_where(name, {"media_id": message.media_id})
         raise
     stale = {"$and": [{"media_id": message.media_id}, {"chunk_index": {"$gte": message.total_chunks}}]}
-    return store.delete_where(name, stale)
+    removed = store.delete_where(name, stale)
+    prefix = media_collection(message.user_id, "", None)
+    for other in store.list_collections():
+        if other != name and other.startswith(prefix):
+            removed += store.delete_where(other, {"media_id": message.media_id})
+    return removed
