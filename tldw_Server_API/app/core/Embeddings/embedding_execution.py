@@ -120,7 +120,7 @@ class HopExecutor:
             counts = check_token_limits(counts, max_tokens=info.max_tokens,
                                         truncate=self._config.truncate if truncate is None else truncate,
                                         max_total=self._config.max_tokens_per_request)
-        revision = getattr(info, "revision", None) or ""
+        revision = info.revision
         width_tag = f"#d{dimensions}" if native else ""
         keys = [cache_key(provider.name, info.model_id + width_tag, revision, item) for item in inputs]
         cached = await self._cache.get_many(keys) if self._cache is not None else {}

@@ -190,8 +190,9 @@ def _models(auto_download: bool, revisions: dict[str, str] | None = None) -> Mod
 
 def _hf(root: Path, hub: FakeHub | None, auto_download: bool, endpoint: str | None = None) -> HuggingFaceProvider:
     models = _models(auto_download, {REPO: "v1"})
-    return HuggingFaceProvider(HuggingFaceConfig(torch_threads=0, device="cpu"), ModelResolver.from_config(root, models),
-                               BATCHING, models, hub_endpoint=endpoint or (hub.endpoint if hub else None))
+    resolver = ModelResolver.from_config(root, models)
+    return HuggingFaceProvider(HuggingFaceConfig(torch_threads=0, device="cpu"), resolver, BATCHING, models,
+                               hub_endpoint=endpoint or (hub.endpoint if hub else None))
 
 
 def test_provider_downloads_in_the_background_then_serves_identical_vectors(tmp_path: Path, hub: FakeHub,

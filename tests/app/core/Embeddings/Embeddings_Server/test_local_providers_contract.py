@@ -88,7 +88,7 @@ def test_onnx_export_is_cached_on_disk(registry: Any) -> None:
     asyncio.run(provider.embed(f"{MODEL}@int8", ["warm"]))
     fp32, int8 = provider.graph_path(f"{MODEL}@fp32"), provider.graph_path(f"{MODEL}@int8")
     assert fp32.is_file() and int8.is_file() and int8.stat().st_size < fp32.stat().st_size
-    assert fp32.parent.parent == Path(provider._onnx_root)
+    assert fp32.parent.parent.parent == Path(provider._onnx_root) and fp32.parent.name == "bundled"
     before = fp32.stat().st_mtime_ns
     assert provider.ensure_exported(f"{MODEL}@fp32") == fp32 and fp32.stat().st_mtime_ns == before
     assert not list(fp32.parent.glob("*.tmp"))

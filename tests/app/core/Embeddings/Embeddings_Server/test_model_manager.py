@@ -318,3 +318,21 @@ def test_download_tracker_joins_running_downloads_and_remembers_failures() -> No
         assert tracker.start("x", lambda: "ok").result(10) == "ok"   # an explicit new start retries
         assert tracker.recent_failure("x") is None
     assert runs == ["slow", "fail", "fail"]
+
+
+def test_download_tracker_handles_downloads_that_finish_at_once() -> None:
+    class InlineExecutor(ThreadPoolExecutor):
+        """Runs the job before submit returns, like a download that fails immediately."""
+
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+            future = super().submit(fn, *args, **kwargs)
+            future.exception(10)
+            return future
+
+    def failing() -> str:
+        raise ValueError("offline")
+
+    with InlineExecutor(max_workers=1) as executor:
+        tracker = DownloadTracker(executor)
+        assert isinstance(tracker.start("m", failing).exception(10), ValueError)
+        assert isinstance(tracker.recent_failure("m"), ValueError) and not tracker.running("m")

@@ -76,3 +76,15 @@ def test_unknown_mode_raises(mode: str) -> None:
     hidden, mask = _batch(left=False)
     with pytest.raises(ValueError, match="pooling mode"):
         pool(hidden, mask, mode)
+
+
+@pytest.mark.parametrize("left", [False, True], ids=["right-padding", "left-padding"])
+def test_cls_takes_the_first_real_token(left: bool) -> None:
+    hidden, mask = _batch(left)
+    assert_allclose(pool(hidden, mask, "cls"), [[1.0, 2.0], [7.0, -1.0]])
+
+
+def test_lasttoken_in_a_batch_mixing_padding_sides() -> None:
+    hidden = np.arange(24, dtype=np.float32).reshape(3, 4, 2)
+    mask = np.array([[0, 1, 1, 1], [1, 1, 0, 0], [0, 1, 1, 0]])
+    assert_allclose(pool(hidden, mask, "lasttoken"), hidden[[0, 1, 2], [3, 1, 2]])

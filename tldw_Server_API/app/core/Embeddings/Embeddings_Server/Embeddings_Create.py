@@ -31,6 +31,7 @@ class ModelInfo:
     dimension: int | None
     max_tokens: int | None
     source: str = ""          # where the weights come from: package, path, cache, remote
+    revision: str = ""        # revision of the local copy ("" unknown); part of the cache key
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,7 @@
-"""Tokenise-sort-pad-run for the local providers: `BatchEncoder` turns texts into pooled vectors
-with one forward function, cutting length-sorted batches by a padded-token budget so texts of
-very different lengths never pad each other up. Padding is right or left (Qwen3); with left
-padding it passes position ids counted from each row's first real token, so a padded row sees the
-same positions as the text alone. An optional end token (Qwen3's `<|endoftext|>`) is appended to
-every row the tokenizer did not already end with it. numpy only; the forward function holds the
-framework (torch or onnxruntime).
+"""Tokenise-sort-pad-run for the local providers: `BatchEncoder` cuts length-sorted batches by a
+padded-token budget and runs one forward function (torch or onnxruntime) over them. Right or left
+padding (Qwen3; left passes position ids counted from each row's first real token), and an
+optional end token appended to rows the tokenizer did not end with it. numpy only.
 """
 
 from __future__ import annotations
@@ -44,6 +41,15 @@ def tokenize_rows(tokenizer: Any, texts: Sequence[str], max_tokens: int | None,
     if end_token_id is None:
         return rows
     return [row if row and row[-1] == end_token_id else [*row, end_token_id] for row in rows]
+
+
+def find_end_token_id(tokenizer: Any, token: str | None) -> int | None:
+    """The id of `token` in the tokenizer's vocabulary, else its EOS id; None when no token is wanted."""
+    if token is None:
+        return None
+    if token in tokenizer.get_vocab():
+        return int(tokenizer.convert_tokens_to_ids(token))
+    return None if tokenizer.eos_token_id is None else int(tokenizer.eos_token_id)
 
 
 def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, width: int, left: bool) -> dict[str, np.ndarray]:

@@ -1,12 +1,8 @@
-"""Shared base of the in-process model providers (`huggingface`, `onnx`).
-
-It owns what they have in common: model resolution (revision pins, hub download in the
-background), the model cache (LRU, count and memory caps, idle unload; a model is in use while a
-request runs and is never evicted then), one micro-batcher per loaded model, Qwen3 embedding
-behaviour (instructions, left padding, end token, last-token pooling), and two single threads,
-each with its own tokenizer instances: the inference thread (model loads and calls) and a
-counting thread, so counting a request's tokens never waits behind a model call. A subclass
-supplies `_load_forward(model_id) -> (forward, estimated bytes)`.
+"""Shared base of the in-process model providers (`huggingface`, `onnx`): model resolution and
+background hub downloads, the model cache (LRU, count/memory caps, idle unload; models in use are
+never evicted), a micro-batcher per loaded model, Qwen3 embedding behaviour, and two single
+threads with their own tokenizers (inference; token counting, so counts never wait behind a model
+call). A subclass supplies `_load_forward(model_id) -> (forward, estimated bytes)`.
 """
 
 from __future__ import annotations
@@ -14,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create imp
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_encoding import (
     BatchEncoder,
     Forward,
+    find_end_token_id,
     plan_padded_batches,
     tokenize_rows,
 )
@@ -43,6 +41,7 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution impo
     ModelFiles,
     ModelMetadata,
     ModelResolver,
+    needs_remote_code,
     read_metadata,
     trust_remote_code_allowed,
     weights_bytes,
@@ -96,12 +95,16 @@ def model_profile(model_id: str, meta: ModelMetadata) -> ModelProfile:
     return ModelProfile(meta.pooling)
 
 
-def end_token_id(tokenizer: Any, token: str | None) -> int | None:
-    if token is None:
-        return None
-    if token in tokenizer.get_vocab():
-        return int(tokenizer.convert_tokens_to_ids(token))
-    return None if tokenizer.eos_token_id is None else int(tokenizer.eos_token_id)
+@contextmanager
+def load_errors(model_id: str) -> Iterator[None]:
+    """Anything but a domain error while loading a model becomes a ProviderError (502)."""
+    try:
+        yield
+    except TLDWError:
+        raise
+    except Exception as exc:  # loaders raise many types (OSError, ValueError, KeyError, ...)
+        logger.warning("loading {} failed: {}: {}", model_id, type(exc).__name__, exc)
+        raise ProviderError(f"the local model '{model_id}' could not be loaded") from exc
 
 
 class LocalModelProvider:
@@ -151,7 +154,7 @@ class LocalModelProvider:
             base = self.base_model_id(model_id)
             files = self._resolver.locate(base) or self._missing(base)
             meta = read_metadata(files.path)
-            info = ModelInfo(self.name, model_id, meta.dimension, meta.max_tokens, files.source)
+            info = ModelInfo(self.name, model_id, meta.dimension, meta.max_tokens, files.source, files.revision)
             self._files[model_id], self._meta[model_id], self._infos[model_id] = files, meta, info
         return info
 
@@ -212,14 +215,17 @@ class LocalModelProvider:
     # --- loading (inference thread) -----------------------------------------------------------
     def _from_pretrained(self, loader: Any, model_id: str, **kwargs: Any) -> Any:
         quiet_transformers()
+        trusted = self.trust_remote_code(model_id)
+        refused = InvalidInput(f"The model `{model_id}` ships its own code; allow it with "
+                               "TRUSTED_HF_REMOTE_CODE_MODELS", param="model", code="remote_code_not_trusted")
+        if not trusted and needs_remote_code(self.model_path(model_id)):
+            raise refused
         try:
-            return loader.from_pretrained(str(self.model_path(model_id)),
-                                          trust_remote_code=self.trust_remote_code(model_id), **kwargs)
+            return loader.from_pretrained(str(self.model_path(model_id)), trust_remote_code=trusted, **kwargs)
         except ValueError as exc:
             if "trust_remote_code" not in str(exc):
                 raise
-            raise InvalidInput(f"The model `{model_id}` ships its own code; allow it with "
-                               "TRUSTED_HF_REMOTE_CODE_MODELS", param="model", code="remote_code_not_trusted") from exc
+            raise refused from exc
 
     def _tokenizer_sync(self, model_id: str, cache: dict[str, Any] | None = None) -> Any:
         """A tokenizer instance: the counting thread's cached one, or a new one (`cache` None)."""
@@ -244,7 +250,7 @@ class LocalModelProvider:
             tokenizer=tokenizer, forward=forward, max_tokens=info.max_tokens or 512, dimension=info.dimension or 0,
             batch_size=self._batching.max_batch_rows, max_padded_tokens=self._batching.max_padded_tokens,
             padding_side=profile.padding_side or str(getattr(tokenizer, "padding_side", "right")),
-            end_token_id=end_token_id(tokenizer, profile.end_token),
+            end_token_id=find_end_token_id(tokenizer, profile.end_token),
         )
         logger.info("{}: loaded {} (~{} MB)", self.name, model_id, size // 2**20)
         return encoder, evicted + self._cache.put(model_id, encoder, size)
@@ -255,10 +261,8 @@ class LocalModelProvider:
 
     async def _loaded(self, model_id: str) -> BatchEncoder:
         """The model's encoder, loaded (and other models evicted) when needed; caller holds a use."""
-        try:
+        with load_errors(model_id):
             encoder, evicted = await self._run(self._load_sync, model_id)
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise ProviderError(f"the local model '{model_id}' could not be loaded") from exc
         await self._release(evicted)
         return encoder
 
@@ -301,16 +305,22 @@ class LocalModelProvider:
         """Download if needed, load, and run one tiny forward pass."""
         info = await self.download(model_id)
         texts = self.prepare_texts(model_id, ["warmup"])
-        self._start_sweeper()
-        async with self._cache.use(model_id, self._release):
+        async with self.use(model_id):
             encoder = await self._loaded(model_id)
             await self._run(encoder.encode, texts)
         return info
 
-    async def load(self, model_id: str) -> None:
+    @asynccontextmanager
+    async def use(self, model_id: str) -> AsyncIterator[None]:
+        """Hold a model in use for the block (e.g. across a job's batches): it is never evicted
+        meanwhile, and its idle time starts when the last use ends."""
         self.model_info(model_id)
         self._start_sweeper()
         async with self._cache.use(model_id, self._release):
+            yield
+
+    async def load(self, model_id: str) -> None:
+        async with self.use(model_id):
             await self._loaded(model_id)
 
     async def unload(self, model_id: str) -> bool:
@@ -333,8 +343,10 @@ class LocalModelProvider:
         end_token = self.profile(model_id).end_token
 
         def count() -> list[int]:
-            tokenizer = self._tokenizer_sync(model_id, self._count_tokenizers)
-            return [len(row) for row in tokenize_rows(tokenizer, prepared, None, end_token_id(tokenizer, end_token))]
+            with load_errors(model_id):
+                tokenizer = self._tokenizer_sync(model_id, self._count_tokenizers)
+            rows = tokenize_rows(tokenizer, prepared, None, find_end_token_id(tokenizer, end_token))
+            return [len(row) for row in rows]
 
         result: list[int] = await self._run(count, executor=self._count_executor)
         return result
@@ -344,8 +356,7 @@ class LocalModelProvider:
     ) -> EmbeddingBatch:
         """Through the model's micro-batcher, which merges concurrent requests into one call."""
         prepared = self.prepare_texts(model_id, texts)
-        self._start_sweeper()
-        async with self._cache.use(model_id, self._release):
+        async with self.use(model_id):
             batcher = self._batchers.get(model_id)
             if batcher is None or batcher.loop is not asyncio.get_running_loop():
                 async def run_batch(batch_texts: list[str]) -> EmbeddingBatch:
@@ -371,7 +382,7 @@ class LocalModelProvider:
 
     async def health(self) -> dict[str, Any]:
         return {"status": "healthy", "loaded_models": self.loaded_models(), "batchers": self.batcher_stats(),
-                "model_cache": self._cache.stats()}
+                "model_cache": self._cache.stats(), "counting_tokenizers": sorted(self._count_tokenizers)}
 
     async def aclose(self) -> None:
         await self._sweeper.aclose()

@@ -260,11 +260,13 @@ class DownloadTracker:
         """The running download of `key`, or a new one."""
         with self._lock:
             future = self._running.get(key)
-            if future is None or future.done():
-                self._failures.pop(key, None)
-                future = self._running[key] = self._executor.submit(fn)
-                future.add_done_callback(lambda done: self._finished(key, done))
-            return future
+            if future is not None and not future.done():
+                return future
+            self._failures.pop(key, None)
+            future = self._running[key] = self._executor.submit(fn)
+        # Outside the lock: a future that is already done runs the callback right here.
+        future.add_done_callback(lambda done: self._finished(key, done))
+        return future
 
     def _finished(self, key: str, future: Future[Any]) -> None:
         with self._lock:

@@ -1,12 +1,8 @@
-"""Where a model's files are, and at which revision: a path inside the model storage root, an
-installed package that ships the weights (the bundled all-MiniLM-L6-v2), a copy under the storage
-root (a plain folder, or the Hugging Face cache layout `models--org--name/snapshots/<commit>`), or,
-when AUTO_DOWNLOAD_MODELS allows, a hub download into `<root>/<org--name>` (`hub_download.py`).
-
-File-system lookups and small JSON reads only; no torch, no network here. Every path, and every
-symlink inside a model folder, must resolve inside the storage root. A pinned revision
-(EMBEDDINGS_MODEL_REVISIONS) that no local copy carries is refused with ModelNotFound (404,
-code `model_revision_mismatch`): the model at that revision is not available on this server.
+"""Where a model's files are, and at which revision: a path inside the storage root, an installed
+package with the weights (the bundled MiniLM), or a copy under the root (plain folder, or the hub
+cache layout `models--org--name/snapshots/<commit>`). File lookups and small JSON reads only (no
+torch, no network); every path and symlink must stay inside the root. A pinned revision no local
+copy has is ModelNotFound (404, code `model_revision_mismatch`): not available here at that revision.
 """
 
 from __future__ import annotations
@@ -88,7 +84,7 @@ def cache_folder_name(model_id: str) -> str:
     return model_id.strip("/").replace("/", "--")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -102,7 +98,7 @@ def _looks_like_path(model_id: str) -> bool:
 
 def read_download_record(path: Path) -> LocalCopy:
     """A plain folder: its revision comes from the record our download wrote, else unknown."""
-    record = _read_json(path / METADATA_FILE)
+    record = read_json(path / METADATA_FILE)
     refs = tuple(str(record[k]) for k in ("revision",) if record.get(k))
     return LocalCopy(path, "cache", commit=str(record.get("commit") or ""), refs=refs)
 
@@ -241,17 +237,28 @@ def _walk(path: Path, depth: int = 3) -> Iterator[Path]:
             yield from _walk(entry, depth - 1)
 
 
+def needs_remote_code(path: Path) -> bool:
+    """The model maps its classes to code in its own folder and transformers has none of its own
+    (imports only transformers' config table, no torch)."""
+    config = read_json(path / "config.json")
+    if not config.get("auto_map"):
+        return False
+    from transformers import CONFIG_MAPPING
+
+    return config.get("model_type") not in CONFIG_MAPPING
+
+
 def read_metadata(path: Path) -> ModelMetadata:
     """Width, max tokens and pooling from the model's config files, without loading weights."""
-    config = _read_json(path / "config.json")
+    config = read_json(path / "config.json")
     dimension = config.get("hidden_size") or config.get("d_model") or config.get("dim")
-    st_config = _read_json(path / "sentence_bert_config.json")
+    st_config = read_json(path / "sentence_bert_config.json")
     max_tokens = st_config.get("max_seq_length")
     if not max_tokens:
-        tokenizer_max = _read_json(path / "tokenizer_config.json").get("model_max_length")
+        tokenizer_max = read_json(path / "tokenizer_config.json").get("model_max_length")
         candidates = [v for v in (tokenizer_max, config.get("max_position_embeddings")) if isinstance(v, int)]
         max_tokens = min([v for v in candidates if v < 1_000_000] or [0]) or None
-    pooling_config = _read_json(path / "1_Pooling" / "config.json")
+    pooling_config = read_json(path / "1_Pooling" / "config.json")
     pooling = "mean"
     if pooling_config.get("pooling_mode_cls_token"):
         pooling = "cls"

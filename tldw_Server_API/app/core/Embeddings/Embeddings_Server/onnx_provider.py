@@ -1,5 +1,6 @@
 """`onnx` provider: onnxruntime on the CPU, over a graph exported from the model's transformers
-weights on first use (or on the admin download route) and cached under the model storage root.
+weights on first use (or on the admin download route) and cached under the model storage root,
+one export per weights revision.
 
 Variants: `<model>@fp32` and `<model>@int8` (dynamic int8 quantisation); a bare `<model>` uses
 EMBEDDINGS_ONNX_QUANTIZE. Pooling, batching and the inference thread are shared with the other
@@ -8,6 +9,7 @@ local providers (`LocalModelProvider`).
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -47,8 +49,11 @@ class OnnxProvider(LocalModelProvider):
         return split_variant(model_id, self._config.quantize)[0]
 
     def graph_path(self, model_id: str) -> Path:
+        """`onnx/<org--name>/<revision>/model.<variant>.onnx`: a new revision of the weights gets
+        its own export, never a stale one ("local" when the revision is unknown)."""
         base, variant = split_variant(model_id, self._config.quantize)
-        return self._onnx_root / base.strip("/").replace("/", "--") / f"model.{variant}.onnx"
+        revision = re.sub(r"[^A-Za-z0-9_.-]", "_", self.model_revision(model_id)) or "local"
+        return self._onnx_root / base.strip("/").replace("/", "--") / revision / f"model.{variant}.onnx"
 
     def ensure_exported(self, model_id: str) -> Path:
         """Export (and quantise) once; later calls and later processes reuse the files."""

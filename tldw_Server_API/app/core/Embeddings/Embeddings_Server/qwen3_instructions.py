@@ -1,10 +1,7 @@
-"""Instruction-aware input formatting of Qwen3 embedding models (`Qwen/Qwen3-Embedding-*`).
-
-Queries get Qwen's documented instruction (`Instruct: {task}\\nQuery:{text}`); documents are
-embedded as they are. Each text is classified on its own: a question (ends with `?` or starts with
-an interrogative word) is a query; a text already starting with `Instruct:` is left alone. The
-templates come from `Config_Files/Prompts/embeddings.prompts.yaml` (path passed in). Pure functions
-plus one small YAML read; imports yaml only.
+"""Instruction-aware input formatting of Qwen3 embedding models: queries (end with `?` or start
+with an interrogative word) get Qwen's documented `Instruct: {task}\nQuery:{text}`, documents stay
+as they are, and a text already starting with `Instruct:` is left alone. Templates come from
+`Config_Files/Prompts/embeddings.prompts.yaml` (path passed in). Pure functions plus one YAML read.
 """
 
 from __future__ import annotations

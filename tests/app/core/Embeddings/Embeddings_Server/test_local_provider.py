@@ -1,0 +1,236 @@
+"""Model management in the local providers, on real models: idle unload of the real MiniLM by
+the sweeper (injected clock and sleep) and an identical reload, LRU count cap, memory cap with
+two real MiniLM copies, in-use models kept, warmup/unload, and trust_remote_code refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from support import MODEL
+
+from tldw_Server_API.app.core.config import BatchingConfig, HuggingFaceConfig, ModelManagerConfig
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.huggingface_provider import HuggingFaceProvider
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
+from tldw_Server_API.app.core.errors import InvalidInput
+
+BATCHING = BatchingConfig(max_batch_tokens=4096, max_wait_ms=1, quiet_ms=1, max_queue_texts=1000,
+                          max_padded_tokens=1024, max_batch_rows=16)
+TEXTS = ["The cat sat on the mat.", "Interest rates rose by a quarter point.", "short"]
+TINY = ["org/tiny-a", "org/tiny-b", "org/tiny-c"]
+COPY = "org/minilm-copy"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory, tiny_qwen3: Callable[..., Path], bundled_model_path: Path) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    for seed, model_id in enumerate(TINY):
+        tiny_qwen3(root / model_id.replace("/", "--"), seed=seed)
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)          # a second real MiniLM without copying 90 MB
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(bundled_model_path, root / COPY.replace("/", "--"), copy_function=link_or_copy)
+    return root
+
+
+def _provider(root: Path, *, max_models: int = 3, max_mb: int = 0, idle_s: float = 0,
+              trusted: tuple[str, ...] = (), **kwargs: Any) -> HuggingFaceProvider:
+    models = ModelManagerConfig(max_models_in_memory=max_models, max_memory_mb=max_mb, unload_timeout_s=idle_s,
+                                revisions={}, trusted_remote_code=trusted, auto_download=False, preload=())
+    resolver = ModelResolver.from_config(root, models)
+    return HuggingFaceProvider(HuggingFaceConfig(torch_threads=0, device="cpu"), resolver, BATCHING, models, **kwargs)
+
+
+def test_idle_minilm_is_unloaded_by_the_sweeper_and_reloads_identically(root: Path) -> None:
+    clock = FakeClock()
+
+    async def run() -> tuple[Any, Any]:
+        entered: asyncio.Queue[None] = asyncio.Queue()
+        ticks: asyncio.Queue[None] = asyncio.Queue()
+
+        async def sleep(_seconds: float) -> None:     # each call: the previous sweep has finished
+            entered.put_nowait(None)
+            await ticks.get()
+
+        async def sweep_once() -> None:
+            ticks.put_nowait(None)
+            await entered.get()
+
+        provider = _provider(root, idle_s=30, clock=clock, sweep_sleep=sleep)
+        try:
+            await provider.count_tokens(MODEL, TEXTS)
+            first = await provider.embed(MODEL, TEXTS)
+            await entered.get()                        # the sweeper started with the first request
+            health = await provider.health()
+            assert provider.loaded_models() == [MODEL] and MODEL in health["batchers"]
+            assert health["counting_tokenizers"] == [MODEL]
+            clock.now += 29
+            await sweep_once()
+            assert provider.loaded_models() == [MODEL]   # idle 29 s < 30 s
+            clock.now += 2
+            await sweep_once()
+            health = await provider.health()
+            assert provider.loaded_models() == [] and health["batchers"] == {}
+            assert health["counting_tokenizers"] == [] and health["model_cache"]["loaded"] == 0
+            second = await provider.embed(MODEL, TEXTS)   # loads again
+            assert provider.loaded_models() == [MODEL]
+            return first, second
+        finally:
+            await provider.aclose()
+
+    first, second = asyncio.run(run())
+    np.testing.assert_array_equal(first.vectors, second.vectors)
+    assert first.token_counts == second.token_counts
+
+
+def test_no_unload_when_the_timeout_is_zero(root: Path) -> None:
+    clock = FakeClock()
+    provider = _provider(root, idle_s=0, clock=clock)
+
+    async def run() -> list[str]:
+        await provider.embed(TINY[0], TEXTS)
+        clock.now += 10**6
+        return await provider.evict_idle()
+
+    assert asyncio.run(run()) == [] and provider.loaded_models() == [TINY[0]]
+    asyncio.run(provider.aclose())
+
+
+def test_count_cap_evicts_the_least_recently_used_model(root: Path) -> None:
+    clock = FakeClock()
+    provider = _provider(root, max_models=2, clock=clock)
+
+    async def run() -> dict[str, Any]:
+        vectors = {}
+        for model_id in (TINY[0], TINY[1], TINY[0], TINY[2]):   # a is used again, so b is the LRU one
+            clock.now += 1
+            vectors[model_id] = (await provider.embed(model_id, TEXTS)).vectors
+        assert provider.loaded_models() == [TINY[0], TINY[2]]
+        assert set((await provider.health())["batchers"]) == {TINY[0], TINY[2]}
+        again = (await provider.embed(TINY[1], TEXTS)).vectors        # b reloads, a goes
+        np.testing.assert_array_equal(again, vectors[TINY[1]])
+        assert provider.loaded_models() == [TINY[2], TINY[1]]
+        return vectors
+
+    try:
+        vectors = asyncio.run(run())
+    finally:
+        asyncio.run(provider.aclose())
+    assert not np.allclose(vectors[TINY[0]], vectors[TINY[1]])       # really different models
+
+
+def test_memory_cap_with_two_real_minilm_copies(root: Path) -> None:
+    provider = _provider(root, max_models=5, max_mb=150)            # one MiniLM (~87 MB) fits, two do not
+
+    async def run() -> None:
+        await provider.embed(MODEL, TEXTS)
+        await provider.embed(TINY[0], TEXTS)                         # tiny: fits beside it
+        assert provider.loaded_models() == [MODEL, TINY[0]]
+        await provider.embed(COPY, TEXTS)
+        assert provider.loaded_models() == [TINY[0], COPY]
+        stats = (await provider.health())["model_cache"]
+        assert 80 < stats["estimated_mb"] <= 150 and stats["max_memory_mb"] == 150
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run(provider.aclose())
+
+
+def test_a_model_in_use_is_never_evicted(root: Path) -> None:
+    provider = _provider(root, max_models=1)
+
+    async def run() -> None:
+        async with provider.use(TINY[0]):
+            await provider.load(TINY[0])
+            async with provider.use(TINY[1]):
+                await provider.load(TINY[1])                         # over the cap: both in use
+                assert provider.loaded_models() == [TINY[0], TINY[1]]
+            assert provider.loaded_models() == [TINY[0]]             # b idle again: back within the cap
+            assert not await provider.unload(TINY[0])                # in use: not even on request
+            await provider.embed(TINY[2], TEXTS)
+            assert provider.loaded_models() == [TINY[0]]
+        assert provider.loaded_models() == [TINY[0]]
+        await provider.embed(TINY[2], TEXTS)
+        assert provider.loaded_models() == [TINY[2]]
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run(provider.aclose())
+
+
+def test_concurrent_requests_for_more_models_than_the_cap(root: Path) -> None:
+    provider = _provider(root, max_models=1)
+    sequential = _provider(root, max_models=3)
+
+    async def run(p: HuggingFaceProvider, concurrent: bool) -> list[np.ndarray]:
+        jobs = [p.embed(model_id, TEXTS) for model_id in TINY * 2]
+        results = await asyncio.gather(*jobs) if concurrent else [await job for job in jobs]
+        return [r.vectors for r in results]
+
+    try:
+        got = asyncio.run(run(provider, True))
+        want = asyncio.run(run(sequential, False))
+        assert len(provider.loaded_models()) == 1
+    finally:
+        asyncio.run(provider.aclose())
+        asyncio.run(sequential.aclose())
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_warmup_loads_and_unload_frees(root: Path) -> None:
+    provider = _provider(root)
+
+    async def run() -> None:
+        info = await provider.warmup(TINY[0])
+        assert (info.model_id, info.dimension) == (TINY[0], 32)
+        assert provider.loaded_models() == [TINY[0]]
+        assert await provider.unload(TINY[0]) and provider.loaded_models() == []
+        assert not await provider.unload(TINY[0])
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run(provider.aclose())
+
+
+def test_remote_code_runs_only_for_trusted_ids(root: Path, tmp_path: Path) -> None:
+    model_dir = root / "org--custom-code"
+    model_dir.mkdir(exist_ok=True)
+    marker = tmp_path / "executed"
+    (model_dir / "config.json").write_text(json.dumps({
+        "model_type": "tldw-custom-test", "hidden_size": 8,
+        "auto_map": {"AutoConfig": "custom.CustomConfig", "AutoModel": "custom.CustomModel"},
+    }))
+    (model_dir / "custom.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    provider = _provider(root, trusted=("org/other*",))
+    assert not provider.trust_remote_code("org/custom-code")
+    assert _provider(root, trusted=("org/custom*",)).trust_remote_code("org/custom-code")
+    for attempt in (provider.warmup("org/custom-code"), provider.count_tokens("org/custom-code", ["x"])):
+        with pytest.raises(InvalidInput) as info:
+            asyncio.run(attempt)
+        assert info.value.code == "remote_code_not_trusted"
+        assert "TRUSTED_HF_REMOTE_CODE_MODELS" in info.value.message
+    assert not marker.exists()
+    asyncio.run(provider.aclose())
