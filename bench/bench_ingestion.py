@@ -28,7 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import build_corpus  # noqa: E402
-from harness import ServerProcess, machine_info  # noqa: E402
+from harness import ServerProcess, load_average, machine_info  # noqa: E402
 
 from tldw_Server_API.app.core.Chunking import ChunkingOptions, chunk_text, extract_text  # noqa: E402
 from tldw_Server_API.app.core.config import BUNDLED_MODEL_ID, Settings  # noqa: E402
@@ -202,18 +202,25 @@ def main() -> None:
     documents = build_documents(args.documents, 0, args.min_words, args.max_words)
     texts = chunk_documents(documents, options)
     form = {"chunk_method": "words", "chunk_size": str(args.chunk_size), "chunk_overlap": str(args.chunk_overlap)}
+    settings = Settings()
     report: dict[str, Any] = {"machine": machine_info(), "corpus": describe_corpus(documents, texts, options),
-                              "settings": {"pipeline_concurrency": Settings().embeddings_pipeline_concurrency,
-                                           "batch_max_tokens": Settings().embeddings_batch_max_tokens},
+                              "settings": {"pipeline_concurrency": settings.embeddings_pipeline_concurrency,
+                                           "batch_max_tokens": settings.embeddings_batch_max_tokens},
                               "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench-ingestion-") as root:
         for model in args.models or DEFAULT_MODELS:
             print(f"{model}:", flush=True)
             report["runs"].append(asyncio.run(bench_model(model, documents, texts, form, Path(root))))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            write_report(args.out, report)  # partial results survive a later failure
+    report["load_average_at_end"] = load_average()
+    write_report(args.out, report)
     print_summary(report)
     print(f"written to {args.out}")
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import build_corpus  # noqa: E402
-from harness import ServerProcess, machine_info, percentiles_ms  # noqa: E402
+from harness import ServerProcess, load_average, machine_info, percentiles_ms  # noqa: E402
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import SINGLE_USER_ID  # noqa: E402
 from tldw_Server_API.app.core.config import BUNDLED_MODEL_ID, RAGSettings, Settings  # noqa: E402
@@ -233,6 +233,13 @@ async def profile_embedding(model: str, queries: list[str], settings: Settings) 
     return percentiles_ms(seconds)
 
 
+def profile_embedding_safely(model: str, queries: list[str], settings: Settings) -> dict[str, Any]:
+    try:
+        return asyncio.run(profile_embedding(model, queries, settings))
+    except Exception as exc:  # noqa: BLE001 - the latency runs still mean something without this profile
+        return {"error": repr(exc)}
+
+
 @contextlib.contextmanager
 def pgvector_server() -> Iterator[str]:
     """PostgreSQL 16 + pgvector from pgserver (as tests/conftest.py starts it): a unix-socket DSN."""
@@ -340,7 +347,7 @@ def print_summary(report: dict[str, Any]) -> None:
         profile = store["profile"]
         for run in store["runs"]:
             lat = run["latency"]
-            parts = (embed[run["query_model"]]["p50_ms"], profile["store_query"]["p50_ms"],
+            parts = (embed[run["query_model"]].get("p50_ms", float("nan")), profile["store_query"]["p50_ms"],
                      profile["live_media_check"]["p50_ms"])
             verdict = "PASS" if run["passed_latency"] and run["passed_recall"] else "FAIL"
             print(f"{store['store']:<10}{run['query_model']:<50}{lat['p50_ms']:>7.1f}{lat['p95_ms']:>7.1f}"
@@ -363,20 +370,27 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "search.json")
     args = parser.parse_args()
 
+    models = args.query_models or list(DEFAULT_QUERY_MODELS)
+    report: dict[str, Any] = {"machine": machine_info(), "top_k": TOP_K, "store_query_depth": SEARCH_DEPTH,
+                              "targets": {"p50_ms": TARGET_P50_MS, "recall_at_10": TARGET_RECALL}, "stores": []}
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
         root = Path(tmp)
-        work, dataset_info = prepare_workload(args, root / "models")
-        stores = [run_store(kind, args, work, root) for kind in args.stores or ["chroma", "pgvector"]]
+        work, report["dataset"] = prepare_workload(args, root / "models")
         engine = Settings(tldw_data_dir=root / "engine", embeddings_model_dir=root / "models", log_level="WARNING")
-        embedding = {model: asyncio.run(profile_embedding(model, work.queries, engine))
-                     for model in args.query_models or DEFAULT_QUERY_MODELS}
-    report = {"machine": machine_info(), "dataset": dataset_info, "top_k": TOP_K, "store_query_depth": SEARCH_DEPTH,
-              "targets": {"p50_ms": TARGET_P50_MS, "recall_at_10": TARGET_RECALL},
-              "query_embedding_profile": embedding, "stores": stores}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        report["query_embedding_profile"] = {model: profile_embedding_safely(model, work.queries, engine)
+                                             for model in models}
+        for kind in args.stores or ["chroma", "pgvector"]:
+            report["stores"].append(run_store(kind, args, work, root))
+            write_report(args.out, report)  # partial results survive a later failure
+    report["load_average_at_end"] = load_average()
+    write_report(args.out, report)
     print_summary(report)
     print(f"written to {args.out}")
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

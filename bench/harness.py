@@ -28,10 +28,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def load_average() -> list[float] | None:
+    """1/5/15-minute load: other work on the machine makes every number here noisier."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
 def machine_info() -> dict[str, Any]:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor(),
-            "machine": platform.machine(), "load_average_at_start": load}
+            "machine": platform.machine(), "load_average_at_start": load_average()}
 
 
 def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:

@@ -348,13 +348,13 @@ def test_warmup_and_download_routes(client: TestClient, fake: FakeOpenAIServer, 
     assert f"huggingface:{MODEL}" in client.get("/api/v1/embeddings/health").json()["loaded_models"]
 
     onnx = {"model": f"onnx:{MODEL}@fp32"}
-    graph = data / "models" / "onnx" / "sentence-transformers--all-MiniLM-L6-v2" / "model.fp32.onnx"
-    assert not graph.exists()
+    graphs = data / "models" / "onnx" / "sentence-transformers--all-MiniLM-L6-v2"   # <revision>/model.fp32.onnx
+    assert not list(graphs.rglob("model.fp32.onnx"))
     assert_openai_error(client.post("/api/v1/embeddings/models/download", json=onnx, headers=USER), 403)
     downloaded = client.post("/api/v1/embeddings/models/download", json=onnx)
     assert downloaded.status_code == 200, downloaded.text
     assert downloaded.json()["provider"] == "onnx" and downloaded.json()["status"] == "downloaded"
-    assert graph.is_file()  # exported locally from the bundled weights
+    assert list(graphs.rglob("model.fp32.onnx"))  # exported locally from the bundled weights
     missing = client.post("/api/v1/embeddings/models/download", json={"model": "onnx:nobody/no-such-model"})
     assert_openai_error(missing, 404, "model_not_found")
     assert_openai_error(client.post("/api/v1/embeddings/models/warmup", json={"model": "nobody/nope"}), 404)
