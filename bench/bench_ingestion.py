@@ -94,15 +94,20 @@ async def upload(client: httpx.AsyncClient, index: int, document: str, form: dic
     return body
 
 
+async def count_jobs(client: httpx.AsyncClient, status: str) -> int:
+    response = await client.get("/api/v1/media/embeddings/jobs", params={"status": status, "limit": 1})
+    response.raise_for_status()
+    return int(response.json()["total"])
+
+
 async def wait_for_jobs(client: httpx.AsyncClient, job_ids: set[str], poll_s: float) -> dict[str, dict[str, Any]]:
-    """Poll the job list until every job is terminal; the jobs as the server reports them."""
-    while True:
-        response = await client.get("/api/v1/media/embeddings/jobs", params={"limit": 500})
-        response.raise_for_status()
-        jobs = {job["job_id"]: job for job in response.json()["items"] if job["job_id"] in job_ids}
-        if len(jobs) == len(job_ids) and all(job["status"] in TERMINAL for job in jobs.values()):
-            return jobs
+    """Until every job is terminal, asking only for counts (cheap: polling must not slow the server
+    down); then every job once, as the server reports it. The data dir holds these jobs only."""
+    while sum([await count_jobs(client, status) for status in sorted(TERMINAL)]) < len(job_ids):
         await asyncio.sleep(poll_s)
+    response = await client.get("/api/v1/media/embeddings/jobs", params={"limit": 500})
+    response.raise_for_status()
+    return {job["job_id"]: job for job in response.json()["items"] if job["job_id"] in job_ids}
 
 
 def _timestamp(value: str) -> float:
@@ -116,7 +121,7 @@ async def run_pipeline(server: ServerProcess, documents: list[str], form: dict[s
         cpu_before, started = server.cpu_seconds(), time.time()
         added = await asyncio.gather(*(upload(client, i, d, form) for i, d in enumerate(documents)))
         uploaded = time.time()
-        jobs = await wait_for_jobs(client, {a["job_id"] for a in added}, poll_s=0.25)
+        jobs = await wait_for_jobs(client, {a["job_id"] for a in added}, poll_s=0.5)
         detected, cpu_after = time.time(), server.cpu_seconds()
     failed = [job for job in jobs.values() if job["status"] != "completed"]
     if failed:
