@@ -63,9 +63,10 @@ def bench_engines(texts: list[str], model_dir: Path, repeats: int) -> tuple[dict
     registry = create_provider_registry(Settings(embeddings_model_dir=model_dir).engine_config())
     engines = (("huggingface", "huggingface", MODEL), ("onnx fp32", "onnx", f"{MODEL}@fp32"),
                ("onnx int8", "onnx", f"{MODEL}@int8"))
+    loop = asyncio.new_event_loop()
     for label, provider_name, model_id in engines:
         provider = registry.get(provider_name)
-        encoder = provider._encoder_sync(model_id)  # the engine itself, no asyncio or HTTP around it
+        encoder = loop.run_until_complete(provider._loaded(model_id))  # the engine itself, no batcher or HTTP
         encoder.encode(texts[:64])
         seconds, batch = timed(lambda enc=encoder: enc.encode(texts), repeats)
         cosines = (l2_normalize(batch.vectors) * reference).sum(axis=1)
@@ -73,7 +74,8 @@ def bench_engines(texts: list[str], model_dir: Path, repeats: int) -> tuple[dict
             "seconds": seconds, "tokens_per_s": tokens / seconds, "vs_sentence_transformers": st_seconds / seconds,
             "cosine_mean": float(cosines.mean()), "cosine_min": float(cosines.min()),
         }
-    asyncio.run(registry.aclose())
+    loop.run_until_complete(registry.aclose())
+    loop.close()
     return results, tokens
 
 

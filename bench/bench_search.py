@@ -9,21 +9,18 @@ Chroma and on pgvector (pgserver). Targets: p50 <= 15 ms and recall@10 >= 0.95 o
 Stored vectors: `--unique` real passages (bench/corpus.py) embedded with the bundled model, each
 stored as is and as copies moved by random noise (norm 0.6, renormalised: cosine ~0.86 to the
 original) up to `--chunks`: embedding 100,000 real chunks would take most of an hour on 2 cores.
-Queries are other real passages (16 words), embedded by the server itself.
+Queries are other real passages (16 words), embedded by the server itself. Benchmark only: loads
+data through the core stores, measures the server over HTTP, changes no app code.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import shutil
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +31,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import build_corpus  # noqa: E402
-from harness import ServerProcess, load_average, machine_info, percentiles_ms  # noqa: E402
+from harness import (  # noqa: E402
+    ServerProcess,
+    load_average,
+    machine_info,
+    percentiles_ms,
+    pgvector_server,
+    server_means_ms,
+    server_seconds,
+)
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import SINGLE_USER_ID  # noqa: E402
 from tldw_Server_API.app.core.config import BUNDLED_MODEL_ID, RAGSettings, Settings  # noqa: E402
@@ -52,8 +57,9 @@ TARGET_RECALL = 0.95
 TOP_K = 10
 SEARCH_DEPTH = 30          # what RAG search asks the store for at top_k 10 (top_k * 3)
 SERVER_MODEL = f"huggingface:{BUNDLED_MODEL_ID}"
-BULK_MODEL = f"onnx:{BUNDLED_MODEL_ID}@fp32"   # same vectors as huggingface (cosine 1.0000), ~2x faster
-DEFAULT_QUERY_MODELS = (SERVER_MODEL, f"onnx:{BUNDLED_MODEL_ID}@fp32")
+ONNX_MODEL = f"onnx:{BUNDLED_MODEL_ID}@fp32"
+BULK_MODEL = ONNX_MODEL   # the same vectors as huggingface (cosine 1.0000), faster
+DEFAULT_QUERY_MODELS = (SERVER_MODEL, ONNX_MODEL)
 
 
 @dataclass(frozen=True)
@@ -174,33 +180,6 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(top, order, axis=1)
 
 
-def server_seconds(client: httpx.Client) -> dict[str, tuple[float, int]]:
-    """(sum of seconds, count) of the server's own histograms: the search route as its middleware
-    times it, and the provider calls (the query embeddings)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    wanted = {"http_request_duration_seconds": "server", "embeddings_provider_seconds": "embedding"}
-    totals: dict[str, list[float]] = {label: [0.0, 0.0] for label in wanted.values()}
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        label = wanted.get(family.name)
-        for sample in family.samples if label else []:
-            if label == "server" and sample.labels.get("route") != "/api/v1/rag/search":
-                continue
-            if sample.name.endswith("_sum"):
-                totals[label][0] += sample.value
-            elif sample.name.endswith("_count"):
-                totals[label][1] += sample.value
-    return {label: (total, int(count)) for label, (total, count) in totals.items()}
-
-
-def server_means_ms(before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]]) -> dict[str, float]:
-    out = {}
-    for label, (total, count) in after.items():
-        calls = count - before[label][1]
-        out[f"{label}_mean_ms"] = (total - before[label][0]) / calls * 1000 if calls else float("nan")
-    return out
-
-
 def http_search(server: ServerProcess, queries: list[str], warmup: int) -> dict[str, Any]:
     """Each query in turn over one keep-alive connection: client latencies, the (media_id, chunk_index)
     hits, one response's size, and the server's own mean times over the same queries."""
@@ -289,28 +268,6 @@ def profile_embedding_safely(model: str, queries: list[str], settings: Settings)
         return asyncio.run(profile_embedding(model, queries, settings))
     except Exception as exc:  # noqa: BLE001 - the latency runs still mean something without this profile
         return {"error": repr(exc)}
-
-
-@contextlib.contextmanager
-def pgvector_server() -> Iterator[str]:
-    """PostgreSQL 16 + pgvector from pgserver (as tests/conftest.py starts it): a unix-socket DSN."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import pgserver
-    import psycopg
-
-    root = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-    server = None
-    try:
-        server = pgserver.get_server(root / "pgdata", cleanup_mode="stop")
-        dsn = server.get_uri()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        yield dsn
-    finally:
-        if server is not None:
-            server.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def prepare_workload(args: argparse.Namespace, model_dir: Path) -> tuple[Workload, dict[str, Any]]:

@@ -1,18 +1,22 @@
 """Shared plumbing of the benchmarks: the real server (`python -m tldw_Server_API`) as a separate
-process on a free port with settings passed as environment variables, machine facts for the
-results files, and latency percentiles. Benchmark support only: imports the standard library,
-numpy and httpx; never the app itself (the server runs in its own process, as in production).
-"""
+process on a free port (settings as environment variables), its own timings from `/metrics`, a
+throwaway pgvector database, machine facts and latency percentiles. Imports the standard library,
+numpy, httpx, prometheus_client and pgserver/psycopg (lazily); never the app: the server runs in
+its own process, as in production."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +105,52 @@ class ServerProcess:
             self.process.kill()
             self.process.wait(timeout=30)
         self.process = None
+
+
+def server_seconds(client: httpx.Client, route: str = "/api/v1/rag/search") -> dict[str, tuple[float, int]]:
+    """(sum of seconds, count) of the server's own histograms from `GET /metrics`: `route` as its
+    middleware times it ('server') and the embedding provider calls ('embedding')."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = {"http_request_duration_seconds": "server", "embeddings_provider_seconds": "embedding"}
+    totals: dict[str, list[float]] = {label: [0.0, 0.0] for label in wanted.values()}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        label = wanted.get(family.name)
+        for sample in family.samples if label else []:
+            if label == "server" and sample.labels.get("route") != route:
+                continue
+            if sample.name.endswith("_sum"):
+                totals[label][0] += sample.value
+            elif sample.name.endswith("_count"):
+                totals[label][1] += sample.value
+    return {label: (total, int(count)) for label, (total, count) in totals.items()}
+
+
+def server_means_ms(before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]]) -> dict[str, float]:
+    out = {}
+    for label, (total, count) in after.items():
+        calls = count - before[label][1]
+        out[f"{label}_mean_ms"] = (total - before[label][0]) / calls * 1000 if calls else float("nan")
+    return out
+
+
+@contextlib.contextmanager
+def pgvector_server() -> Iterator[str]:
+    """PostgreSQL 16 + pgvector from pgserver (as tests/conftest.py starts it): a unix-socket DSN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import pgserver
+    import psycopg
+
+    root = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    server = None
+    try:
+        server = pgserver.get_server(root / "pgdata", cleanup_mode="stop")
+        dsn = server.get_uri()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        yield dsn
+    finally:
+        if server is not None:
+            server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
