@@ -5,21 +5,13 @@ deletion with the store, sanitised errors. SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from psycopg.conninfo import conninfo_to_dict
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import URL
-from sqlalchemy.pool import NullPool
-from support import require_service
+from support import SteppingClock
 
-from tldw_Server_API.app.core.Embeddings._sql_engine import dispose_engine
 from tldw_Server_API.app.core.Embeddings.vector_store_batches_db import (
     BATCH_STATUSES,
     TERMINAL_BATCH_STATUSES,
@@ -27,47 +19,6 @@ from tldw_Server_API.app.core.Embeddings.vector_store_batches_db import (
     can_transition_batch,
 )
 from tldw_Server_API.app.core.errors import Conflict, InvalidInput, NotFound
-
-
-def _pg_url(dsn: str, database: str) -> URL:
-    params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
-    params.pop("dbname", None)
-    user, password = params.pop("user", None), params.pop("password", None) or None
-    return URL.create("postgresql+psycopg", username=user, password=password, database=database, query=params)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def jobs_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: an SQLite file, or a PostgreSQL database created for this test."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/embeddings_jobs.db"
-        yield url
-        dispose_engine(url)
-        return
-    try:
-        dsn = request.getfixturevalue("pgvector_dsn")
-    except pytest.FixtureLookupError:
-        require_service("PostgreSQL: the pgvector_dsn fixture (pgserver)")
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(_pg_url(dsn, "postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = _pg_url(dsn, name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        dispose_engine(url)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-class SteppingClock:
-    def __init__(self) -> None:
-        self.now = datetime(2025, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @given(st.sampled_from(BATCH_STATUSES), st.sampled_from(BATCH_STATUSES))
