@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 import uvicorn
+import yaml
+from fastapi.testclient import TestClient
 
 from tldw_Server_API.app.core.config import BUNDLED_MODEL_ID, Settings
 from tldw_Server_API.app.main import create_app
@@ -90,3 +95,70 @@ class SteppingClock:
 
     def advance(self, seconds: float = 1.0) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+def write_keys_file(directory: Path, users: Mapping[str, str], admins: Mapping[str, str] | None = None) -> Path:
+    """An `API_KEYS_FILE` in `directory`: user id -> key, plain users and admins."""
+    entries = [{"key": key, "user_id": uid, "roles": ["user"]} for uid, key in users.items()]
+    entries += [{"key": key, "user_id": uid, "roles": ["user", "admin"]} for uid, key in (admins or {}).items()]
+    path = directory / "keys.yaml"
+    path.write_text(yaml.safe_dump({"keys": entries}), encoding="utf-8")
+    return path
+
+
+def assert_openai_error(
+    response: Any, status: int, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """The response is `status` with OpenAI's error shape, a message, no traceback, and the given
+    code and param; returns the `error` object."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+    assert "Traceback" not in response.text
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    if param is not None:
+        assert body["error"]["param"] == param, body
+    return dict(body["error"])
+
+
+def key_of(user_id: str) -> str:
+    """The API key the multi-user test apps give `user_id`."""
+    return f"key-{user_id}-0123456789"
+
+
+@dataclass
+class Caller:
+    """One user's view of a TestClient app: every request carries that user's key."""
+
+    client: TestClient
+    user_id: str
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {key_of(self.user_id)}", **kwargs.pop("headers", {})}
+        return self.client.request(method, url, headers=headers, **kwargs)
+
+    def get(self, url: str, **kwargs: Any) -> Any:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> Any:
+        return self.request("POST", url, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", url, **kwargs)
+
+    def store(self) -> Any:
+        """This user's vector store, straight from the app's services."""
+        return self.client.app.state.services.storage.vector_stores.for_user(self.user_id)  # type: ignore[attr-defined]
+
+
+def wait_for_jobs(client: TestClient) -> None:
+    """Until the in-process executor has run every queued job (on the app's own event loop)."""
+    manager = client.app.state.services.media_embeddings.manager  # type: ignore[attr-defined]
+
+    async def drained() -> None:
+        await asyncio.wait_for(manager.wait_idle(), timeout=60)
+
+    assert client.portal is not None
+    client.portal.call(drained)

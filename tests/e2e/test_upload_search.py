@@ -12,8 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
-from support import ADMIN_KEY, LiveServer, make_settings
+from support import ADMIN_KEY, LiveServer, make_settings, write_keys_file
 
 OTHER_KEY = "test-other-user-key-987654321"
 
@@ -44,11 +43,7 @@ KEYWORDS = {"volcanoes.md": "pyroclastic lava", "bread.txt": "sourdough starter"
 
 
 def _settings(tmp_path: Path, tiktoken: Path, **overrides: Any) -> Any:
-    keys = tmp_path / "keys.yaml"
-    keys.write_text(yaml.safe_dump({"keys": [
-        {"key": ADMIN_KEY, "user_id": "alice", "roles": ["admin"]},
-        {"key": OTHER_KEY, "user_id": "bob", "roles": ["user"]},
-    ]}))
+    keys = write_keys_file(tmp_path, {"bob": OTHER_KEY}, admins={"alice": ADMIN_KEY})
     return make_settings(tmp_path / "data", tiktoken, api_keys_file=keys, single_user_api_key=None, **overrides)
 
 

@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from fake_openai import SECRET_MARKER, FailureKind, FakeOpenAIServer, expected_vector
 from fastapi.testclient import TestClient
-from support import ADMIN_KEY, MODEL, make_settings
+from support import ADMIN_KEY, MODEL, assert_openai_error, make_settings, write_keys_file
 
 from tldw_Server_API.app.main import create_app
 
@@ -33,23 +32,6 @@ NO_KEY = {"Authorization": ""}
 PIN_OPENAI = {"x-provider": "openai"}
 THRESHOLD = 3    # breaker: consecutive failures that open it
 RETRIES = 2      # so one request that keeps failing makes 3 attempts and opens the breaker
-
-
-def write_keys_file(directory: Path, **users: str) -> Path:
-    """API_KEYS_FILE with one plain user per `user_id=key` (the settings' key stays the admin)."""
-    path = directory / "keys.yaml"
-    entries = [{"key": key, "user_id": user_id, "roles": ["user"]} for user_id, key in users.items()]
-    path.write_text(yaml.safe_dump({"keys": entries}), encoding="utf-8")
-    return path
-
-
-def assert_openai_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    if code is not None:
-        assert body["error"]["code"] == code, body
-    return dict(body["error"])
 
 
 def embed(client: TestClient, headers: dict[str, str] | None = None, **payload: Any) -> Any:
@@ -97,7 +79,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def client(data: Path, tiktoken_dir: Path, server: FakeOpenAIServer) -> Iterator[TestClient]:
     settings = make_settings(
-        data, tiktoken_dir, api_keys_file=write_keys_file(data, alice=USER_KEY),
+        data, tiktoken_dir, api_keys_file=write_keys_file(data, {"alice": USER_KEY}),
         openai_base_url=server.base_url, openai_api_key=OPENAI_KEY,
         embeddings_local_api_url=server.base_url, embeddings_local_api_key=LOCAL_KEY,
         embeddings_max_retries=RETRIES, embeddings_retry_base_delay=0.01, embeddings_retry_max_delay=2.0,

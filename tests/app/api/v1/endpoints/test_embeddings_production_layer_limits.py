@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from fake_openai import FakeOpenAIServer, expected_vector
 from fastapi.testclient import TestClient
-from support import ADMIN_KEY, make_settings
+from support import ADMIN_KEY, assert_openai_error, make_settings, write_keys_file
 
 from tldw_Server_API.app.main import create_app
 
@@ -25,23 +24,6 @@ ALICE_KEY, BOB_KEY = "user-key-alice-0123456789", "user-key-bob-0123456789"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
 BOB = {"Authorization": f"Bearer {BOB_KEY}"}
-
-
-def write_keys_file(directory: Path) -> Path:
-    path = directory / "keys.yaml"
-    entries = [{"key": key, "user_id": name, "roles": ["user"]} for name, key in (("alice", ALICE_KEY),
-                                                                                  ("bob", BOB_KEY))]
-    path.write_text(yaml.safe_dump({"keys": entries}), encoding="utf-8")
-    return path
-
-
-def assert_openai_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    if code is not None:
-        assert body["error"]["code"] == code, body
-    return dict(body["error"])
 
 
 def embed(client: TestClient, headers: dict[str, str], **payload: Any) -> Any:
@@ -71,7 +53,8 @@ def make_client(
         directory = tmp_path / f"app{len(started)}"
         directory.mkdir()
         values: dict[str, Any] = {
-            "api_keys_file": write_keys_file(directory), "openai_base_url": fake.base_url,
+            "api_keys_file": write_keys_file(directory, {"alice": ALICE_KEY, "bob": BOB_KEY}),
+            "openai_base_url": fake.base_url,
             "openai_api_key": "sk-test-key", "embeddings_retry_base_delay": 0.01,
             "embeddings_retry_max_delay": 0.05, "embeddings_max_retries": 0, "auto_download_models": False,
             **overrides,

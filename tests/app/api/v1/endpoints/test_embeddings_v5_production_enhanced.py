@@ -9,23 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from support import ADMIN_KEY, MODEL, cosine_rows, make_settings
+from support import ADMIN_KEY, MODEL, assert_openai_error, cosine_rows, make_settings
 
 from tldw_Server_API.app.main import create_app
 
 TEXTS = ["The cat sat on the mat.", "Quantum chromodynamics describes the strong force.", "hello"]
-
-
-def assert_openai_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    assert "Traceback" not in response.text
-    if code is not None:
-        assert body["error"]["code"] == code
-    return body["error"]
 
 
 def embed(client: TestClient, **payload: Any) -> Any:

@@ -7,17 +7,15 @@ Each test runs as a fresh user of one module-wide app, so absolute counts hold.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from fastapi.testclient import TestClient
-from support import make_settings
+from support import Caller, key_of, make_settings, wait_for_jobs, write_keys_file
+from support import assert_openai_error as shared_assert_openai_error
 
 from tldw_Server_API.app.main import create_app
 
@@ -31,58 +29,10 @@ HTML = (
 )
 
 
-def key_of(user_id: str) -> str:
-    return f"key-{user_id}-0123456789"
-
-
-def write_keys(directory: Path, users: list[str]) -> Path:
-    path = directory / "keys.yaml"
-    entries = [{"key": key_of(u), "user_id": u, "roles": ["user"]} for u in users]
-    path.write_text(yaml.safe_dump({"keys": entries}), encoding="utf-8")
-    return path
-
-
-@dataclass
-class Caller:
-    """One user's view of the app: every request carries that user's key."""
-
-    client: TestClient
-    user_id: str
-
-    def request(self, method: str, url: str, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {key_of(self.user_id)}", **kwargs.pop("headers", {})}
-        return self.client.request(method, url, headers=headers, **kwargs)
-
-    def get(self, url: str, **kwargs: Any) -> Any:
-        return self.request("GET", url, **kwargs)
-
-    def post(self, url: str, **kwargs: Any) -> Any:
-        return self.request("POST", url, **kwargs)
-
-    def delete(self, url: str, **kwargs: Any) -> Any:
-        return self.request("DELETE", url, **kwargs)
-
-
 def assert_openai_error(response: Any, status: int, code: str | None = None, param: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
-    assert body["error"]["message"] and body["error"]["type"] == "invalid_request_error", body
-    if code is not None:
-        assert body["error"]["code"] == code, body
-    if param is not None:
-        assert body["error"]["param"] == param, body
-
-
-def wait_for_jobs(client: TestClient) -> None:
-    """Until the in-process executor has run every queued job (on the app's own event loop)."""
-    manager = client.app.state.services.media_embeddings.manager  # type: ignore[attr-defined]
-
-    async def drained() -> None:
-        await asyncio.wait_for(manager.wait_idle(), timeout=60)
-
-    assert client.portal is not None
-    client.portal.call(drained)
+    """Every media error is an invalid-request error in OpenAI's shape."""
+    error = shared_assert_openai_error(response, status, code, param)
+    assert error["type"] == "invalid_request_error", error
 
 
 def vector_count(client: TestClient, user_id: str, media_id: int | None = None) -> int:
@@ -110,8 +60,9 @@ def add_text(caller: Caller, content: str, **fields: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory, tiktoken_dir: Path) -> Iterator[TestClient]:
     data = tmp_path_factory.mktemp("media")
+    keys = write_keys_file(data, {u: key_of(u) for u in USERS})
     settings = make_settings(
-        data / "data", tiktoken_dir, api_keys_file=write_keys(data, USERS), single_user_api_key=None,
+        data / "data", tiktoken_dir, api_keys_file=keys, single_user_api_key=None,
         chromadb_force_stub=True, media_max_upload_bytes=CAP, auto_download_models=False,
     )
     with TestClient(create_app(settings)) as test_client:
@@ -260,7 +211,8 @@ def test_upload_over_the_configured_cap_is_413(caller: Caller) -> None:
 
 @pytest.fixture
 def default_cap_caller(tmp_path: Path, tiktoken_dir: Path) -> Iterator[Caller]:
-    settings = make_settings(tmp_path / "data", tiktoken_dir, api_keys_file=write_keys(tmp_path, USERS[:1]),
+    keys = write_keys_file(tmp_path, {u: key_of(u) for u in USERS[:1]})
+    settings = make_settings(tmp_path / "data", tiktoken_dir, api_keys_file=keys,
                              single_user_api_key=None, chromadb_force_stub=True)
     with TestClient(create_app(settings)) as test_client:
         yield Caller(test_client, USERS[0])

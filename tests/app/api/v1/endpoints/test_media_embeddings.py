@@ -9,17 +9,14 @@ each test runs as a fresh user; jobs are awaited on the app's loop (`wait_idle`)
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from fake_openai import SECRET_MARKER, FakeOpenAIServer
 from fastapi.testclient import TestClient
-from support import MODEL, make_settings
+from support import MODEL, Caller, assert_openai_error, key_of, make_settings, wait_for_jobs, write_keys_file
 
 from tldw_Server_API.app.main import create_app
 
@@ -30,53 +27,6 @@ WORDS = " ".join(f"word{i}" for i in range(40))
 JOBS = "/api/v1/media/embeddings/jobs"
 RUNNING = ("queued", "chunking", "embedding", "storing")
 SLOW = 1.5   # seconds a "slow" upstream answer takes: long enough to act on a job while it runs
-
-
-def key_of(user_id: str) -> str:
-    return f"key-{user_id}-0123456789"
-
-
-@dataclass
-class Caller:
-    client: TestClient
-    user_id: str
-
-    def request(self, method: str, url: str, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {key_of(self.user_id)}", **kwargs.pop("headers", {})}
-        return self.client.request(method, url, headers=headers, **kwargs)
-
-    def get(self, url: str, **kwargs: Any) -> Any:
-        return self.request("GET", url, **kwargs)
-
-    def post(self, url: str, **kwargs: Any) -> Any:
-        return self.request("POST", url, **kwargs)
-
-    def delete(self, url: str, **kwargs: Any) -> Any:
-        return self.request("DELETE", url, **kwargs)
-
-    def store(self) -> Any:
-        return self.client.app.state.services.storage.vector_stores.for_user(self.user_id)  # type: ignore[attr-defined]
-
-
-def assert_openai_error(response: Any, status: int, code: str | None = None, param: str | None = None) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
-    if code is not None:
-        assert body["error"]["code"] == code, body
-    if param is not None:
-        assert body["error"]["param"] == param, body
-    return str(body["error"]["message"])
-
-
-def wait_for_jobs(client: TestClient) -> None:
-    manager = client.app.state.services.media_embeddings.manager  # type: ignore[attr-defined]
-
-    async def drained() -> None:
-        await asyncio.wait_for(manager.wait_idle(), timeout=60)
-
-    assert client.portal is not None
-    client.portal.call(drained)
 
 
 def vector_ids(caller: Caller, media_id: int) -> list[str]:
@@ -127,8 +77,7 @@ def client(
     tmp_path_factory: pytest.TempPathFactory, tiktoken_dir: Path, fake: FakeOpenAIServer
 ) -> Iterator[TestClient]:
     data = tmp_path_factory.mktemp("media-embeddings")
-    keys = data / "keys.yaml"
-    keys.write_text(yaml.safe_dump({"keys": [{"key": key_of(u), "user_id": u, "roles": ["user"]} for u in USERS]}))
+    keys = write_keys_file(data, {u: key_of(u) for u in USERS})
     settings = make_settings(
         data / "data", tiktoken_dir, api_keys_file=keys, single_user_api_key=None, auto_download_models=False,
         openai_base_url=fake.base_url, openai_api_key=OPENAI_KEY, embeddings_max_retries=0,

@@ -7,16 +7,14 @@ tests/e2e/test_upload_search.py; this module does not repeat it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from fastapi.testclient import TestClient
-from support import make_settings
+from support import Caller, assert_openai_error, key_of, make_settings, wait_for_jobs, write_keys_file
 
 from tldw_Server_API.app.main import create_app
 
@@ -46,29 +44,6 @@ OTHER = {"Pulsars": "Pulsars are rotating neutron stars; the zyzzyva beetle has 
 CHUNKING = {"chunk_size": 20, "chunk_overlap": 5}
 
 
-def key_of(user_id: str) -> str:
-    return f"key-{user_id}-0123456789"
-
-
-@dataclass
-class Caller:
-    client: TestClient
-    user_id: str
-
-    def request(self, method: str, url: str, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {key_of(self.user_id)}", **kwargs.pop("headers", {})}
-        return self.client.request(method, url, headers=headers, **kwargs)
-
-    def post(self, url: str, **kwargs: Any) -> Any:
-        return self.request("POST", url, **kwargs)
-
-    def get(self, url: str, **kwargs: Any) -> Any:
-        return self.request("GET", url, **kwargs)
-
-    def delete(self, url: str, **kwargs: Any) -> Any:
-        return self.request("DELETE", url, **kwargs)
-
-
 @dataclass(frozen=True)
 class Library:
     """A user's embedded documents: title -> media id, and media id -> content."""
@@ -76,26 +51,6 @@ class Library:
     caller: Caller
     ids: dict[str, int]
     contents: dict[int, str]
-
-
-def assert_openai_error(response: Any, status: int, code: str | None = None, param: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
-    if code is not None:
-        assert body["error"]["code"] == code, body
-    if param is not None:
-        assert body["error"]["param"] == param, body
-
-
-def wait_for_jobs(client: TestClient) -> None:
-    manager = client.app.state.services.media_embeddings.manager  # type: ignore[attr-defined]
-
-    async def drained() -> None:
-        await asyncio.wait_for(manager.wait_idle(), timeout=60)
-
-    assert client.portal is not None
-    client.portal.call(drained)
 
 
 def search(caller: Caller, query: str, mode: str, **fields: Any) -> list[dict[str, Any]]:
@@ -126,8 +81,7 @@ def build_library(caller: Caller, documents: dict[str, str]) -> Library:
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory, tiktoken_dir: Path) -> Iterator[TestClient]:
     data = tmp_path_factory.mktemp("rag")
-    keys = data / "keys.yaml"
-    keys.write_text(yaml.safe_dump({"keys": [{"key": key_of(u), "user_id": u, "roles": ["user"]} for u in USERS]}))
+    keys = write_keys_file(data, {u: key_of(u) for u in USERS})
     settings = make_settings(data / "data", tiktoken_dir, api_keys_file=keys, single_user_api_key=None,
                              chromadb_force_stub=True, auto_download_models=False)
     with TestClient(create_app(settings)) as test_client:
