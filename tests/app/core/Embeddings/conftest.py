@@ -1,13 +1,16 @@
-"""Fixtures of the Embeddings DB tests: `jobs_db_url`, a fresh database per test on SQLite and
-on PostgreSQL (pgserver), shared by the jobs, vector-store metadata and batches DB tests."""
+"""Fixtures of the Embeddings tests: `jobs_db_url`, a fresh database per test on SQLite and on
+PostgreSQL (pgserver), shared by the jobs, vector-store metadata and batches DB tests; and
+`redis_prefix`, a real Redis with a unique key prefix removed afterwards (cache and rate limits)."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
@@ -48,3 +51,20 @@ def jobs_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[tuple[str, str]]:
+    """(Redis URL, a unique key prefix); every key under the prefix is deleted afterwards."""
+    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError:
+        require_service(f"Redis at {url}")
+    prefix = f"test:{uuid.uuid4().hex}"
+    yield url, prefix
+    keys = list(client.scan_iter(match=f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()

@@ -6,17 +6,13 @@ cleaned up), TTLs on L2 keys, a dead Redis read as misses, the disabled cache, a
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import redis
 import redis.asyncio as redis_asyncio
 from hypothesis import given
 from hypothesis import strategies as st
-from support import free_port, require_service
+from support import free_port
 
 from tldw_Server_API.app.core.config import CacheConfig
 from tldw_Server_API.app.core.Embeddings.multi_tier_cache import (
@@ -219,22 +215,6 @@ def test_no_sweeper_without_the_daemon_flag() -> None:
 
 
 # --- Redis L2 ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[tuple[str, str]]:
-    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError:
-        require_service(f"Redis at {url}")
-    prefix = f"test:cache:{uuid.uuid4().hex}"
-    yield url, prefix
-    keys = list(client.scan_iter(match=f"{prefix}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def test_l2_is_shared_by_two_processes(redis_prefix: tuple[str, str]) -> None:

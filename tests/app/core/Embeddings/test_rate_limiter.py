@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
 from hypothesis import given
 from hypothesis import strategies as st
-from support import free_port, require_service
+from support import free_port
 
 from tldw_Server_API.app.core.config import RateLimitConfig
 from tldw_Server_API.app.core.Embeddings.rate_limiter import (
@@ -159,22 +156,6 @@ def test_idle_user_buckets_are_pruned() -> None:
 
 
 # --- Redis ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[tuple[str, str]]:
-    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError:
-        require_service(f"Redis at {url}")
-    prefix = f"test:rl:{uuid.uuid4().hex}"
-    yield url, prefix
-    keys = list(client.scan_iter(match=f"{prefix}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def test_redis_limit_is_shared_by_two_processes(redis_prefix: tuple[str, str]) -> None:
