@@ -29,6 +29,14 @@ SINGLE_USER_ID = "single_user"
 KEY_FILE_NAME = "single_user_api_key"
 
 
+def validate_user_id(user_id: object) -> str:
+    """A user id as a path-safe string: `[A-Za-z0-9_-]{1,64}`, whole-string match (user ids name
+    per-user directories, collections and tables)."""
+    if not isinstance(user_id, str) or not USER_ID_PATTERN.fullmatch(user_id):
+        raise InvalidInput("user id must be 1-64 characters of letters, digits, '_' or '-'", param="user_id")
+    return user_id
+
+
 @dataclass(frozen=True)
 class User:
     id: str

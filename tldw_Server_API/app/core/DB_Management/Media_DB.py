@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -19,13 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tldw_Server_API.app.core.AuthNZ.api_keys import validate_user_id
 from tldw_Server_API.app.core.Chunking.chunker import Chunk
 from tldw_Server_API.app.core.DB_Management.fts_query import build_match_expression
 from tldw_Server_API.app.core.errors import InvalidInput, NotFound, ServiceUnavailable
 
 SCHEMA_VERSION = 1
 MAX_LIST_LIMIT = 1000
-_USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # media_chunks holds each chunk's text and offsets (indexed by media id, so replacing or dropping
 # one media's chunks is cheap); media_chunks_fts is an external-content FTS5 index over it, kept in
@@ -101,12 +100,6 @@ class FtsHit:
     end_char: int
     title: str
     score: float  # -bm25(): higher is better; comparable within one query only
-
-
-def validate_user_id(user_id: str) -> str:
-    if not isinstance(user_id, str) or not _USER_ID.fullmatch(user_id):
-        raise InvalidInput("user id must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'", param="user_id")
-    return user_id
 
 
 def user_media_db_path(data_dir: Path, user_id: str) -> Path:

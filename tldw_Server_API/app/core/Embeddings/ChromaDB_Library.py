@@ -8,7 +8,6 @@ Imports chromadb lazily (inside `ChromaClientManager`); nothing is created at im
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from tldw_Server_API.app.core.AuthNZ.api_keys import validate_user_id as validate_account_id
 from tldw_Server_API.app.core.errors import InvalidInput
 from tldw_Server_API.app.core.RAG.vector_stores.filters import matches, parse_where
 
-USER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DIMENSION_KEY = "tldw_dimension"  # collection metadata: the vector width fixed at creation
 STUB_MAX_BATCH = 5461  # what chromadb 1.x reports for its SQLite backend
 
@@ -28,9 +27,7 @@ def validate_user_id(user_id: object) -> str:
     """The user id as a path-safe string (`[A-Za-z0-9_-]{1,64}`; non-negative ints accepted)."""
     if isinstance(user_id, int) and not isinstance(user_id, bool) and user_id >= 0:
         user_id = str(user_id)
-    if not isinstance(user_id, str) or not USER_ID_RE.match(user_id):
-        raise InvalidInput("user id must be 1-64 characters of letters, digits, '_' or '-'", param="user_id")
-    return user_id
+    return validate_account_id(user_id)
 
 
 def user_chroma_path(base_dir: Path | str, user_id: object) -> Path:
