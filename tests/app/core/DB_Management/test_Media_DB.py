@@ -287,3 +287,12 @@ def test_concurrent_writers_and_readers(db: MediaDB) -> None:
     assert errors == []
     assert db.list_media(1, 0)[1] == 100
     assert len(db.search_chunks_fts("shared", limit=1000)) == 100
+
+
+def test_live_media_ids_leaves_out_absent_and_deleted(db: MediaDB) -> None:
+    ids = [db.add_media(f"t{i}", f"content {i}", "text").id for i in range(3)]
+    db.soft_delete(ids[1])
+    assert db.live_media_ids([*ids, 999, ids[0]]) == {ids[0], ids[2]}
+    assert db.live_media_ids([]) == set()
+    many = [db.add_media("m", f"c{i}", "text").id for i in range(600)]   # more than one IN (...) query
+    assert db.live_media_ids(many) == set(many)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -100,6 +100,9 @@ class FtsHit:
     end_char: int
     title: str
     score: float  # -bm25(): higher is better; comparable within one query only
+
+
+_SQL_PARAMS = 500  # ids per IN (...) query, well under SQLite's bound-parameter limit
 
 
 def user_media_db_path(data_dir: Path, user_id: str) -> Path:
@@ -274,6 +277,19 @@ class MediaDB:
         with self._transaction() as conn:
             rows = conn.execute(sql, params).fetchall()
         return [FtsHit(r[0], r[1], r[2], r[3], r[4], r[5], -float(r[6])) for r in rows]
+
+    def live_media_ids(self, media_ids: Iterable[int]) -> set[int]:
+        """Those of `media_ids` that exist and are not soft-deleted, in one query (search filters
+        its vector hits with this; reading each record would load every content)."""
+        wanted = sorted(set(media_ids))
+        live: set[int] = set()
+        with self._transaction() as conn:
+            for start in range(0, len(wanted), _SQL_PARAMS):
+                part = wanted[start:start + _SQL_PARAMS]
+                marks = ",".join("?" * len(part))
+                rows = conn.execute(f"SELECT id FROM media WHERE deleted = 0 AND id IN ({marks})", part)
+                live.update(int(r[0]) for r in rows)
+        return live
 
     def list_deleted_media_ids(self) -> list[int]:
         """Ids of soft-deleted media, ascending (for the vector compactor)."""

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tldw_Server_API.app.core.DB_Management.Media_DB import FtsHit, MediaDB, MediaDBFactory
-from tldw_Server_API.app.core.errors import InvalidInput, NotFound
+from tldw_Server_API.app.core.errors import InvalidInput
 from tldw_Server_API.app.core.RAG.fusion import reciprocal_rank_fusion
 from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory
 from tldw_Server_API.app.core.RAG.vector_stores.filters import matches, parse_where
@@ -108,7 +108,7 @@ class RAGSearchService:
         store = self._vector_stores.for_user(user_id)
         where = _where(request.media_ids, request.filters)
         hits = await asyncio.to_thread(store.query, collection, vector, depth, where)
-        live = await asyncio.to_thread(_live_media, db, {int(h.metadata.get("media_id", -1)) for h in hits})
+        live = await asyncio.to_thread(db.live_media_ids, {int(h.metadata.get("media_id", -1)) for h in hits})
         results = []
         for hit in hits:
             meta = hit.metadata
@@ -121,17 +121,6 @@ class RAGSearchService:
                 score=float(hit.score),
             ))
         return results
-
-
-def _live_media(db: MediaDB, media_ids: set[int]) -> set[int]:
-    live = set()
-    for media_id in media_ids:
-        try:
-            db.get_media(media_id)
-        except NotFound:
-            continue
-        live.add(media_id)
-    return live
 
 
 def _fts_fields(hit: FtsHit) -> dict[str, Any]:

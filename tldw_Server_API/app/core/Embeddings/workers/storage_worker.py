@@ -24,11 +24,9 @@ def handle(message: StorageMessage, context: StageContext) -> int:
         name, message.chunk_ids, message.vectors(), documents=message.documents,
         metadatas=[m.to_store_dict() for m in message.metadatas],
     )
-    try:
-        context.media_dbs.get(message.user_id).get_media(message.media_id)
-    except NotFound:
+    if message.media_id not in context.media_dbs.get(message.user_id).live_media_ids([message.media_id]):
         store.delete_where(name, {"media_id": message.media_id})
-        raise
+        raise NotFound(f"media {message.media_id} not found", param="media_id")
     stale = {"$and": [{"media_id": message.media_id}, {"chunk_index": {"$gte": message.total_chunks}}]}
     removed = store.delete_where(name, stale)
     prefix = media_collection(message.user_id, "", None)
