@@ -17,11 +17,12 @@ def _total(counter: Counter) -> float:
     return sum(s.value for metric in counter.collect() for s in metric.samples if s.name.endswith("_total"))
 
 
-def _by_label(counter: Counter, label: str) -> dict[str, float]:
+def _by_label(counter: Counter, label: str, **only: str) -> dict[str, float]:
+    """Totals of a counter grouped by one label, over the samples whose other labels match `only`."""
     out: dict[str, float] = {}
     for metric in counter.collect():
         for sample in metric.samples:
-            if sample.name.endswith("_total"):
+            if sample.name.endswith("_total") and all(sample.labels.get(k) == v for k, v in only.items()):
                 key = sample.labels.get(label, "")
                 out[key] = out.get(key, 0.0) + sample.value
     return out
@@ -94,7 +95,7 @@ class EmbeddingsMetrics:
             "provider_calls": outcomes.get("success", 0.0) + outcomes.get("error", 0.0),
             "provider_failures": outcomes.get("error", 0.0),
             "provider_failures_by_provider": {
-                k: v for k, v in _by_provider_outcome(self.requests, "error").items() if v
+                k: v for k, v in _by_label(self.requests, "provider", outcome="error").items() if v
             },
             "tokens": _total(self.tokens),
             "inputs": _total(self.inputs),
@@ -106,13 +107,3 @@ class EmbeddingsMetrics:
             "cache_hits": _total(self.cache_hits),
             "cache_misses": _total(self.cache_misses),
         }
-
-
-def _by_provider_outcome(counter: Counter, outcome: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for metric in counter.collect():
-        for sample in metric.samples:
-            if sample.name.endswith("_total") and sample.labels.get("outcome") == outcome:
-                provider = sample.labels.get("provider", "")
-                out[provider] = out.get(provider, 0.0) + sample.value
-    return out
