@@ -211,7 +211,8 @@ def main() -> None:
     settings = Settings()
     report: dict[str, Any] = {"machine": machine_info(), "corpus": describe_corpus(documents, texts, options),
                               "settings": {"pipeline_concurrency": settings.embeddings_pipeline_concurrency,
-                                           "batch_max_tokens": settings.embeddings_batch_max_tokens},
+                                           "batch_max_wait_ms": settings.embeddings_batch_max_wait_ms,
+                                           "pass_padded_tokens": settings.embeddings_local_batch_tokens},
                               "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench-ingestion-") as root:
         for model in args.models or DEFAULT_MODELS:

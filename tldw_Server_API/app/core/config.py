@@ -79,9 +79,7 @@ class OnnxConfig:
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    max_batch_tokens: int            # token budget of one merged model call
-    max_wait_ms: float               # most a batch waits for more requests to arrive
-    quiet_ms: float                  # ...stopping early once none arrived for this long
+    max_wait_ms: float               # most a pass under its budget waits for more rows (0: never)
     max_queue_texts: int             # queued texts per model before 429 overloaded
     max_padded_tokens: int           # rows x longest row of one forward pass
     max_batch_rows: int              # most texts in one forward pass
@@ -203,7 +201,8 @@ class StorageConfig:
 
 class PgvectorSettings(BaseModel):
     dsn: str | None = Field(None, description="PostgreSQL DSN of the pgvector store (`postgresql://...`).")
-    ef_search: int = Field(100, ge=1, description="`hnsw.ef_search` per query (recall vs speed).")
+    ef_search: int = Field(200, ge=1, description="`hnsw.ef_search` per query (recall vs speed; 100 gave recall@10 "
+                           "0.94-0.97 on 100k chunks here, 200 gives 0.985 for ~0.5 ms more).")
 
 
 class RAGSettings(BaseModel):
@@ -305,14 +304,10 @@ class Settings(BaseSettings):
         "fp32", description="ONNX variant of a bare `onnx:<model>` id; `<model>@fp32` / `@int8` pick one explicitly."
     )
     embeddings_onnx_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 keeps its default.")
-    embeddings_batch_max_tokens: int = Field(
-        8192, ge=1, description="Micro-batcher: token budget of one merged model call across concurrent requests."
-    )
     embeddings_batch_max_wait_ms: float = Field(
-        20.0, ge=0, description="Micro-batcher: most time a batch waits for more requests to join it (0: never)."
-    )
-    embeddings_batch_quiet_ms: float = Field(
-        2.0, ge=0, description="Micro-batcher: stop waiting once no request arrived for this long."
+        0.0, ge=0, description="Micro-batcher: right after a forward pass, most time the next pass waits for more "
+        "rows when it would run under its padded-token budget (0: never; rows that arrive during a pass join "
+        "the next one anyway)."
     )
     embeddings_batch_queue_size: int = Field(
         8192, ge=1, description="Micro-batcher: queued texts per model before requests get 429 `overloaded`."
@@ -521,9 +516,7 @@ class Settings(BaseSettings):
                 quantize=self.embeddings_onnx_quantize,
             ),
             batching=BatchingConfig(
-                max_batch_tokens=self.embeddings_batch_max_tokens,
                 max_wait_ms=self.embeddings_batch_max_wait_ms,
-                quiet_ms=self.embeddings_batch_quiet_ms,
                 max_queue_texts=self.embeddings_batch_queue_size,
                 max_padded_tokens=self.embeddings_local_batch_tokens,
                 max_batch_rows=self.embeddings_local_batch_size,

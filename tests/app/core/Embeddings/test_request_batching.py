@@ -1,5 +1,7 @@
-"""The micro-batcher: planning rule (property-tested), every text back exactly once to its own
-request in order under random concurrency, merging, bounded queue -> Overloaded, errors."""
+"""The continuous micro-batcher: the pass rules (property-tested against brute force), every text
+back exactly once to its own request in order under random concurrency, rows of concurrent
+requests sharing passes, a lone request never waiting, the post-pass wait, bounded pool ->
+Overloaded, failures, and callers that leave."""
 
 from __future__ import annotations
 
@@ -12,146 +14,247 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tldw_Server_API.app.core.config import BatchingConfig
-from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import EmbeddingBatch
-from tldw_Server_API.app.core.Embeddings.request_batching import MicroBatcher, estimate_tokens, take_count
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_encoding import (
+    next_pass,
+    pass_score,
+    plan_padded_batches,
+)
+from tldw_Server_API.app.core.Embeddings.request_batching import MicroBatcher, choose_pass
 from tldw_Server_API.app.core.errors import Overloaded
 
-
-@given(st.lists(st.integers(min_value=1, max_value=500), max_size=40), st.integers(min_value=1, max_value=2000))
-def test_take_count_is_the_longest_prefix_within_budget(sizes: list[int], budget: int) -> None:
-    count = take_count(sizes, budget)
-    if not sizes:
-        assert count == 0
-        return
-    assert count >= 1
-    assert count == 1 or sum(sizes[:count]) <= budget
-    if count < len(sizes):
-        assert sum(sizes[:count + 1]) > budget
+sorted_lengths = st.lists(st.integers(min_value=1, max_value=600), min_size=1, max_size=40).map(
+    lambda xs: sorted(xs, reverse=True))
 
 
-def fingerprint(text: str) -> list[float]:
-    return [float(len(text)), float(sum(map(ord, text)) % 9973), float(text.count("x"))]
+def fits(lengths: list[int], span: range, budget: int, max_rows: int) -> bool:
+    return len(span) == 1 or (len(span) <= max_rows and len(span) * lengths[span.start] <= budget)
 
 
-class RecordingModel:
-    """A stand-in model at the batcher's injection point: deterministic rows per text."""
+@given(sorted_lengths, st.data(), st.integers(min_value=16, max_value=5000), st.integers(min_value=1, max_value=64))
+def test_next_pass_is_the_fullest_window_around_the_anchor(lengths: list[int], data: st.DataObject, budget: int,
+                                                          max_rows: int) -> None:
+    anchor = data.draw(st.integers(min_value=0, max_value=len(lengths) - 1))
+    span = next_pass(lengths, anchor, budget, max_rows)
+    assert span.start <= anchor < span.stop and span.step == 1
+    assert fits(lengths, span, budget, max_rows)
+    def score(i: int, j: int) -> float:
+        return pass_score(sum(lengths[i:j]), j - i, lengths[i])
 
-    def __init__(self, fail_on: str | None = None, delay: float = 0.001) -> None:
-        self.calls: list[list[str]] = []
-        self.fail_on = fail_on
-        self.delay = delay
-
-    async def __call__(self, texts: list[str]) -> EmbeddingBatch:
-        self.calls.append(texts)
-        await asyncio.sleep(self.delay)
-        if self.fail_on is not None and self.fail_on in texts:
-            raise RuntimeError("model failure")
-        return EmbeddingBatch(np.array([fingerprint(t) for t in texts], dtype=np.float32), [len(t) for t in texts])
-
-
-def config(**overrides: float) -> BatchingConfig:
-    values = {"max_batch_tokens": 64, "max_wait_ms": 1.0, "quiet_ms": 1.0, "max_queue_texts": 10_000,
-              "max_padded_tokens": 4096, "max_batch_rows": 256}
-    values.update(overrides)
-    return BatchingConfig(**values)  # type: ignore[arg-type]
+    best = max(score(i, j) for i in range(anchor + 1) for j in range(anchor + 1, len(lengths) + 1)
+               if fits(lengths, range(i, j), budget, max_rows))
+    assert score(span.start, span.stop) == pytest.approx(best, rel=1e-12)
 
 
-requests_strategy = st.lists(
-    st.lists(st.text(alphabet="abcx ", min_size=1, max_size=40), min_size=1, max_size=8), min_size=1, max_size=30
-)
+def test_a_pass_does_not_pad_short_rows_up_to_a_long_one() -> None:
+    # the oldest row (40 tokens) with one 250-token row: running it with three 40s beats padding it to 250
+    assert next_pass([250, 40, 40, 40], 1, 1024, 256) == range(1, 4)
+    assert next_pass([250, 40, 40, 40], 0, 1024, 256) == range(0, 1)
 
 
-@settings(max_examples=40, deadline=None)
-@given(requests_strategy, st.integers(min_value=8, max_value=200), st.randoms(use_true_random=False))
-def test_every_text_comes_back_once_to_its_request_in_order(
-    requests: list[list[str]], budget: int, rnd: random.Random
-) -> None:
-    async def scenario() -> None:
-        model = RecordingModel()
-        batcher = MicroBatcher(model, config(max_batch_tokens=budget))
-
-        async def client(texts: list[str]) -> EmbeddingBatch:
-            await asyncio.sleep(rnd.random() / 1000)
-            return await batcher.submit(texts)
-
-        results = await asyncio.gather(*(client(texts) for texts in requests))
-        for texts, result in zip(requests, results, strict=True):
-            assert result.vectors.tolist() == [fingerprint(t) for t in texts]
-            assert result.token_counts == [len(t) for t in texts]
-        sent = sorted(t for call in model.calls for t in call)
-        assert sent == sorted(t for texts in requests for t in texts)  # each text embedded exactly once
-        for call in model.calls:  # budget respected unless one request alone exceeds it
-            assert sum(map(estimate_tokens, call)) <= budget or any(
-                call == texts for texts in requests
-            )
-        await batcher.aclose()
-
-    asyncio.run(scenario())
-
-
-def test_concurrent_requests_are_merged_into_fewer_model_calls() -> None:
-    async def scenario() -> tuple[int, int]:
-        model = RecordingModel(delay=0.01)
-        batcher = MicroBatcher(model, config(max_batch_tokens=10_000))
-        await asyncio.gather(*(batcher.submit([f"text {i}"]) for i in range(20)))
-        await batcher.aclose()
-        return len(model.calls), max(len(c) for c in model.calls)
-
-    calls, biggest = asyncio.run(scenario())
-    assert calls < 20 and biggest > 1
-
-
-def test_a_full_queue_answers_overloaded_at_once() -> None:
-    async def scenario() -> list[object]:
-        batcher = MicroBatcher(RecordingModel(delay=0.05), config(max_queue_texts=10))
-        outcomes = await asyncio.gather(*(batcher.submit(["a", "b", "c"]) for _ in range(8)), return_exceptions=True)
-        after = await batcher.submit(["still works"])
-        assert after.vectors.shape == (1, 3)
-        await batcher.aclose()
-        return outcomes
-
-    outcomes = asyncio.run(scenario())
-    overloaded = [o for o in outcomes if isinstance(o, Overloaded)]
-    served = [o for o in outcomes if isinstance(o, EmbeddingBatch)]
-    assert overloaded and served and len(overloaded) + len(served) == 8
-    assert all(o.retry_after == 1 for o in overloaded)
-
-
-def test_a_failing_batch_fails_its_callers_and_the_batcher_lives_on() -> None:
-    async def scenario() -> None:
-        batcher = MicroBatcher(RecordingModel(fail_on="boom"), config(max_wait_ms=5))
-        results = await asyncio.gather(batcher.submit(["boom"]), batcher.submit(["fine"]), return_exceptions=True)
-        assert all(isinstance(r, RuntimeError) for r in results)  # merged into the failing batch
-        ok = await batcher.submit(["fine again"])
-        assert ok.vectors.tolist() == [fingerprint("fine again")]
-        await batcher.aclose()
-
-    asyncio.run(scenario())
-
-
-def test_token_counts_drive_the_budget() -> None:
-    async def scenario() -> list[list[str]]:
-        model = RecordingModel(delay=0.01)
-        batcher = MicroBatcher(model, config(max_batch_tokens=100, max_wait_ms=5))
-        await asyncio.gather(*(batcher.submit([f"t{i}"], token_counts=[60]) for i in range(4)))
-        await batcher.aclose()
-        return model.calls
-
-    assert all(len(call) == 1 for call in asyncio.run(scenario()))  # 60 + 60 > 100: never merged
-
-
-@pytest.mark.parametrize("text", ["", "abcd", "x" * 400])
-def test_estimate_tokens_is_positive(text: str) -> None:
-    assert estimate_tokens(text) >= 2
+def test_next_pass_refuses_an_anchor_outside_the_rows() -> None:
+    with pytest.raises(IndexError):
+        next_pass([3, 2], 2, 100, 10)
 
 
 @given(st.lists(st.integers(min_value=1, max_value=600), max_size=80).map(lambda xs: sorted(xs, reverse=True)),
        st.integers(min_value=16, max_value=10_000), st.integers(min_value=1, max_value=300))
 def test_padded_batches_cover_every_text_once_within_budget(lengths: list[int], budget: int, max_rows: int) -> None:
-    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import plan_padded_batches
-
     batches = plan_padded_batches(lengths, budget, max_rows)
     assert [i for span in batches for i in span] == list(range(len(lengths)))
     for span in batches:
         assert 1 <= len(span) <= max_rows
         assert len(span) == 1 or len(span) * lengths[span.start] <= budget
+
+
+@given(st.lists(st.tuples(st.integers(min_value=0, max_value=20), st.integers(min_value=1, max_value=300)),
+                min_size=1, max_size=60),
+       st.integers(min_value=16, max_value=4000), st.integers(min_value=1, max_value=32))
+def test_choose_pass_includes_the_oldest_row_and_drains_the_pool(rows: list[tuple[int, int]], budget: int,
+                                                                 max_rows: int) -> None:
+    left = list(range(len(rows)))
+    seen: list[int] = []
+    while left:
+        picked = [left[i] for i in choose_pass([rows[k] for k in left], budget, max_rows)]
+        assert picked and len(set(picked)) == len(picked)
+        oldest = min(rows[k][0] for k in left)
+        assert any(rows[k][0] == oldest for k in picked)           # FIFO: no row is starved
+        widest = max(rows[k][1] for k in picked)
+        assert len(picked) == 1 or (len(picked) <= max_rows and len(picked) * widest <= budget)
+        seen += picked
+        left = [k for k in left if k not in set(picked)]
+    assert sorted(seen) == list(range(len(rows)))
+
+
+def tokens_of(text: str) -> list[int]:
+    return [ord(c) for c in text] or [0]
+
+
+def fingerprint(ids: list[int]) -> list[float]:
+    return [float(len(ids)), float(sum(ids) % 9973), float(ids.count(ord("x")))]
+
+
+class RecordingModel:
+    """The batcher's two injection points: a tokenizer (one id per character) and a forward pass
+    with deterministic rows per token row; records every pass."""
+
+    def __init__(self, fail_on: str | None = None, delay: float = 0.001) -> None:
+        self.passes: list[list[list[int]]] = []
+        self.fail_on = tokens_of(fail_on) if fail_on is not None else None
+        self.delay = delay
+        self.release: asyncio.Event | None = None
+
+    async def tokenize(self, texts: list[str]) -> list[list[int]]:
+        await asyncio.sleep(0)
+        return [tokens_of(t) for t in texts]
+
+    async def run_pass(self, rows: list[list[int]]) -> np.ndarray:
+        self.passes.append(rows)
+        await asyncio.sleep(self.delay)
+        if self.release is not None:
+            await self.release.wait()
+        if self.fail_on is not None and self.fail_on in rows:
+            raise RuntimeError("model failure")
+        return np.array([fingerprint(r) for r in rows], dtype=np.float32)
+
+    def batcher(self, **overrides: float) -> MicroBatcher:
+        values = {"max_wait_ms": 0.0, "max_queue_texts": 10_000, "max_padded_tokens": 4096, "max_batch_rows": 256}
+        values.update(overrides)
+        return MicroBatcher(self.tokenize, self.run_pass, BatchingConfig(**values))  # type: ignore[arg-type]
+
+
+requests_strategy = st.lists(
+    st.lists(st.text(alphabet="abcx ", min_size=0, max_size=40), min_size=1, max_size=8), min_size=1, max_size=30
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(requests_strategy, st.integers(min_value=8, max_value=200), st.integers(min_value=1, max_value=16),
+       st.sampled_from([0.0, 0.5]), st.randoms(use_true_random=False))
+def test_every_text_comes_back_once_to_its_request_in_order(
+    requests: list[list[str]], budget: int, max_rows: int, wait_ms: float, rnd: random.Random
+) -> None:
+    async def scenario() -> None:
+        model = RecordingModel()
+        batcher = model.batcher(max_padded_tokens=budget, max_batch_rows=max_rows, max_wait_ms=wait_ms)
+
+        async def client(texts: list[str]):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(rnd.random() / 1000)
+            return await batcher.submit(texts)
+
+        results = await asyncio.gather(*(client(texts) for texts in requests))
+        for texts, result in zip(requests, results, strict=True):
+            assert result.vectors.tolist() == [fingerprint(tokens_of(t)) for t in texts]
+            assert result.token_counts == [len(tokens_of(t)) for t in texts]
+        sent = sorted(map(tuple, (row for rows in model.passes for row in rows)))
+        assert sent == sorted(tuple(tokens_of(t)) for texts in requests for t in texts)  # each text run once
+        for rows in model.passes:
+            assert len(rows) == 1 or (len(rows) <= max_rows and len(rows) * max(map(len, rows)) <= budget)
+        assert batcher.queued_texts == 0
+        await batcher.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_rows_of_concurrent_requests_share_passes() -> None:
+    async def scenario() -> list[list[list[int]]]:
+        model = RecordingModel(delay=0.01)
+        batcher = model.batcher()
+        await asyncio.gather(*(batcher.submit([f"text {i}"]) for i in range(20)))
+        await batcher.aclose()
+        return model.passes
+
+    passes = asyncio.run(scenario())
+    assert len(passes) < 20 and max(len(rows) for rows in passes) > 1
+
+
+def test_a_lone_request_runs_at_once_whatever_the_wait() -> None:
+    async def scenario() -> list[list[list[int]]]:
+        model = RecordingModel()
+        batcher = model.batcher(max_wait_ms=60_000)
+        for text in ("first", "second"):   # both arrive at an idle batcher: neither waits a minute
+            result = await asyncio.wait_for(batcher.submit([text]), timeout=5)
+            assert result.vectors.tolist() == [fingerprint(tokens_of(text))]
+        await batcher.aclose()
+        return model.passes
+
+    assert len(asyncio.run(scenario())) == 2
+
+
+@pytest.mark.parametrize(("wait_ms", "expected"), [(2000.0, [["a"], ["b", "c"]]), (0.0, [["a"], ["b"], ["c"]])])
+def test_after_a_pass_an_underfull_pass_waits_for_more_rows(wait_ms: float, expected: list[list[str]]) -> None:
+    async def scenario() -> list[list[str]]:
+        model = RecordingModel(delay=0)
+        model.release = asyncio.Event()
+        batcher = model.batcher(max_wait_ms=wait_ms)
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        while not model.passes:
+            await asyncio.sleep(0.001)
+        second = asyncio.ensure_future(batcher.submit(["b"]))   # arrives during the first pass
+        await asyncio.sleep(0.01)
+        model.release.set()
+        await first
+        await asyncio.sleep(0.05)                                # comes back after the first pass
+        third = await batcher.submit(["c"])
+        await second
+        assert third.vectors.shape == (1, 3)
+        await batcher.aclose()
+        return [["".join(map(chr, row)) for row in rows] for rows in model.passes]
+
+    assert asyncio.run(scenario()) == expected
+
+
+def test_a_full_pool_answers_overloaded_at_once() -> None:
+    async def scenario() -> list[object]:
+        model = RecordingModel(delay=0.05)
+        batcher = model.batcher(max_queue_texts=10)
+        outcomes = await asyncio.gather(*(batcher.submit(["a", "b", "c"]) for _ in range(8)), return_exceptions=True)
+        after = await batcher.submit(["still works"])
+        assert after.vectors.shape == (1, 3)
+        assert batcher.queued_texts == 0
+        await batcher.aclose()
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    overloaded = [o for o in outcomes if isinstance(o, Overloaded)]
+    served = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert overloaded and served and len(overloaded) + len(served) == 8
+    assert all(o.retry_after == 1 for o in overloaded)
+
+
+def test_a_failing_pass_fails_its_callers_and_the_batcher_lives_on() -> None:
+    async def scenario() -> None:
+        model = RecordingModel(fail_on="boom", delay=0.01)
+        batcher = model.batcher(max_batch_rows=1)   # one row a pass: only the failing row's request fails
+        results = await asyncio.gather(batcher.submit(["boom", "and more"]), batcher.submit(["fine"]),
+                                       return_exceptions=True)
+        assert isinstance(results[0], RuntimeError)
+        assert results[1].vectors.tolist() == [fingerprint(tokens_of("fine"))]  # type: ignore[union-attr]
+        ok = await batcher.submit(["fine again"])
+        assert ok.vectors.tolist() == [fingerprint(tokens_of("fine again"))]
+        assert batcher.queued_texts == 0
+        await batcher.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_rows_of_a_caller_that_left_are_never_run() -> None:
+    async def scenario() -> list[list[list[int]]]:
+        model = RecordingModel(delay=0)
+        model.release = asyncio.Event()
+        batcher = model.batcher(max_padded_tokens=16, max_batch_rows=1)
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        while not model.passes:
+            await asyncio.sleep(0.001)
+        leaving = asyncio.ensure_future(batcher.submit(["gone", "also gone"]))
+        await asyncio.sleep(0.01)
+        leaving.cancel()
+        await asyncio.sleep(0)
+        model.release.set()
+        await first
+        await batcher.submit(["z"])
+        assert batcher.queued_texts == 0
+        await batcher.aclose()
+        return model.passes
+
+    run = ["".join(map(chr, row)) for rows in asyncio.run(scenario()) for row in rows]
+    assert run == ["a", "z"]

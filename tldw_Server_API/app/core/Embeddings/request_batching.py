@@ -1,133 +1,181 @@
-"""Micro-batching of concurrent embedding requests for one loaded model.
+"""Continuous micro-batching of concurrent embedding requests for one loaded model.
 
-Requests queue their texts; one worker task takes whole requests in arrival order up to a token
-budget, runs them as one model call (the encoder length-sorts inside it) and hands each request its own rows. While a
-batch runs, the next one gathers, so concurrency turns into bigger, better-packed batches. Before
-each call the worker waits while requests keep arriving (a gap of `quiet_ms`, at most
-`max_wait_ms` in all): clients released together by one batch come back over a few milliseconds,
-and a fixed short wait would split them into a small batch and a large one. A full
-queue answers `Overloaded` (429) at once instead of queueing forever.
+Every request's texts are tokenised as they arrive and join one pool of rows. A single worker
+task runs forward passes over that pool, one at a time, off the event loop: each pass is the
+fullest length-homogeneous run of rows (padded-token budget, `next_pass`) that includes the
+oldest row waiting, so rows of many requests share a pass, padding stays low, and no row waits
+behind more than the passes ahead of it. A request is answered as soon as its last row is done;
+its caller's next request joins the pool while other passes run, so the pool stays full under
+load and a lone request (a search query) runs at once. Right after a pass, a next pass that
+would run under its budget may wait up to `max_wait_ms` for more rows (0: never); a worker that
+found the pool empty starts the next arrival at once. A full pool answers `Overloaded` (429) at
+once instead of queueing forever.
 
-`take_count` is the pure planning rule; `MicroBatcher` the asyncio plumbing around it.
+`choose_pass` is the pure scheduling rule; `MicroBatcher` the asyncio plumbing around it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from tldw_Server_API.app.core.config import BatchingConfig
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import EmbeddingBatch
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_encoding import next_pass
 from tldw_Server_API.app.core.errors import Overloaded
 
-RunBatch = Callable[[list[str]], Awaitable[EmbeddingBatch]]
+Tokenize = Callable[[list[str]], Awaitable[list[list[int]]]]      # texts -> token ids per text
+RunPass = Callable[[list[list[int]]], Awaitable[np.ndarray]]       # token rows -> (rows, d) vectors
 
 
-def estimate_tokens(text: str) -> int:
-    """Rough token count for budgeting only (~4 characters a token, plus special tokens)."""
-    return len(text) // 4 + 2
-
-
-def take_count(sizes: Sequence[int], budget: int) -> int:
-    """How many leading requests (token sizes) form the next batch: whole requests, in order,
-    while they fit the budget; always at least one, so an oversized request still runs alone."""
-    total, count = 0, 0
-    for size in sizes:
-        if count and total + size > budget:
-            break
-        total += size
-        count += 1
-    return count
+def choose_pass(rows: Sequence[tuple[int, int]], max_padded_tokens: int, max_rows: int) -> list[int]:
+    """Indices of `rows` ((arrival sequence, token length) each) for the next forward pass: rows
+    sorted longest first, the `next_pass` around the oldest row (its longest among equals)."""
+    if not rows:
+        return []
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i][1], rows[i][0]))
+    oldest = min(seq for seq, _ in rows)
+    anchor = next(pos for pos, i in enumerate(order) if rows[i][0] == oldest)
+    span = next_pass([rows[i][1] for i in order], anchor, max_padded_tokens, max_rows)
+    return [order[pos] for pos in span]
 
 
 @dataclass
 class _Request:
-    texts: list[str]
-    tokens: int
+    size: int
     future: asyncio.Future[EmbeddingBatch] = field(repr=False)
+    vectors: np.ndarray | None = None
+    token_counts: list[int] = field(default_factory=list)
+    remaining: int = 0
+
+
+@dataclass
+class _Row:
+    request: _Request
+    index: int            # position in its request
+    seq: int              # arrival order of its request
+    ids: list[int]
 
 
 class MicroBatcher:
-    def __init__(self, run_batch: RunBatch, config: BatchingConfig) -> None:
-        self._run_batch = run_batch
+    def __init__(self, tokenize: Tokenize, run_pass: RunPass, config: BatchingConfig) -> None:
+        self._tokenize = tokenize
+        self._run_pass = run_pass
         self._config = config
         self.loop = asyncio.get_running_loop()  # asyncio primitives below belong to this loop
-        self._queue: deque[_Request] = deque()
-        self._queued_texts = 0
-        self._wakeup = asyncio.Event()
+        self._pool: list[_Row] = []
+        self._admitted = 0                      # texts accepted and not yet answered or dropped
+        self._seq = itertools.count()
+        self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self.batches_run = 0
         self.last_batch_sizes: deque[int] = deque(maxlen=256)
+        self.busy_seconds = 0.0                 # inside forward passes
+        self.tokens_run = 0                     # real tokens of the rows run
+        self.padded_tokens_run = 0              # rows x longest row, summed over passes
 
     @property
     def queued_texts(self) -> int:
-        return self._queued_texts
+        return self._admitted
 
-    async def submit(self, texts: Sequence[str], token_counts: Sequence[int] | None = None) -> EmbeddingBatch:
-        if self._queued_texts + len(texts) > self._config.max_queue_texts:
+    async def submit(self, texts: Sequence[str]) -> EmbeddingBatch:
+        if not texts:
+            return EmbeddingBatch(vectors=np.zeros((0, 0), dtype=np.float32), token_counts=[])
+        if self._admitted + len(texts) > self._config.max_queue_texts:
             raise Overloaded("the embedding queue is full; retry shortly", retry_after=1)
-        tokens = sum(token_counts) if token_counts is not None else sum(map(estimate_tokens, texts))
-        request = _Request(list(texts), tokens, asyncio.get_running_loop().create_future())
-        self._queue.append(request)
-        self._queued_texts += len(texts)
+        self._admitted += len(texts)
+        try:
+            ids = await self._tokenize(list(texts))
+        except BaseException:
+            self._admitted -= len(texts)
+            raise
+        request = _Request(len(texts), self.loop.create_future(), remaining=len(texts),
+                           token_counts=[len(row) for row in ids])
+        seq = next(self._seq)
+        self._pool.extend(_Row(request, i, seq, row) for i, row in enumerate(ids))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name="micro-batcher")
-        self._wakeup.set()
-        return await request.future
+        self._arrived.set()
+        try:
+            return await request.future
+        finally:
+            if not request.future.done():   # the caller left: its rows are dropped before the next pass
+                request.future.cancel()
 
-    def _take(self) -> list[_Request]:
-        live = [r for r in self._queue if not r.future.done()]  # drop requests whose caller left
-        count = take_count([r.tokens for r in live], self._config.max_batch_tokens)
-        taken = live[:count]
-        self._queue = deque(live[count:])
-        self._queued_texts = sum(len(r.texts) for r in self._queue)
-        return taken
+    def _drop_abandoned(self) -> None:
+        kept = [row for row in self._pool if not row.request.future.done()]
+        self._admitted -= len(self._pool) - len(kept)
+        self._pool = kept
 
-    async def _gather_company(self) -> None:
+    async def _wait_for_company(self) -> None:
+        """Right after a pass, let a next pass under its budget wait up to `max_wait_ms` for
+        more rows (the callers the last pass answered are coming back)."""
         deadline = time.monotonic() + self._config.max_wait_ms / 1000
-        while sum(r.tokens for r in self._queue) < self._config.max_batch_tokens:
+        while sum(len(row.ids) for row in self._pool) < self._config.max_padded_tokens:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            self._wakeup.clear()
+            self._arrived.clear()
             try:
-                await asyncio.wait_for(self._wakeup.wait(), min(self._config.quiet_ms / 1000, remaining))
+                await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
-                return  # nobody arrived within the quiet gap
+                return
 
     async def _work(self) -> None:
-        while self._queue:
-            if self._config.max_wait_ms > 0:
-                await self._gather_company()
-            batch = self._take()
-            if batch:
-                await self._run(batch)
+        after_pass = False
+        while self._pool:
+            if after_pass and self._config.max_wait_ms > 0:
+                await self._wait_for_company()
+            after_pass = True
+            self._drop_abandoned()
+            picked = choose_pass([(row.seq, len(row.ids)) for row in self._pool],
+                                 self._config.max_padded_tokens, self._config.max_batch_rows)
+            if not picked:
+                continue
+            chosen = set(picked)
+            taken = [self._pool[i] for i in picked]
+            self._pool = [row for i, row in enumerate(self._pool) if i not in chosen]
+            await self._run(taken)
 
-    async def _run(self, batch: list[_Request]) -> None:
-        texts = [text for request in batch for text in request.texts]
+    async def _run(self, rows: list[_Row]) -> None:
         self.batches_run += 1
-        self.last_batch_sizes.append(len(texts))
+        self.last_batch_sizes.append(len(rows))
+        self._admitted -= len(rows)
+        self.tokens_run += sum(len(row.ids) for row in rows)
+        self.padded_tokens_run += len(rows) * max(len(row.ids) for row in rows)
+        started = time.perf_counter()
         try:
-            result = await self._run_batch(texts)
-        except Exception as exc:  # delivered to every caller of this batch; the worker lives on
-            for request in batch:
+            vectors = await self._run_pass([row.ids for row in rows])
+        except Exception as exc:  # fails the requests of this pass; their other rows are dropped
+            for request in {id(row.request): row.request for row in rows}.values():
                 if not request.future.done():
                     request.future.set_exception(exc)
             return
-        start = 0
-        for request in batch:
-            end = start + len(request.texts)
-            if not request.future.done():
-                request.future.set_result(EmbeddingBatch(
-                    vectors=np.ascontiguousarray(result.vectors[start:end]),
-                    token_counts=list(result.token_counts[start:end]),
-                ))
-            start = end
+        finally:
+            self.busy_seconds += time.perf_counter() - started
+        for row, vector in zip(rows, vectors, strict=True):
+            request = row.request
+            if request.future.done():
+                continue
+            if request.vectors is None:
+                request.vectors = np.empty((request.size, vectors.shape[1]), dtype=np.float32)
+            request.vectors[row.index] = vector
+            request.remaining -= 1
+            if request.remaining == 0:
+                request.future.set_result(EmbeddingBatch(vectors=request.vectors, token_counts=request.token_counts))
+
+    def stats(self) -> dict[str, Any]:
+        return {"queued_texts": self.queued_texts, "batches_run": self.batches_run,
+                "recent_batch_sizes": list(self.last_batch_sizes)[-8:], "busy_seconds": round(self.busy_seconds, 3),
+                "padding_efficiency": round(self.tokens_run / self.padded_tokens_run, 4)
+                if self.padded_tokens_run else None}
 
     async def aclose(self) -> None:
         if self._worker is not None:

@@ -2,8 +2,10 @@
 `fts` (SQLite FTS5 BM25 over media chunks) and `hybrid` (both, fused by reciprocal rank).
 
 Soft-deleted media never appear: FTS rows go at delete time, and vector hits are checked against
-the media DB before they are returned. Metadata `filters` use the vector stores' where-language
-and apply to both modes (FTS hits are checked against the same fields). No FastAPI here.
+the media DB before they are returned; when that leaves fewer hits than wanted (a deleted
+document's vectors stay until purged), the store is asked again, deeper. Metadata `filters` use
+the vector stores' where-language and apply to both modes (FTS hits are checked against the same
+fields). No FastAPI here.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import numpy as np
 from tldw_Server_API.app.core.DB_Management.Media_DB import FtsHit, MediaDB, MediaDBFactory
 from tldw_Server_API.app.core.errors import InvalidInput
 from tldw_Server_API.app.core.RAG.fusion import reciprocal_rank_fusion
+from tldw_Server_API.app.core.RAG.vector_stores.base import VectorHit
 from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory
 from tldw_Server_API.app.core.RAG.vector_stores.filters import matches, parse_where
 
 SearchMode = Literal["vector", "fts", "hybrid"]
 MAX_TOP_K = 100
+MAX_VECTOR_DEPTH = 1000   # deepest store query made to refill hits of deleted media
 QueryEmbedder = Callable[[str, str], Awaitable[tuple[np.ndarray, str]]]   # (user, query) -> (vector, collection)
 
 
@@ -87,11 +91,12 @@ class RAGSearchService:
         if request.media_ids is not None and not request.media_ids:
             return []   # restricted to no media: nothing in every mode (vector mode used to ignore it)
         db = self._media_dbs.get(user_id)
-        depth = min(MAX_TOP_K * 2, request.top_k * 3)   # headroom for fusion and deleted media
+        depth = min(MAX_TOP_K * 2, request.top_k * 3)   # the ranked lists hybrid fuses
         vector_hits: list[SearchResult] = []
         fts_hits: list[SearchResult] = []
         if request.mode in ("vector", "hybrid"):
-            vector_hits = await self._vector(user_id, db, request, depth)
+            wanted = request.top_k if request.mode == "vector" else depth
+            vector_hits = await self._vector(user_id, db, request, wanted)
         if request.mode in ("fts", "hybrid"):
             raw = await asyncio.to_thread(db.search_chunks_fts, request.query, depth, request.media_ids)
             fts_hits = [_from_fts(hit) for hit in raw if matches(parsed_filter, _fts_fields(hit))]
@@ -103,24 +108,29 @@ class RAGSearchService:
         fused = reciprocal_rank_fusion([[h.key for h in vector_hits], [h.key for h in fts_hits]], top_k=request.top_k)
         return [_with_score(by_key[key], score) for key, score in fused]
 
-    async def _vector(self, user_id: str, db: MediaDB, request: SearchRequest, depth: int) -> list[SearchResult]:
+    async def _vector(self, user_id: str, db: MediaDB, request: SearchRequest, wanted: int) -> list[SearchResult]:
+        """The `wanted` best hits of live media: one store query of that depth, deeper ones only
+        while hits of deleted media left too few."""
         vector, collection = await self._embed_query(user_id, request.query)
         store = self._vector_stores.for_user(user_id)
         where = _where(request.media_ids, request.filters)
-        hits = await asyncio.to_thread(store.query, collection, vector, depth, where)
-        live = await asyncio.to_thread(db.live_media_ids, {int(h.metadata.get("media_id", -1)) for h in hits})
-        results = []
-        for hit in hits:
-            meta = hit.metadata
-            media_id = int(meta.get("media_id", -1))
-            if media_id not in live:
-                continue
-            results.append(SearchResult(
-                media_id=media_id, title=str(meta.get("title", "")), chunk_index=int(meta.get("chunk_index", 0)),
-                text=hit.document, start_char=int(meta.get("start_char", 0)), end_char=int(meta.get("end_char", 0)),
-                score=float(hit.score),
-            ))
-        return results
+        depth = wanted
+        while True:
+            hits = await asyncio.to_thread(store.query, collection, vector, depth, where)
+            live = await asyncio.to_thread(db.live_media_ids, {int(h.metadata.get("media_id", -1)) for h in hits})
+            results = [_from_vector(hit) for hit in hits if int(hit.metadata.get("media_id", -1)) in live]
+            if len(results) >= wanted or len(hits) < depth or depth >= MAX_VECTOR_DEPTH:
+                return results[:wanted]
+            depth = min(MAX_VECTOR_DEPTH, depth * 4)
+
+
+def _from_vector(hit: VectorHit) -> SearchResult:
+    meta = hit.metadata
+    return SearchResult(
+        media_id=int(meta.get("media_id", -1)), title=str(meta.get("title", "")),
+        chunk_index=int(meta.get("chunk_index", 0)), text=hit.document, start_char=int(meta.get("start_char", 0)),
+        end_char=int(meta.get("end_char", 0)), score=float(hit.score),
+    )
 
 
 def _fts_fields(hit: FtsHit) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from tldw_Server_API.app.core.errors import ModelNotFound, ProviderError, Servic
 
 REPO = "fake-org/mini"
 MAIN, V1 = "c0ffee" + "0" * 34, "beef" + "1" * 36
-BATCHING = BatchingConfig(max_batch_tokens=4096, max_wait_ms=1, quiet_ms=1, max_queue_texts=1000,
+BATCHING = BatchingConfig(max_wait_ms=1, max_queue_texts=1000,
                           max_padded_tokens=1024, max_batch_rows=16)
 TEXTS = ["The cat sat on the mat.", "Quantum computers use qubits.", "short"]
 

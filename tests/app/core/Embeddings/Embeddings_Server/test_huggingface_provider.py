@@ -22,7 +22,7 @@ TEXTS = [("alpha beta gamma " * (i % 23 + 1)) + f"item {i}" for i in range(70)]
 @pytest.fixture()
 def provider(tmp_path: Path) -> Any:
     return HuggingFaceProvider(HuggingFaceConfig(torch_threads=0, device="cpu"), ModelResolver(tmp_path),
-                               BatchingConfig(max_batch_tokens=512, max_wait_ms=1, quiet_ms=1, max_queue_texts=1000,
+                               BatchingConfig(max_wait_ms=1, max_queue_texts=1000,
                                               max_padded_tokens=300, max_batch_rows=8))
 
 

@@ -27,7 +27,7 @@ PLAIN_ID = "test-org/tiny-qwen3-plain"                  # same weights, not an e
 DOCS = ["paris is the capital of france .", "a short note",
         "the cat sat on the mat while the dog slept by the door and the cat sat on the mat again"]
 QUERIES = ["what is the capital of france", "how do magnets work ?", "the capital of france ?"]
-BATCHING = BatchingConfig(max_batch_tokens=4096, max_wait_ms=1, quiet_ms=1, max_queue_texts=1000,
+BATCHING = BatchingConfig(max_wait_ms=1, max_queue_texts=1000,
                           max_padded_tokens=1024, max_batch_rows=16)
 ATOL = 2e-5
 

@@ -21,7 +21,7 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.huggingface_provider 
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
 from tldw_Server_API.app.core.errors import InvalidInput
 
-BATCHING = BatchingConfig(max_batch_tokens=4096, max_wait_ms=1, quiet_ms=1, max_queue_texts=1000,
+BATCHING = BatchingConfig(max_wait_ms=1, max_queue_texts=1000,
                           max_padded_tokens=1024, max_batch_rows=16)
 TEXTS = ["The cat sat on the mat.", "Interest rates rose by a quarter point.", "short"]
 TINY = ["org/tiny-a", "org/tiny-b", "org/tiny-c"]

@@ -51,7 +51,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Any:
         catalog=ModelCatalogConfig(models=(f"huggingface:{MODEL}",), default_model=MODEL, model_dir=model_dir),
         huggingface=HuggingFaceConfig(torch_threads=0, device="cpu"),
         onnx=OnnxConfig(threads=0, quantize="fp32"),
-        batching=BatchingConfig(max_batch_tokens=4096, max_wait_ms=1, quiet_ms=1, max_queue_texts=1000,
+        batching=BatchingConfig(max_wait_ms=1, max_queue_texts=1000,
                                 max_padded_tokens=1024, max_batch_rows=8),
     )
     registry = create_provider_registry(config)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from loguru import logger
 
 from tldw_Server_API.app.core.config import BatchingConfig, ModelManagerConfig
@@ -352,33 +353,40 @@ class LocalModelProvider:
         return result
 
     async def embed(
-        self, model_id: str, texts: Sequence[str], token_counts: Sequence[int] | None = None
+        self, model_id: str, texts: Sequence[str], token_counts: Sequence[int] | None = None  # noqa: ARG002
     ) -> EmbeddingBatch:
-        """Through the model's micro-batcher, which merges concurrent requests into one call."""
+        """Through the model's micro-batcher, which runs rows of concurrent requests in shared passes."""
         prepared = self.prepare_texts(model_id, texts)
         async with self.use(model_id):
             batcher = self._batchers.get(model_id)
             if batcher is None or batcher.loop is not asyncio.get_running_loop():
-                async def run_batch(batch_texts: list[str]) -> EmbeddingBatch:
-                    return await self._encode_now(model_id, batch_texts)
+                batcher = self._batchers[model_id] = self._new_batcher(model_id)
+            return await batcher.submit(prepared)
 
-                batcher = self._batchers[model_id] = MicroBatcher(run_batch, self._batching)
-            return await batcher.submit(prepared, token_counts)
+    def _new_batcher(self, model_id: str) -> MicroBatcher:
+        async def tokenize(texts: list[str]) -> list[list[int]]:
+            encoder = await self._loaded(model_id)
 
-    async def _encode_now(self, model_id: str, texts: Sequence[str]) -> EmbeddingBatch:
-        encoder = await self._loaded(model_id)
-        try:
-            batch: EmbeddingBatch = await self._run(encoder.encode, texts)
-        except (RuntimeError, ValueError, OSError) as exc:  # model runtime failures, not caller errors
-            raise ProviderError(f"the local model '{model_id}' failed to embed the inputs") from exc
-        return batch
+            def run() -> list[list[int]]:
+                with load_errors(model_id):
+                    tokenizer = self._tokenizer_sync(model_id, self._count_tokenizers)
+                return encoder.tokenize(texts, tokenizer)
+
+            rows: list[list[int]] = await self._run(run, executor=self._count_executor)
+            return rows
+
+        async def run_pass(rows: list[list[int]]) -> np.ndarray:
+            encoder = await self._loaded(model_id)
+            try:
+                vectors: np.ndarray = await self._run(encoder.run_rows, rows)
+            except (RuntimeError, ValueError, OSError) as exc:  # model runtime failures, not caller errors
+                raise ProviderError(f"the local model '{model_id}' failed to embed the inputs") from exc
+            return vectors
+
+        return MicroBatcher(tokenize, run_pass, self._batching)
 
     def batcher_stats(self) -> dict[str, dict[str, Any]]:
-        return {
-            model_id: {"queued_texts": b.queued_texts, "batches_run": b.batches_run,
-                       "recent_batch_sizes": list(b.last_batch_sizes)[-8:]}
-            for model_id, b in self._batchers.items()
-        }
+        return {model_id: b.stats() for model_id, b in self._batchers.items()}
 
     async def health(self) -> dict[str, Any]:
         return {"status": "healthy", "loaded_models": self.loaded_models(), "batchers": self.batcher_stats(),

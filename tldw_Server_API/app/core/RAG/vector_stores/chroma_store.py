@@ -86,8 +86,8 @@ class ChromaVectorStore:
         chroma_where = _chroma_where(where)
         collection = self._collection(name)
         query = as_query_vector(vector, collection_dimension(collection) if collection is not None else None)
-        if collection is None or collection.count() == 0:
-            return []
+        if collection is None:
+            return []   # no count() first: on 100k records it costs more than the query itself
         result = collection.query(query_embeddings=[query], n_results=top_k, where=chroma_where,
                                   include=["documents", "metadatas", "distances"])
         return [VectorHit(id=i, score=1.0 - float(d), document=doc or "", metadata=dict(meta or {}))
