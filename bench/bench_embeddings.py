@@ -13,10 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import build_corpus  # noqa: E402
+from harness import CpuSteal, ServerProcess, machine_info  # noqa: E402
 
 from tldw_Server_API.app.core.config import BUNDLED_MODEL_ID, Settings  # noqa: E402
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import (  # noqa: E402
@@ -133,42 +131,25 @@ def bench_http(texts: list[str], tokens_per_text: list[int], clients: int, model
     taken back to back, so drifts of this shared machine's speed hit both sides alike."""
     import httpx
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from support import free_port
-
-    port = free_port()
-    data_dir = tempfile.mkdtemp(prefix="bench-http-")
-    env = {**os.environ, "TLDW_PORT": str(port), "TLDW_DATA_DIR": data_dir, "SINGLE_USER_API_KEY": "bench-key",
-           "LOG_LEVEL": "WARNING"}
-    server = subprocess.Popen([sys.executable, "-m", "tldw_Server_API"], env=env)
-    url = f"http://127.0.0.1:{port}/api/v1/embeddings"
-    headers = {"Authorization": "Bearer bench-key"}
     requests = split_requests(texts)
     total = sum(tokens_per_text)
     results, latencies = [], []
-    try:
-        for _ in range(600):
-            try:
-                if httpx.post(url, json={"model": model, "input": "warm"}, headers=headers).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+    with tempfile.TemporaryDirectory(prefix="bench-http-") as data_dir, ServerProcess(Path(data_dir)) as server:
+        url, headers = f"{server.base_url}/api/v1/embeddings", server.headers
+        httpx.post(url, json={"model": model, "input": "warm"}, headers=headers, timeout=300).raise_for_status()
         for number in range(rounds):
             engine_s = engine_seconds()
-            httpx.delete(url.replace("/embeddings", "/embeddings/cache"), headers=headers).raise_for_status()
-            http_s, round_latencies = asyncio.run(drive(url, headers, model, requests, clients))
+            httpx.delete(f"{url}/cache", headers=headers).raise_for_status()
+            with CpuSteal() as steal:
+                http_s, round_latencies = asyncio.run(drive(url, headers, model, requests, clients))
             latencies += round_latencies
             results.append({"engine_seconds": engine_s, "http_seconds": http_s, "vs_engine": engine_s / http_s,
-                            "http_tokens_per_s": total / http_s})
+                            "http_tokens_per_s": total / http_s, "cpu_steal_share": steal.share})
             print(f"  round {number + 1}: engine {engine_s:.1f} s, HTTP {http_s:.1f} s = {engine_s / http_s:.2f}x",
                   flush=True)
-        health = httpx.get(url.replace("/embeddings", "/embeddings/health")).json()
+        health = httpx.get(f"{url}/health").json()
         batchers = health["providers"][model.split(":")[0]].get("batchers")
         cache_hit = bench_cache_hit(url, headers, model)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     http_s = statistics.median(r["http_seconds"] for r in results)
     return {"clients": clients, "requests": len(requests), "rounds": results,
             "vs_engine": statistics.median(r["vs_engine"] for r in results),
@@ -241,7 +222,7 @@ def main() -> None:
     http["batching"] = {"max_wait_ms": Settings().embeddings_batch_max_wait_ms,
                         "pass_padded_tokens": Settings().embeddings_local_batch_tokens}
     report = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor()},
+        "machine": machine_info(),
         "corpus": {"passages": len(texts), "tokens": tokens}, "engines": engines, "http": http,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

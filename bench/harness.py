@@ -37,6 +37,33 @@ def load_average() -> list[float] | None:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
+class CpuSteal:
+    """Share of this VM's CPU time the hypervisor gave to others (`steal` in /proc/stat) over a
+    block: on a shared host it slows every measurement and explains run-to-run drift."""
+
+    def __init__(self) -> None:
+        self.share: float | None = None
+        self._start: list[int] | None = None
+
+    @staticmethod
+    def _read() -> list[int] | None:
+        try:
+            return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+
+    def __enter__(self) -> CpuSteal:
+        self._start = self._read()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._read()
+        if self._start is None or end is None or len(end) < 8:
+            return
+        delta = [b - a for a, b in zip(self._start, end, strict=False)]
+        self.share = delta[7] / sum(delta) if sum(delta) else None
+
+
 def machine_info() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor(),
             "machine": platform.machine(), "load_average_at_start": load_average()}

@@ -20,7 +20,7 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_encoding import
     plan_padded_batches,
 )
 from tldw_Server_API.app.core.Embeddings.request_batching import MicroBatcher, choose_pass
-from tldw_Server_API.app.core.errors import Overloaded
+from tldw_Server_API.app.core.errors import Overloaded, ServiceUnavailable
 
 sorted_lengths = st.lists(st.integers(min_value=1, max_value=600), min_size=1, max_size=40).map(
     lambda xs: sorted(xs, reverse=True))
@@ -258,3 +258,23 @@ def test_rows_of_a_caller_that_left_are_never_run() -> None:
 
     run = ["".join(map(chr, row)) for rows in asyncio.run(scenario()) for row in rows]
     assert run == ["a", "z"]
+
+
+def test_closing_answers_waiting_callers_instead_of_leaving_them_hanging() -> None:
+    async def scenario() -> BaseException | None:
+        model = RecordingModel(delay=0)
+        model.release = asyncio.Event()
+        batcher = model.batcher(max_batch_rows=1)
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        while not model.passes:
+            await asyncio.sleep(0.001)
+        waiting = asyncio.ensure_future(batcher.submit(["b"]))
+        await asyncio.sleep(0.01)
+        await batcher.aclose()
+        first.cancel()
+        outcome = await asyncio.wait_for(asyncio.gather(waiting, return_exceptions=True), timeout=5)
+        assert batcher.queued_texts == 0
+        return outcome[0]
+
+    outcome = asyncio.run(scenario())
+    assert isinstance(outcome, ServiceUnavailable) and outcome.code == "model_unloaded"

@@ -29,7 +29,7 @@ import numpy as np
 from tldw_Server_API.app.core.config import BatchingConfig
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import EmbeddingBatch
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_encoding import next_pass
-from tldw_Server_API.app.core.errors import Overloaded
+from tldw_Server_API.app.core.errors import Overloaded, ServiceUnavailable
 
 Tokenize = Callable[[list[str]], Awaitable[list[list[int]]]]      # texts -> token ids per text
 RunPass = Callable[[list[list[int]]], Awaitable[np.ndarray]]       # token rows -> (rows, d) vectors
@@ -178,9 +178,16 @@ class MicroBatcher:
                 if self.padded_tokens_run else None}
 
     async def aclose(self) -> None:
+        """Stop the worker; callers still waiting get `ServiceUnavailable` rather than hanging."""
         if self._worker is not None:
             self._worker.cancel()
             try:
                 await self._worker
             except asyncio.CancelledError:
                 pass
+        for row in self._pool:
+            if not row.request.future.done():
+                row.request.future.set_exception(
+                    ServiceUnavailable("the model was unloaded; retry", retry_after=1, code="model_unloaded"))
+        self._pool.clear()
+        self._admitted = 0

@@ -261,7 +261,11 @@ class LocalModelProvider:
         return await asyncio.get_running_loop().run_in_executor(executor or self._executor, fn, *args)
 
     async def _loaded(self, model_id: str) -> BatchEncoder:
-        """The model's encoder, loaded (and other models evicted) when needed; caller holds a use."""
+        """The model's encoder, loaded (and other models evicted) when needed; caller holds a use.
+        A loaded model is taken straight from the (locked) cache, without a hop to the inference thread."""
+        encoder = self._cache.get(model_id)
+        if encoder is not None:
+            return encoder
         with load_errors(model_id):
             encoder, evicted = await self._run(self._load_sync, model_id)
         await self._release(evicted)
