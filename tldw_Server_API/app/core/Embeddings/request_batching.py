@@ -49,11 +49,10 @@ def choose_pass(rows: Sequence[tuple[int, int]], max_padded_tokens: int, max_row
 
 @dataclass
 class _Request:
-    size: int
     future: asyncio.Future[EmbeddingBatch] = field(repr=False)
+    token_counts: list[int]                 # one per text, in order
+    remaining: int                          # rows not yet run
     vectors: np.ndarray | None = None
-    token_counts: list[int] = field(default_factory=list)
-    remaining: int = 0
 
 
 @dataclass
@@ -96,18 +95,13 @@ class MicroBatcher:
         except BaseException:
             self._admitted -= len(texts)
             raise
-        request = _Request(len(texts), self.loop.create_future(), remaining=len(texts),
-                           token_counts=[len(row) for row in ids])
+        request = _Request(self.loop.create_future(), [len(row) for row in ids], remaining=len(ids))
         seq = next(self._seq)
         self._pool.extend(_Row(request, i, seq, row) for i, row in enumerate(ids))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name="micro-batcher")
         self._arrived.set()
-        try:
-            return await request.future
-        finally:
-            if not request.future.done():   # the caller left: its rows are dropped before the next pass
-                request.future.cancel()
+        return await request.future   # a caller who leaves cancels it: its rows are dropped before the next pass
 
     def _drop_abandoned(self) -> None:
         kept = [row for row in self._pool if not row.request.future.done()]
@@ -165,7 +159,7 @@ class MicroBatcher:
             if request.future.done():
                 continue
             if request.vectors is None:
-                request.vectors = np.empty((request.size, vectors.shape[1]), dtype=np.float32)
+                request.vectors = np.empty((len(request.token_counts), vectors.shape[1]), dtype=np.float32)
             request.vectors[row.index] = vector
             request.remaining -= 1
             if request.remaining == 0:

@@ -20,13 +20,13 @@ import numpy as np
 from tldw_Server_API.app.core.DB_Management.Media_DB import FtsHit, MediaDB, MediaDBFactory
 from tldw_Server_API.app.core.errors import InvalidInput
 from tldw_Server_API.app.core.RAG.fusion import reciprocal_rank_fusion
+from tldw_Server_API.app.core.RAG.vector_stores.base import MAX_TOP_K as MAX_STORE_TOP_K
 from tldw_Server_API.app.core.RAG.vector_stores.base import VectorHit
 from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory
 from tldw_Server_API.app.core.RAG.vector_stores.filters import matches, parse_where
 
 SearchMode = Literal["vector", "fts", "hybrid"]
 MAX_TOP_K = 100
-MAX_VECTOR_DEPTH = 1000   # deepest store query made to refill hits of deleted media
 QueryEmbedder = Callable[[str, str], Awaitable[tuple[np.ndarray, str]]]   # (user, query) -> (vector, collection)
 
 
@@ -119,9 +119,9 @@ class RAGSearchService:
             hits = await asyncio.to_thread(store.query, collection, vector, depth, where)
             live = await asyncio.to_thread(db.live_media_ids, {int(h.metadata.get("media_id", -1)) for h in hits})
             results = [_from_vector(hit) for hit in hits if int(hit.metadata.get("media_id", -1)) in live]
-            if len(results) >= wanted or len(hits) < depth or depth >= MAX_VECTOR_DEPTH:
+            if len(results) >= wanted or len(hits) < depth or depth >= MAX_STORE_TOP_K:
                 return results[:wanted]
-            depth = min(MAX_VECTOR_DEPTH, depth * 4)
+            depth = min(MAX_STORE_TOP_K, depth * 4)
 
 
 def _from_vector(hit: VectorHit) -> SearchResult:
