@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import build_corpus  # noqa: E402
-from harness import CpuSteal, ServerProcess, machine_info  # noqa: E402
+from harness import CpuSteal, ServerProcess, machine_info, write_report  # noqa: E402
 
 from tldw_Server_API.app.core.config import BUNDLED_MODEL_ID, Settings  # noqa: E402
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import (  # noqa: E402
@@ -225,8 +225,7 @@ def main() -> None:
         "machine": machine_info(),
         "corpus": {"passages": len(texts), "tokens": tokens}, "engines": engines, "http": http,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_report(args.out, report)
     print(f"corpus: {len(texts)} passages, {tokens} tokens")
     print(f"{'engine':<24}{'tokens/s':>10}{'vs ST':>8}{'cos mean':>10}{'cos min':>9}")
     for name, row in engines.items():

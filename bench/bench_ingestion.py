@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import statistics
 import sys
@@ -29,7 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import build_corpus  # noqa: E402
-from harness import ServerProcess, load_average, machine_info  # noqa: E402
+from harness import ServerProcess, load_average, machine_info, write_report  # noqa: E402
 
 from tldw_Server_API.app.core.Chunking import ChunkingOptions, chunk_text, extract_text  # noqa: E402
 from tldw_Server_API.app.core.config import BUNDLED_MODEL_ID, Settings  # noqa: E402
@@ -223,11 +222,6 @@ def main() -> None:
     write_report(args.out, report)
     print_summary(report)
     print(f"written to {args.out}")
-
-
-def write_report(path: Path, report: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ from harness import (  # noqa: E402
     pgvector_server,
     server_means_ms,
     server_seconds,
+    write_report,
 )
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import SINGLE_USER_ID  # noqa: E402
@@ -389,11 +389,6 @@ def main() -> None:
     write_report(args.out, report)
     print_summary(report)
     print(f"written to {args.out}")
-
-
-def write_report(path: Path, report: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ its own process, as in production."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -35,6 +36,11 @@ def free_port() -> int:
 def load_average() -> list[float] | None:
     """1/5/15-minute load: other work on the machine makes every number here noisier."""
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 class CpuSteal:
