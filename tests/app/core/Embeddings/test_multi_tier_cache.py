@@ -19,6 +19,7 @@ from tldw_Server_API.app.core.Embeddings.multi_tier_cache import (
     MultiTierCache,
     TTLCache,
     cache_key,
+    cached_embedding,
     create_embedding_cache,
 )
 
@@ -46,15 +47,17 @@ def cache_config(redis_url: str | None = None, prefix: str = "t:cache", enabled:
 def test_set_and_get_store_an_immutable_float32_copy() -> None:
     cache = TTLCache(max_size=10, ttl_s=60, clock=FakeClock())
     source = [1.0, 2.0]
-    cache.set("key1", source)
-    value = cache.get("key1")
-    assert value is not None and value.dtype == np.float32 and value.tolist() == [1.0, 2.0]
+    cache.set("key1", source, tokens=7)
+    entry = cache.get("key1")
+    assert entry is not None and entry.tokens == 7
+    value = entry.vector
+    assert value.dtype == np.float32 and value.tolist() == [1.0, 2.0]
     with pytest.raises(ValueError):
         value[0] = 5.0
     array = np.array([3.0, 4.0], dtype=np.float32)
     cache.set("key2", array)
     array[0] = 99.0
-    assert cache.get("key2").tolist() == [3.0, 4.0]  # type: ignore[union-attr]
+    assert cache.get("key2").vector.tolist() == [3.0, 4.0]  # type: ignore[union-attr]
     assert cache.get("nonexistent") is None
 
 
@@ -68,7 +71,7 @@ def test_cache_never_exceeds_max_size(max_size: int, ops: list[tuple[bool, int]]
             inserted.add(key)
         else:
             value = cache.get(f"key_{key}")
-            assert value is None or value.tolist() == [float(key)]
+            assert value is None or value.vector.tolist() == [float(key)]
         assert len(cache) <= max_size
     assert cache.stats()["size"] == min(max_size, len(inserted))  # evicts only beyond max_size
 
@@ -154,11 +157,12 @@ def test_distinct_inputs_give_distinct_keys(a: tuple, b: tuple) -> None:
 def test_get_many_maps_indices_including_duplicates() -> None:
     async def scenario() -> None:
         cache = MultiTierCache(cache_config(), FakeClock())
-        await cache.set_many({"a": [1.0, 2.0], "b": np.array([3.0, 4.0])})
+        await cache.set_many({"a": cached_embedding([1.0, 2.0], 3), "b": cached_embedding(np.array([3.0, 4.0]), None)})
         found = await cache.get_many(["x", "a", "b", "a"])
         assert sorted(found) == [1, 2, 3]
-        assert found[1].tolist() == [1.0, 2.0] and found[3].tolist() == [1.0, 2.0]
-        assert (await cache.get("b")).tolist() == [3.0, 4.0]  # type: ignore[union-attr]
+        assert found[1].vector.tolist() == [1.0, 2.0] and found[3].vector.tolist() == [1.0, 2.0]
+        assert found[1].tokens == 3 and found[2].tokens is None
+        assert (await cache.get("b")).vector.tolist() == [3.0, 4.0]  # type: ignore[union-attr]
         stats = cache.stats()
         assert stats["hits"] == 4 and stats["misses"] == 1 and stats["l2_enabled"] is False
         assert await cache.clear() == 2 and await cache.get("a") is None
@@ -190,7 +194,7 @@ def test_sweeper_runs_every_interval() -> None:
             await ticks.get()
 
         cache = MultiTierCache(cache_config(ttl_s=10, daemon=True), clock, sleep=fake_sleep)
-        await cache.set_many({"a": [1.0], "b": [2.0]})
+        await cache.set_many({"a": cached_embedding([1.0]), "b": cached_embedding([2.0])})
         cache.start()
         cache.start()                    # idempotent
         assert cache.sweeper_running
@@ -227,18 +231,19 @@ def test_l2_is_shared_by_two_processes(redis_prefix: tuple[str, str]) -> None:
         probe = redis_asyncio.Redis.from_url(url)
         try:
             k1 = np.array([0.1, -2.5, 3.0], dtype=np.float32)
-            await writer.set_many({"k1": k1, "k2": [1.0, 2.0]})
+            await writer.set_many({"k1": cached_embedding(k1, 12), "k2": cached_embedding([1.0, 2.0], None)})
             assert 0 < await probe.pttl(f"{prefix}:k1") <= 60_000
             found = await reader.get_many(["k2", "missing", "k1"])
             assert sorted(found) == [0, 2]
-            assert found[2].dtype == np.float32 and np.array_equal(found[2], k1)
-            assert not found[2].flags.writeable
+            assert found[2].vector.dtype == np.float32 and np.array_equal(found[2].vector, k1)
+            assert not found[2].vector.flags.writeable
+            assert found[2].tokens == 12 and found[0].tokens is None   # the count travels through Redis
             stats = reader.stats()
             assert stats["l2_hits"] == 2 and stats["misses"] == 1 and stats["l1_hits"] == 0
             await probe.delete(f"{prefix}:k1", f"{prefix}:k2")
             again = await reader.get_many(["k1", "k2"])   # promoted into the reader's L1
             assert sorted(again) == [0, 1] and reader.stats()["l1_hits"] == 2
-            await writer.set_many({"k3": [5.0]})
+            await writer.set_many({"k3": cached_embedding([5.0], 1)})
             assert await reader.clear() == 2 + 1          # two L1 entries + k3 in L2
             assert [k async for k in probe.scan_iter(match=f"{prefix}:*")] == []
         finally:
@@ -272,11 +277,11 @@ def test_a_dead_redis_reads_as_misses_not_errors() -> None:
         try:
             assert await cache.get_many(["a", "b"]) == {}
             assert cache.stats()["l2_errors"] == 1 and cache.stats()["misses"] == 2
-            await cache.set_many({"a": [1.0]})     # L2 write skipped while Redis is in back-off
+            await cache.set_many({"a": cached_embedding([1.0], 1)})     # L2 write skipped while Redis is in back-off
             assert cache.stats()["l2_errors"] == 1
-            assert (await cache.get_many(["a"]))[0].tolist() == [1.0]  # L1 still serves
+            assert (await cache.get_many(["a"]))[0].vector.tolist() == [1.0]  # L1 still serves
             clock.advance(10)
-            await cache.set_many({"b": [2.0]})     # back-off over: tries Redis again, fails quietly
+            await cache.set_many({"b": cached_embedding([2.0], 1)})  # back-off over: tries Redis again, fails quietly
             assert cache.stats()["l2_errors"] == 2
             assert await cache.clear() == 2
         finally:

@@ -1,8 +1,10 @@
 """One hop of an embeddings request: a resolved provider + model embeds every input of the request.
 
-Order: dimension check -> token counting and limits -> per-text cache lookup -> rate limit (only
-when something must be computed) -> circuit breaker around each attempt, retries around that ->
-provider -> vector checks -> L2 normalisation -> cache fill -> dimension policy. The caller
+Order: dimension check -> per-text cache lookup -> token counting of the misses (a hit carries
+its count) -> token limits over every input -> rate limit (only when something must be computed)
+-> circuit breaker around each attempt, retries around that -> provider -> vector checks -> L2
+normalisation -> cache fill -> dimension policy. A request answered wholly from the cache never
+leaves the event loop. The caller
 (`embedding_service`) owns policy and fallback between hops. Raises domain errors only.
 """
 
@@ -32,7 +34,12 @@ from tldw_Server_API.app.core.Embeddings.input_processing import (
     validate_vectors,
 )
 from tldw_Server_API.app.core.Embeddings.metrics_integration import EmbeddingsMetrics
-from tldw_Server_API.app.core.Embeddings.multi_tier_cache import MultiTierCache, cache_key
+from tldw_Server_API.app.core.Embeddings.multi_tier_cache import (
+    CachedEmbedding,
+    MultiTierCache,
+    cache_key,
+    cached_embedding,
+)
 from tldw_Server_API.app.core.Embeddings.policy import Hop
 from tldw_Server_API.app.core.Embeddings.rate_limiter import Decision, RateLimiterProtocol
 from tldw_Server_API.app.core.Embeddings.retries import call_with_retries
@@ -115,17 +122,15 @@ class HopExecutor:
         native = bool(dimensions) and bool(getattr(provider, "native_dimensions", lambda _m: False)(info.model_id))
         if info.dimension is not None and not native:
             check_dimensions(dimensions, native=info.dimension, policy=self._config.dimension_policy)
-        counts = await provider.count_tokens(info.model_id, inputs)  # type: ignore[arg-type]
-        if counts is not None:
-            counts = check_token_limits(counts, max_tokens=info.max_tokens,
-                                        truncate=self._config.truncate if truncate is None else truncate,
-                                        max_total=self._config.max_tokens_per_request)
-        revision = info.revision
         width_tag = f"#d{dimensions}" if native else ""
-        keys = [cache_key(provider.name, info.model_id + width_tag, revision, item) for item in inputs]
+        keys = [cache_key(provider.name, info.model_id + width_tag, info.revision, item) for item in inputs]
         cached = await self._cache.get_many(keys) if self._cache is not None else {}
         misses = [i for i in range(len(inputs)) if i not in cached]
-        vectors: dict[int, np.ndarray] = dict(cached)
+        raw_counts = await self._token_counts(provider, info.model_id, inputs, cached, misses)
+        counts = None if raw_counts is None else check_token_limits(
+            raw_counts, max_tokens=info.max_tokens, truncate=self._config.truncate if truncate is None else truncate,
+            max_total=self._config.max_tokens_per_request)
+        vectors: dict[int, np.ndarray] = {i: entry.vector for i, entry in cached.items()}
         miss_tokens = 0
         if misses:
             await self._charge(budget)
@@ -134,7 +139,8 @@ class HopExecutor:
                                                      dimensions if native else None)
             vectors.update(zip(misses, fresh, strict=True))
             if self._cache is not None:
-                await self._cache.set_many({keys[i]: vectors[i] for i in misses})
+                await self._cache.set_many({keys[i]: cached_embedding(vectors[i], raw_counts[i] if raw_counts else None)
+                                            for i in misses})
         ordered = np.stack([vectors[i] for i in range(len(inputs))])
         if not native:
             ordered, adjusted = apply_dimensions(ordered, dimensions, policy=self._config.dimension_policy)
@@ -144,6 +150,22 @@ class HopExecutor:
         status: CacheStatus = "hit" if not misses else ("miss" if not cached else "partial")
         self._metrics.record_cache(len(cached), len(misses))
         return HopResult(provider.name, list(ordered), hit_tokens + miss_tokens, status, budget.decision)
+
+    @staticmethod
+    async def _token_counts(
+        provider: EmbeddingProvider, model_id: str, inputs: Sequence[InputItem],
+        cached: dict[int, CachedEmbedding], misses: list[int],
+    ) -> list[int] | None:
+        """Each input's token count: a hit's from its cache entry, the misses' from the provider
+        (which is not asked when everything hit); None when the provider does not count."""
+        texts = [inputs[i] for i in misses]   # token arrays reach only providers that count them upstream
+        counted = await provider.count_tokens(model_id, texts) if misses else []  # type: ignore[arg-type]
+        if counted is None:
+            return None
+        by_index: dict[int, int | None] = dict(zip(misses, counted, strict=True))
+        counts = [by_index[i] if i in by_index else cached[i].tokens for i in range(len(inputs))]
+        known = [c for c in counts if c is not None]
+        return known if len(known) == len(counts) else None
 
     async def _charge(self, budget: RequestBudget) -> None:
         if self._limiter is not None and budget.decision is None and not budget.exempt:

@@ -1,7 +1,8 @@
 """The embedding cache: L1 an in-process TTL+LRU map, L2 optionally Redis shared by every process.
 
 `TTLCache` and `cache_key` are pure (injected clock); `MultiTierCache` adds the Redis tier and the
-optional sweeper task. Vectors are float32 numpy arrays, stored as read-only copies. May import
+optional sweeper task. An entry is a `CachedEmbedding`: the float32 vector (a read-only copy) and
+the input's token count, so a request answered from the cache needs no tokenizer. May import
 core.config, numpy, loguru and redis (clients made in `create_embedding_cache`, never at import).
 A Redis failure never fails a request: it is logged and read as a miss.
 """
@@ -15,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from loguru import logger
@@ -25,7 +26,7 @@ from tldw_Server_API.app.core.config import CacheConfig
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
-_KEY_VERSION = "emb-v1"     # bump to orphan every stored key when the vector format changes
+_KEY_VERSION = "emb-v2"     # bump to orphan every stored key when the entry format changes
 _L2_RETRY_S = 5.0           # after a Redis error, skip L2 this long (a dead Redis costs no latency)
 _L2_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
@@ -56,8 +57,32 @@ def frozen_vector(vector: Any) -> np.ndarray:
     return array
 
 
+class CachedEmbedding(NamedTuple):
+    vector: np.ndarray       # read-only float32, 1-D
+    tokens: int | None       # the input's token count before any truncation; None: not counted
+
+
+def cached_embedding(vector: Any, tokens: int | None = None) -> CachedEmbedding:
+    return CachedEmbedding(frozen_vector(vector), None if tokens is None else int(tokens))
+
+
+_NO_COUNT = -1   # L2 blobs: little-endian int32 token count (this for None), then the float32 vector
+
+
+def _to_blob(entry: CachedEmbedding) -> bytes:
+    count = _NO_COUNT if entry.tokens is None else entry.tokens
+    return np.int32(count).astype("<i4").tobytes() + entry.vector.astype("<f4").tobytes()
+
+
+def _from_blob(blob: Any) -> CachedEmbedding | None:
+    if not isinstance(blob, bytes | bytearray) or len(blob) < 8 or len(blob) % 4:
+        return None
+    count = int(np.frombuffer(blob, dtype="<i4", count=1)[0])
+    return cached_embedding(np.frombuffer(blob, dtype="<f4", offset=4), None if count < 0 else count)
+
+
 class TTLCache:
-    """Key -> vector with a time-to-live and least-recently-used eviction beyond `max_size`.
+    """Key -> `CachedEmbedding` with a time-to-live and least-recently-used eviction beyond `max_size`.
     Expired entries vanish on read and on `sweep()`. Thread-safe (one lock, no I/O under it)."""
 
     def __init__(self, max_size: int, ttl_s: float, clock: Clock = time.monotonic) -> None:
@@ -66,14 +91,14 @@ class TTLCache:
         self.max_size = max_size
         self.ttl_s = ttl_s
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, np.ndarray]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, CachedEmbedding]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = self.evictions = self.expirations = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str) -> np.ndarray | None:
+    def get(self, key: str) -> CachedEmbedding | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -88,8 +113,8 @@ class TTLCache:
             self.hits += 1
             return entry[1]
 
-    def set(self, key: str, vector: Any) -> None:
-        value = frozen_vector(vector)
+    def set(self, key: str, vector: Any, tokens: int | None = None) -> None:
+        value = vector if isinstance(vector, CachedEmbedding) else cached_embedding(vector, tokens)
         with self._lock:
             self._entries[key] = (self._clock() + self.ttl_s, value)
             self._entries.move_to_end(key)
@@ -138,7 +163,7 @@ def _escape_glob(text: str) -> str:
 
 class MultiTierCache:
     """L1 `TTLCache` in front of an optional Redis L2 (`redis`: a `redis.asyncio.Redis`). L2 holds
-    little-endian float32 bytes under `{redis_prefix}:{key}` with the same TTL. A disabled cache
+    each entry as bytes (`_to_blob`) under `{redis_prefix}:{key}` with the same TTL. A disabled cache
     (`config.enabled` false) stores nothing and answers every lookup with no hits."""
 
     def __init__(
@@ -172,7 +197,7 @@ class MultiTierCache:
         self._l2_retry_at = self._clock() + _L2_RETRY_S
         logger.warning("embedding cache: Redis {} failed ({}); treating as a miss", action, type(exc).__name__)
 
-    async def _l2_get(self, keys: list[str]) -> dict[str, np.ndarray]:
+    async def _l2_get(self, keys: list[str]) -> dict[str, CachedEmbedding]:
         if not keys or not self._l2_usable():
             return {}
         assert self._redis is not None
@@ -181,21 +206,22 @@ class MultiTierCache:
         except _L2_REDIS_ERRORS as exc:
             self._l2_failed("read", exc)
             return {}
-        found: dict[str, np.ndarray] = {}
+        found: dict[str, CachedEmbedding] = {}
         for key, blob in zip(keys, blobs, strict=True):
-            if isinstance(blob, bytes | bytearray) and blob and len(blob) % 4 == 0:
-                found[key] = frozen_vector(np.frombuffer(blob, dtype="<f4"))
+            entry = _from_blob(blob)
+            if entry is not None:
+                found[key] = entry
         return found
 
-    async def _l2_set(self, items: Mapping[str, np.ndarray]) -> None:
+    async def _l2_set(self, items: Mapping[str, CachedEmbedding]) -> None:
         if not items or not self._l2_usable():
             return
         assert self._redis is not None
         ttl_ms = max(1, int(self.config.ttl_s * 1000))
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for key, vector in items.items():
-                    pipe.set(self._l2_key(key), vector.astype("<f4").tobytes(), px=ttl_ms)
+                for key, entry in items.items():
+                    pipe.set(self._l2_key(key), _to_blob(entry), px=ttl_ms)
                 await pipe.execute()
         except _L2_REDIS_ERRORS as exc:
             self._l2_failed("write", exc)
@@ -219,44 +245,43 @@ class MultiTierCache:
         return removed
 
     # --- public API -----------------------------------------------------------------------------
-    async def get_many(self, keys: Sequence[str]) -> dict[int, np.ndarray]:
-        """Index -> vector for every key found: L1 first, then L2 (its hits are promoted to L1)."""
+    async def get_many(self, keys: Sequence[str]) -> dict[int, CachedEmbedding]:
+        """Index -> entry for every key found: L1 first, then L2 (its hits are promoted to L1)."""
         if not self.config.enabled:
             return {}
-        found: dict[int, np.ndarray] = {}
+        found: dict[int, CachedEmbedding] = {}
         missing: dict[str, list[int]] = {}
         for index, key in enumerate(keys):
-            vector = self.l1.get(key)
-            if vector is None:
+            entry = self.l1.get(key)
+            if entry is None:
                 missing.setdefault(key, []).append(index)
             else:
-                found[index] = vector
+                found[index] = entry
         from_l2 = await self._l2_get(list(missing)) if missing else {}
         for key, indices in missing.items():
-            vector = from_l2.get(key)
-            if vector is None:
+            entry = from_l2.get(key)
+            if entry is None:
                 self.misses += 1
                 continue
             self.l2_hits += 1
-            self.l1.set(key, vector)
+            self.l1.set(key, entry)
             for index in indices:
-                found[index] = vector
+                found[index] = entry
         return found
 
-    async def set_many(self, mapping: Mapping[str, Any]) -> None:
-        """Store vectors under their keys in L1 and (one pipeline) L2."""
-        if not self.config.enabled or not mapping:
+    async def set_many(self, entries: Mapping[str, CachedEmbedding]) -> None:
+        """Store entries (made by `cached_embedding`) under their keys in L1 and (one pipeline) L2."""
+        if not self.config.enabled or not entries:
             return
-        frozen = {key: frozen_vector(vector) for key, vector in mapping.items()}
-        for key, vector in frozen.items():
-            self.l1.set(key, vector)
-        await self._l2_set(frozen)
+        for key, entry in entries.items():
+            self.l1.set(key, entry)
+        await self._l2_set(entries)
 
-    async def get(self, key: str) -> np.ndarray | None:
+    async def get(self, key: str) -> CachedEmbedding | None:
         return (await self.get_many([key])).get(0)
 
-    async def set(self, key: str, vector: Any) -> None:
-        await self.set_many({key: vector})
+    async def set(self, key: str, vector: Any, tokens: int | None = None) -> None:
+        await self.set_many({key: cached_embedding(vector, tokens)})
 
     async def clear(self) -> int:
         """Empty both tiers; returns L1 entries removed plus L2 keys removed."""

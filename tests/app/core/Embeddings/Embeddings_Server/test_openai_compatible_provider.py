@@ -228,10 +228,13 @@ def test_client_errors_are_permanent(fake: FakeOpenAIServer, status: int, phrase
     assert type(error) is ProviderError and phrase in str(error)
 
 
-def test_one_failing_chunk_fails_the_whole_call(fake: FakeOpenAIServer) -> None:
-    fake.fail_next("500")
-    with pytest.raises(ProviderTransientError):
-        embed(OpenAIProvider(remote(fake.base_url, batch=1)), SMALL, ["a", "b", "c"])
+def test_one_failing_chunk_fails_the_whole_call() -> None:
+    # A server of its own: the chunks still in flight when the call fails may reach the server
+    # after this test ends, and on the shared one they would take the next test's queued failure.
+    with FakeOpenAIServer() as own:
+        own.fail_next("500")
+        with pytest.raises(ProviderTransientError):
+            embed(OpenAIProvider(remote(own.base_url, batch=1)), SMALL, ["a", "b", "c"])
 
 
 def test_upstream_bodies_and_keys_never_reach_messages_or_logs(fake: FakeOpenAIServer) -> None:
