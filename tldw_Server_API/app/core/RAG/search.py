@@ -115,9 +115,13 @@ class RAGSearchService:
         store = self._vector_stores.for_user(user_id)
         where = _where(request.media_ids, request.filters)
         depth = wanted
+
+        def query(depth: int) -> tuple[list[VectorHit], set[int]]:   # one thread hop for both lookups
+            hits = store.query(collection, vector, depth, where)
+            return hits, db.live_media_ids({int(h.metadata.get("media_id", -1)) for h in hits})
+
         while True:
-            hits = await asyncio.to_thread(store.query, collection, vector, depth, where)
-            live = await asyncio.to_thread(db.live_media_ids, {int(h.metadata.get("media_id", -1)) for h in hits})
+            hits, live = await asyncio.to_thread(query, depth)
             results = [_from_vector(hit) for hit in hits if int(hit.metadata.get("media_id", -1)) in live]
             if len(results) >= wanted or len(hits) < depth or depth >= MAX_STORE_TOP_K:
                 return results[:wanted]

@@ -82,7 +82,7 @@ def test_idle_minilm_is_unloaded_by_the_sweeper_and_reloads_identically(root: Pa
             await entered.get()                        # the sweeper started with the first request
             health = await provider.health()
             assert provider.loaded_models() == [MODEL] and MODEL in health["batchers"]
-            assert health["counting_tokenizers"] == [MODEL]
+            assert health["counting_tokenizers"] == [MODEL] and health["inline_tokenizers"] == [MODEL]
             clock.now += 29
             await sweep_once()
             assert provider.loaded_models() == [MODEL]   # idle 29 s < 30 s
@@ -91,6 +91,7 @@ def test_idle_minilm_is_unloaded_by_the_sweeper_and_reloads_identically(root: Pa
             health = await provider.health()
             assert provider.loaded_models() == [] and health["batchers"] == {}
             assert health["counting_tokenizers"] == [] and health["model_cache"]["loaded"] == 0
+            assert health["inline_tokenizers"] == []
             second = await provider.embed(MODEL, TEXTS)   # loads again
             assert provider.loaded_models() == [MODEL]
             return first, second
@@ -234,3 +235,33 @@ def test_remote_code_runs_only_for_trusted_ids(root: Path, tmp_path: Path) -> No
         assert "TRUSTED_HF_REMOTE_CODE_MODELS" in info.value.message
     assert not marker.exists()
     asyncio.run(provider.aclose())
+
+
+def test_short_requests_are_tokenised_on_the_event_loop(root: Path) -> None:
+    """A query-sized request never waits for the counting thread; a long one still goes there
+    (held busy here), and both count exactly as the tokenizer does."""
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import INLINE_TOKENIZE_CHARS
+
+    long_text = "word " * (INLINE_TOKENIZE_CHARS // 5 + 10)
+
+    async def run() -> None:
+        provider = _provider(root)
+        try:
+            expected = await provider.count_tokens(COPY, [*TEXTS, long_text])   # loads both tokenizers
+            gate = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            blocker = loop.run_in_executor(provider._count_executor,
+                                           lambda: asyncio.run_coroutine_threadsafe(gate.wait(), loop).result())
+            assert await asyncio.wait_for(provider.count_tokens(COPY, TEXTS), 5) == expected[:3]
+            rows = await asyncio.wait_for(provider.embed(COPY, TEXTS[:1]), 30)   # tokenised inline too
+            assert rows.vectors.shape == (1, 384)
+            waiting = asyncio.ensure_future(provider.count_tokens(COPY, [long_text]))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()                       # behind the busy counting thread
+            gate.set()
+            await blocker
+            assert await waiting == expected[3:]
+        finally:
+            await provider.aclose()
+
+    asyncio.run(run())
