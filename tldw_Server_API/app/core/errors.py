@@ -72,6 +72,13 @@ class ProviderError(TLDWError):
     code = "provider_error"
 
 
+class UpstreamRejectedRequest(ProviderError):
+    """The upstream refused this one request (HTTP 400, 413, 422, ...): a fault of the request as
+    the upstream sees it, not of the upstream's health, so it never trips a circuit breaker."""
+
+    code = "upstream_rejected_request"
+
+
 class ProviderTransientError(ProviderError):
     """A provider failure worth retrying or falling back from: upstream 5xx, 429, timeout,
     connection error, or an open circuit. `retry_after` is the upstream's hint, in seconds."""

@@ -19,6 +19,7 @@ from tldw_Server_API.app.core.errors import (
     NotFound,
     ProviderError,
     ProviderTransientError,
+    UpstreamRejectedRequest,
 )
 
 
@@ -132,6 +133,9 @@ def test_call_counts_only_provider_faults() -> None:
         for _ in range(5):
             with pytest.raises(InvalidInput):
                 await breaker.call(lambda: raise_(InvalidInput("bad")))
+        for _ in range(5):   # the upstream refusing one request is that request's fault
+            with pytest.raises(UpstreamRejectedRequest):
+                await breaker.call(lambda: raise_(UpstreamRejectedRequest("HTTP 400")))
         assert breaker.state == "closed" and breaker.snapshot()["failures"] == 0
         with pytest.raises(ProviderError):
             await breaker.call(lambda: raise_(ProviderError("boom")))

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from loguru import logger
 
 from tldw_Server_API.app.core.config import BreakerConfig
-from tldw_Server_API.app.core.errors import CircuitOpenError, NotFound, ProviderError
+from tldw_Server_API.app.core.errors import CircuitOpenError, NotFound, ProviderError, UpstreamRejectedRequest
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -154,11 +154,16 @@ class CircuitBreaker:
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run `fn()` through the breaker. Only provider faults (`ProviderError`, which includes
-        `ProviderTransientError`) count as failures; any other exception (`InvalidInput`, a nested
-        `CircuitOpenError`, cancellation) leaves the breaker as it was."""
+        `ProviderTransientError`) count as failures; an upstream refusing one request
+        (`UpstreamRejectedRequest`: one caller's bad input must not cut everybody off) and any
+        other exception (`InvalidInput`, a nested `CircuitOpenError`, cancellation) leave the
+        breaker as it was."""
         ticket = self.before_call()
         try:
             result = await fn()
+        except UpstreamRejectedRequest:
+            self.release(ticket)
+            raise
         except ProviderError:
             self.record_failure(ticket)
             raise

@@ -178,11 +178,20 @@ def test_transient_500s_are_retried(client: TestClient, fake: FakeOpenAIServer) 
 def test_upstream_400_is_neither_retried_nor_a_fallback(client: TestClient, fake: FakeOpenAIServer) -> None:
     fake.fail_next("status", status=400)
     response = embed(client, input=["refused"])  # fallback chain active: a 4xx must not use it
-    error = assert_openai_error(response, 502, "provider_error")
+    error = assert_openai_error(response, 502, "upstream_rejected_request")
     assert error["type"] == "api_error"
     assert len(fake.requests) == 1
     assert SECRET_MARKER not in response.text
     assert_still_serving(client, fake)
+
+
+def test_upstream_400s_never_open_the_breaker(client: TestClient, fake: FakeOpenAIServer) -> None:
+    fake.fail_next("status", status=400, times=THRESHOLD + 2)   # one caller's bad requests
+    for n in range(THRESHOLD + 2):
+        assert_openai_error(embed(client, PIN_OPENAI, input=[f"bad {n}"]), 502, "upstream_rejected_request")
+    breaker = client.get("/api/v1/embeddings/circuit-breakers").json()["circuit_breakers"]["openai"]
+    assert breaker["state"] == "closed" and breaker["failures"] == 0
+    assert_still_serving(client, fake)   # everybody else is still served by the upstream
 
 
 @pytest.mark.parametrize("kind", ["malformed_json", "wrong_count", "nan"])
@@ -306,7 +315,8 @@ def test_metrics_json_and_prometheus(client: TestClient, fake: FakeOpenAIServer)
     embed(client, input=["m2"])
     after = admin_metrics(client)
     assert after["requests"] == before["requests"] + 2
-    assert after["requests_by_outcome"]["provider_error"] == before["requests_by_outcome"].get("provider_error", 0) + 1
+    rejected = "upstream_rejected_request"
+    assert after["requests_by_outcome"][rejected] == before["requests_by_outcome"].get(rejected, 0) + 1
     assert after["provider_failures"] == before["provider_failures"] + 1
     assert after["dimension_adjustments"] == before["dimension_adjustments"] + 1
     assert after["cache_misses"] == before["cache_misses"] + 1  # the failed call records no cache result

@@ -37,6 +37,7 @@ from tldw_Server_API.app.core.errors import (
     ProviderError,
     ProviderNotImplemented,
     ProviderTransientError,
+    UpstreamRejectedRequest,
 )
 
 KEY = "sk-test-KEY-0123456789abcdef"
@@ -225,7 +226,7 @@ def test_malformed_answers_are_permanent_provider_errors(fake: FakeOpenAIServer,
 def test_client_errors_are_permanent(fake: FakeOpenAIServer, status: int, phrase: str) -> None:
     fake.fail_next("status", status=status)
     error = failure_of(OpenAIProvider(remote(fake.base_url)))
-    assert type(error) is ProviderError and phrase in str(error)
+    assert type(error) is (UpstreamRejectedRequest if status == 400 else ProviderError) and phrase in str(error)
 
 
 def test_one_failing_chunk_fails_the_whole_call() -> None:

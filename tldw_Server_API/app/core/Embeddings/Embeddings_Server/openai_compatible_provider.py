@@ -32,6 +32,7 @@ from tldw_Server_API.app.core.errors import (
     ProviderError,
     ProviderNotImplemented,
     ProviderTransientError,
+    UpstreamRejectedRequest,
 )
 
 InputItem = str | list[int]
@@ -172,7 +173,8 @@ def status_error(
     status: int, retry_after: float | None, *, provider: str, key_env: str, model_id: str
 ) -> ProviderError:
     """Upstream HTTP status -> domain error. 408, 429 and 5xx are transient (worth a retry or a
-    fallback); everything else is the upstream refusing this request for good."""
+    fallback); 401/403 (our key) and 404 (model or base URL) are faults of the configuration; any
+    other status is the upstream refusing this one request for good."""
     if status == 429:
         return ProviderTransientError(f"the {provider} upstream is rate limiting requests (HTTP 429)",
                                       retry_after=retry_after)
@@ -183,7 +185,7 @@ def status_error(
     if status == 404:
         return ProviderError(f"the {provider} upstream answered HTTP 404 for model '{model_id}' "
                              "(unknown model or wrong base URL)")
-    return ProviderError(f"the {provider} upstream refused the request (HTTP {status})")
+    return UpstreamRejectedRequest(f"the {provider} upstream refused the request (HTTP {status})")
 
 
 async def gather_or_cancel(coros: Sequence[Awaitable[T]]) -> list[T]:
