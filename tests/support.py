@@ -20,10 +20,14 @@ import yaml
 from fastapi.testclient import TestClient
 
 from tldw_Server_API.app.core.config import BUNDLED_MODEL_ID, Settings
+from tldw_Server_API.app.core.Embeddings.input_processing import parse_model_name
 from tldw_Server_API.app.main import create_app
 
 ADMIN_KEY = "test-admin-key-0123456789"
 MODEL = BUNDLED_MODEL_ID
+# The server's default model (media jobs, RAG queries, vector stores): the bundled model on onnx fp32.
+_DEFAULT = parse_model_name(str(Settings.model_fields["embeddings_default_model"].default))
+DEFAULT_PROVIDER, DEFAULT_MODEL_ID = _DEFAULT.provider, _DEFAULT.model_id
 
 
 def require_service(reason: str) -> None:

@@ -276,7 +276,10 @@ class Settings(BaseSettings):
         description="Comma-separated `provider:model` entries the server offers (bare ids resolve here).",
     )
     embeddings_default_model: str = Field(
-        BUNDLED_MODEL_ID, description="Model used where a caller names none (media embedding)."
+        f"onnx:{BUNDLED_MODEL_ID}@fp32",
+        description="Model used where a caller names none: media embedding, RAG queries, vector stores. The "
+        "default runs the bundled MiniLM on onnxruntime (the same vectors as `huggingface`, about twice as fast "
+        "per query; exported on first use).",
     )
     embeddings_model_dir: Path | None = Field(
         None, description="Model storage root (default `$TLDW_DATA_DIR/models`); model paths must stay inside."

@@ -75,8 +75,9 @@ class MediaEmbeddingService:
     def _model_name(self, options: EmbeddingOptions) -> str | None:
         if options.embedding_provider and options.embedding_model and ":" not in options.embedding_model:
             return f"{options.embedding_provider}:{options.embedding_model}"
-        if options.embedding_provider and not options.embedding_model:
-            return f"{options.embedding_provider}:{self._embeddings.registry.default_model}"
+        if options.embedding_provider and not options.embedding_model:   # that provider's default model
+            registry = self._embeddings.registry
+            return f"{options.embedding_provider}:{registry.default_models_for(options.embedding_provider)[0]}"
         return options.embedding_model
 
     def prepare(self, user: User, options: EmbeddingOptions) -> tuple[str, str, ChunkOptions]:
@@ -128,7 +129,7 @@ class MediaEmbeddingService:
 
     async def _stored_count(self, user_id: str, media_id: int, model_id: str) -> int:
         store = self._vector_stores.for_user(user_id)
-        name = media_collection(user_id, model_id, self._embeddings.registry.default_model)
+        name = media_collection(user_id, model_id, self._embeddings.registry.default_model_id)
         return await asyncio.to_thread(store.count, name, {"media_id": media_id})
 
     async def status(self, user: User, media_id: int) -> dict[str, Any]:

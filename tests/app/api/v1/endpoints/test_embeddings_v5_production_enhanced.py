@@ -9,7 +9,15 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from support import ADMIN_KEY, MODEL, assert_openai_error, cosine_rows, make_settings
+from support import (
+    ADMIN_KEY,
+    DEFAULT_MODEL_ID,
+    DEFAULT_PROVIDER,
+    MODEL,
+    assert_openai_error,
+    cosine_rows,
+    make_settings,
+)
 
 from tldw_Server_API.app.main import create_app
 
@@ -205,7 +213,9 @@ def test_models_list_and_get(app_client: TestClient) -> None:
     listing = app_client.get("/api/v1/embeddings/models").json()
     card = next(m for m in listing["data"] if m["id"] == MODEL)
     assert card["provider"] == "huggingface" and card["dimension"] == 384 and card["max_tokens"] == 256
-    assert card["default"] is True and card["available"] is True
+    assert card["available"] is True
+    defaults = [(m["provider"], m["id"]) for m in listing["data"] if m["default"]]
+    assert defaults == [(DEFAULT_PROVIDER, DEFAULT_MODEL_ID)]   # a `provider:model` default marks one card
     one = app_client.get(f"/api/v1/embeddings/models/{MODEL}")
     assert one.status_code == 200 and one.json()["id"] == MODEL
     assert_openai_error(app_client.get("/api/v1/embeddings/models/nope/nope"), 404, "model_not_found")

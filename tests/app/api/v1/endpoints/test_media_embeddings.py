@@ -16,7 +16,17 @@ from typing import Any
 import pytest
 from fake_openai import SECRET_MARKER, FakeOpenAIServer
 from fastapi.testclient import TestClient
-from support import MODEL, Caller, assert_openai_error, key_of, make_settings, wait_for_jobs, write_keys_file
+from support import (
+    DEFAULT_MODEL_ID,
+    DEFAULT_PROVIDER,
+    MODEL,
+    Caller,
+    assert_openai_error,
+    key_of,
+    make_settings,
+    wait_for_jobs,
+    write_keys_file,
+)
 
 from tldw_Server_API.app.main import create_app
 
@@ -112,14 +122,27 @@ def test_job_is_accepted_runs_and_reports_counts_and_timings(caller: Caller) -> 
     done = job(caller, accepted["job_id"])
     assert done["status"] == "completed" and done["progress"] == 100.0 and done["error"] is None
     assert done["total_chunks"] == done["processed_chunks"] == done["stored_chunks"] == 5   # 40 words, step 8
-    assert (done["embedding_model"], done["embedding_provider"]) == (MODEL, "huggingface")
+    assert (done["embedding_model"], done["embedding_provider"]) == (DEFAULT_MODEL_ID, DEFAULT_PROVIDER)
     chunking = (done["chunk_method"], done["chunk_size"], done["chunk_overlap"], done["priority"])
     assert chunking == ("words", 10, 2, "low")
     assert done["created_at"] <= done["started_at"] <= done["completed_at"]
     status = caller.get(f"/api/v1/media/{media_id}/embeddings/status").json()
-    assert status["has_embeddings"] is True and status["chunk_count"] == 5 and status["embedding_model"] == MODEL
+    assert status["has_embeddings"] is True and status["chunk_count"] == 5
+    assert status["embedding_model"] == DEFAULT_MODEL_ID
     assert status["job"]["job_id"] == accepted["job_id"]
     assert sorted(vector_ids(caller, media_id)) == sorted(f"media_{media_id}_chunk_{i}" for i in range(5))
+
+
+def test_a_provider_without_a_model_uses_that_providers_default_model(caller: Caller) -> None:
+    media_id = add_media(caller)["media_id"]
+    # the server's default model runs on onnx; naming only the provider takes that provider's default
+    accepted = start(caller, media_id, embedding_provider="huggingface", chunk_size=10, chunk_overlap=2)
+    wait_for_jobs(caller.client)
+    done = job(caller, accepted["job_id"])
+    assert done["status"] == "completed", done["error"]
+    assert (done["embedding_model"], done["embedding_provider"]) == (MODEL, "huggingface")
+    status = caller.get(f"/api/v1/media/{media_id}/embeddings/status").json()
+    assert status["chunk_count"] == 5 and status["embedding_provider"] == "huggingface"
 
 
 def test_status_before_any_job(caller: Caller) -> None:
@@ -374,7 +397,7 @@ def test_failed_reembed_keeps_reporting_the_stored_vectors(caller: Caller, fake:
     wait_for_jobs(caller.client)
     status = caller.get(f"/api/v1/media/{media_id}/embeddings/status").json()
     assert status["job"]["status"] == "failed"
-    assert (status["has_embeddings"], status["chunk_count"], status["embedding_model"]) == (True, 4, MODEL)
+    assert (status["has_embeddings"], status["chunk_count"], status["embedding_model"]) == (True, 4, DEFAULT_MODEL_ID)
 
 
 @pytest.mark.parametrize("purge", [True, False])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from support import ADMIN_KEY, MODEL, cosine_rows, make_settings
+from support import ADMIN_KEY, DEFAULT_MODEL_ID, MODEL, cosine_rows, make_settings
 
 from tldw_Server_API.app.main import create_app
 
@@ -122,7 +122,7 @@ def add_docs(api: Api, store_id: str) -> None:
 def test_create_takes_the_width_from_the_model(alice: Api) -> None:
     store = alice.create(metadata={"team": "search"})
     assert store["id"].startswith("vs_") and store["object"] == "vector_store"
-    assert store["dimensions"] == WIDTH and store["embedding_model"] == MODEL
+    assert store["dimensions"] == WIDTH and store["embedding_model"] == DEFAULT_MODEL_ID
     assert store["status"] == "completed" and store["vector_count"] == 0 and store["usage_bytes"] == 0
     assert store["metadata"] == {"team": "search"} and isinstance(store["created_at"], int)
     assert set(store["file_counts"]) == {"in_progress", "completed", "failed", "cancelled", "total"}

@@ -88,11 +88,13 @@ class ProviderRegistry:
     ) -> None:
         self._providers = dict(providers)
         self._default_provider = default_provider
-        self._default_model = default_model
         self._catalog: list[tuple[str, str]] = []
         for entry in catalog:
             parsed = parse_model_name(entry)
             self._catalog.append((parsed.provider or default_provider, parsed.model_id))
+        default = parse_model_name(default_model)   # a bare id or `provider:model`
+        self._default_model = default.model_id
+        self._default_spec = f"{default.provider or self.provider_for(default.model_id)}:{default.model_id}"
 
     @property
     def providers(self) -> Mapping[str, EmbeddingProvider]:
@@ -116,6 +118,12 @@ class ProviderRegistry:
 
     @property
     def default_model(self) -> str:
+        """The default model as `provider:model` (what `resolve` takes)."""
+        return self._default_spec
+
+    @property
+    def default_model_id(self) -> str:
+        """The default model's id without its provider (as stored beside vectors)."""
         return self._default_model
 
     def default_models_for(self, provider: str) -> list[str]:
@@ -141,7 +149,8 @@ class ProviderRegistry:
             except TLDWError:
                 info = ModelInfo(provider=provider_name, model_id=model_id, dimension=None, max_tokens=None)
                 available = False
-            rows.append(ModelListing(info, available, loaded, default=model_id == self._default_model))
+            is_default = f"{provider_name}:{model_id}" == self._default_spec
+            rows.append(ModelListing(info, available, loaded, default=is_default))
         return rows
 
     def listing(self, model: str) -> ModelListing:
