@@ -63,6 +63,17 @@ def test_cancel_and_failure(jobs_db_url: str) -> None:
         db.create("alice", "vs_1", total=-1)
 
 
+def test_startup_recovery_fails_only_interrupted_batches(jobs_db_url: str) -> None:
+    db = VectorStoreBatchesDB(jobs_db_url)
+    running = [db.create(user, "vs_1", total=2).id for user in ("alice", "bob")]
+    done = db.update("alice", db.create("alice", "vs_1").id, status="completed")
+    assert db.fail_interrupted() == 2
+    for user, batch_id in zip(("alice", "bob"), running, strict=True):
+        failed = db.get(user, batch_id)
+        assert (failed.status, failed.error) == ("failed", "interrupted") and failed.completed_at is not None
+    assert db.get("alice", done.id) == done and db.fail_interrupted() == 0
+
+
 def test_other_users_and_stores_never_see_a_batch(jobs_db_url: str) -> None:
     db = VectorStoreBatchesDB(jobs_db_url)
     batch = db.create("alice", "vs_1", total=2)

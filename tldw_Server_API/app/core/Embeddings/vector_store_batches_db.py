@@ -183,6 +183,17 @@ class VectorStoreBatchesDB:
             rows, has_more = keyset_page(conn, batches_table, scope, page)
         return [BatchRecord.from_row(row) for row in rows], has_more
 
+    def fail_interrupted(self) -> int:
+        """Startup recovery: batches a stopped or crashed process left `in_progress` (their asyncio
+        tasks died with it) become `failed` ("interrupted"), so pollers stop waiting. Returns how many."""
+        now = self._clock()
+        with transaction(self.engine) as conn:
+            result = conn.execute(
+                update(batches_table).where(batches_table.c.status == IN_PROGRESS)
+                .values(status="failed", error="interrupted", updated_at=now, completed_at=now)
+            )
+        return int(result.rowcount)
+
     def delete_for_store(self, user_id: str, store_id: str) -> int:
         """Forget every batch of a deleted store; returns how many there were."""
         c = batches_table.c

@@ -16,6 +16,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+from loguru import logger
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import User
 from tldw_Server_API.app.core.Chunking import ChunkingOptions, chunk_text
@@ -106,6 +107,9 @@ class VectorStoreService:
         self._chunking = chunking
         self._tasks = BatchTasks(storage.vector_store_batches)
         self._closed = False
+        interrupted = self._batches.fail_interrupted()   # their tasks died with the last process
+        if interrupted:
+            logger.warning("vector stores: {} interrupted batch(es) marked failed", interrupted)
 
     def _vectors(self, user: User) -> VectorStore:
         return self._storage.vector_stores.for_user(user.id)

@@ -376,6 +376,22 @@ def test_shutdown_cancels_running_batches(tmp_path: Path, tiktoken_dir: Path) ->
         assert batch["status"] == "cancelled" and batch["file_counts"]["completed"] < 3000
 
 
+def test_a_batch_left_running_by_a_crash_is_failed_at_startup(tmp_path: Path, tiktoken_dir: Path) -> None:
+    from tldw_Server_API.app.core.Embeddings.vector_store_batches_db import VectorStoreBatchesDB
+
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(yaml.safe_dump({"keys": [{"key": ALICE_KEY, "user_id": "alice"}]}), encoding="utf-8")
+    settings = make_settings(tmp_path / "data", tiktoken_dir, api_keys_file=keys)
+    with TestClient(create_app(settings)) as first:
+        store_id = Api(first, ALICE_KEY).create()["id"]
+    # what a killed process leaves behind: the batch row says in_progress, its task is gone
+    orphan = VectorStoreBatchesDB(settings.storage_config().jobs_db_url).create("alice", store_id, total=5)
+    with TestClient(create_app(settings)) as second:
+        api = Api(second, ALICE_KEY)
+        batch = api.ok(api.get(f"/{store_id}/vectors/batches/{orphan.id}"))
+        assert batch["status"] == "failed" and batch["file_counts"]["in_progress"] == 0
+
+
 # --- create from media -------------------------------------------------------------------------------------
 def add_media(api: Api, title: str, content: str, **options: Any) -> int:
     response = api.client.post("/api/v1/media/add", headers=api.headers,
