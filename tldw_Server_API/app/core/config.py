@@ -437,7 +437,8 @@ class Settings(BaseSettings):
     chunking_overlap: int = Field(200, ge=0, description="Default chunk overlap (in the method's units).")
     chunking_max_allowed_size: int = Field(10_000, ge=1, description="Largest chunk size a caller may ask for.")
     embeddings_pipeline_concurrency: int = Field(
-        2, ge=1, description="Media embedding jobs run at once by the in-process executor."
+        8, ge=1, description="Media embedding jobs run at once by the in-process executor (they mostly wait on "
+        "the model: more of them keep its batcher's passes full while others chunk and store)."
     )
     embeddings_pipeline_queue_size: int = Field(
         1000, ge=1, description="Queued media embedding jobs before new ones get 429."
