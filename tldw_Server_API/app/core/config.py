@@ -83,6 +83,7 @@ class BatchingConfig:
     max_queue_texts: int             # queued texts per model before 429 overloaded
     max_padded_tokens: int           # rows x longest row of one forward pass
     max_batch_rows: int              # most texts in one forward pass
+    parallel_passes: int = 0         # passes of one model running at once; 0: the provider's choice
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,10 @@ class Settings(BaseSettings):
         "rows when it would run under its padded-token budget (0: never; rows that arrive during a pass join "
         "the next one anyway)."
     )
+    embeddings_inference_workers: int = Field(
+        0, ge=0, description="Forward passes one local model runs at once, each on its own thread with its share "
+        "of the intra-op threads (a lone pass gets them all); 0: 2 for huggingface on a CPU with 2+ cores, else 1."
+    )
     embeddings_batch_queue_size: int = Field(
         8192, ge=1, description="Micro-batcher: queued texts per model before requests get 429 `overloaded`."
     )
@@ -524,6 +529,7 @@ class Settings(BaseSettings):
                 max_queue_texts=self.embeddings_batch_queue_size,
                 max_padded_tokens=self.embeddings_local_batch_tokens,
                 max_batch_rows=self.embeddings_local_batch_size,
+                parallel_passes=self.embeddings_inference_workers,
             ),
             models=ModelManagerConfig(
                 max_models_in_memory=self.embeddings_max_models_in_memory,

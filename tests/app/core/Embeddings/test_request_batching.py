@@ -278,3 +278,40 @@ def test_closing_answers_waiting_callers_instead_of_leaving_them_hanging() -> No
 
     outcome = asyncio.run(scenario())
     assert isinstance(outcome, ServiceUnavailable) and outcome.code == "model_unloaded"
+
+
+@pytest.mark.parametrize("parallel", [1, 2, 3])
+def test_passes_run_side_by_side_up_to_parallel_passes(parallel: int) -> None:
+    """Rows waiting while a pass runs start a second pass (up to `parallel_passes` at once); a
+    lone request still runs alone."""
+    async def scenario() -> tuple[int, int]:
+        model = RecordingModel(delay=0)
+        model.release = asyncio.Event()
+        running = peak = 0
+        inner = model.run_pass
+
+        async def counted(rows: list[list[int]]) -> np.ndarray:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            try:
+                return await inner(rows)
+            finally:
+                running -= 1
+
+        batcher = MicroBatcher(model.tokenize, counted, BatchingConfig(
+            max_wait_ms=0, max_queue_texts=100, max_padded_tokens=4, max_batch_rows=1, parallel_passes=parallel))
+        lone = asyncio.ensure_future(batcher.submit(["a"]))
+        await asyncio.sleep(0.02)
+        lone_peak = peak
+        calls = [asyncio.ensure_future(batcher.submit([text])) for text in "bcde"]   # one row per pass
+        await asyncio.sleep(0.02)
+        model.release.set()
+        results = await asyncio.gather(lone, *calls)
+        assert [r.vectors.tolist() for r in results] == [[fingerprint(tokens_of(t))] for t in "abcde"]
+        await batcher.aclose()
+        return lone_peak, peak
+
+    lone_peak, peak = asyncio.run(scenario())
+    assert lone_peak == 1
+    assert peak == parallel

@@ -1,15 +1,16 @@
 """Continuous micro-batching of concurrent embedding requests for one loaded model.
 
-Every request's texts are tokenised as they arrive and join one pool of rows. A single worker
-task runs forward passes over that pool, one at a time, off the event loop: each pass is the
-fullest length-homogeneous run of rows (padded-token budget, `next_pass`) that includes the
-oldest row waiting, so rows of many requests share a pass, padding stays low, and no row waits
-behind more than the passes ahead of it. A request is answered as soon as its last row is done;
-its caller's next request joins the pool while other passes run, so the pool stays full under
-load and a lone request (a search query) runs at once. Right after a pass, a next pass that
-would run under its budget may wait up to `max_wait_ms` for more rows (0: never); a worker that
-found the pool empty starts the next arrival at once. A full pool answers `Overloaded` (429) at
-once instead of queueing forever.
+Every request's texts are tokenised as they arrive and join one pool of rows. Up to
+`parallel_passes` worker tasks run forward passes over that pool off the event loop, each one
+pass at a time: each pass is the fullest length-homogeneous run of rows (padded-token budget,
+`next_pass`) that includes the oldest row waiting, so rows of many requests share a pass,
+padding stays low, and no row waits behind more than the passes ahead of it. A second worker
+starts only while rows wait, so a lone request has the model (and its threads) to itself. A
+request is answered as soon as its last row is done; its caller's next request joins the pool
+while other passes run, so the pool stays full under load and a lone request (a search query)
+runs at once. Right after a pass, a next pass that would run under its budget may wait up to
+`max_wait_ms` for more rows (0: never); a worker that found the pool empty starts the next
+arrival at once. A full pool answers `Overloaded` (429) at once instead of queueing forever.
 
 `choose_pass` is the pure scheduling rule; `MicroBatcher` the asyncio plumbing around it.
 """
@@ -73,7 +74,7 @@ class MicroBatcher:
         self._admitted = 0                      # texts accepted and not yet answered or dropped
         self._seq = itertools.count()
         self._arrived = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: set[asyncio.Task[None]] = set()
         self.batches_run = 0
         self.last_batch_sizes: deque[int] = deque(maxlen=256)
         self.busy_seconds = 0.0                 # inside forward passes
@@ -98,8 +99,10 @@ class MicroBatcher:
         request = _Request(self.loop.create_future(), [len(row) for row in ids], remaining=len(ids))
         seq = next(self._seq)
         self._pool.extend(_Row(request, i, seq, row) for i, row in enumerate(ids))
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._work(), name="micro-batcher")
+        if len(self._workers) < max(1, self._config.parallel_passes):
+            worker = asyncio.create_task(self._work(), name="micro-batcher")
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
         self._arrived.set()
         return await request.future   # a caller who leaves cancels it: its rows are dropped before the next pass
 
@@ -172,13 +175,11 @@ class MicroBatcher:
                 if self.padded_tokens_run else None}
 
     async def aclose(self) -> None:
-        """Stop the worker; callers still waiting get `ServiceUnavailable` rather than hanging."""
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
+        """Stop the workers; callers still waiting get `ServiceUnavailable` rather than hanging."""
+        workers = list(self._workers)
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
         for row in self._pool:
             if not row.request.future.done():
                 row.request.future.set_exception(

@@ -265,3 +265,69 @@ def test_short_requests_are_tokenised_on_the_event_loop(root: Path) -> None:
             await provider.aclose()
 
     asyncio.run(run())
+
+
+class _CountingTokenizer:
+    """Delegates to a real tokenizer and records the texts of each call."""
+
+    def __init__(self, real: Any, calls: list[list[str]]) -> None:
+        self._real, self._calls = real, calls
+
+    def __call__(self, texts: list[str], **kwargs: Any) -> Any:
+        self._calls.append(list(texts))
+        return self._real(texts, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def test_counted_rows_are_not_tokenised_again(root: Path) -> None:
+    """A request's misses are tokenised once, for counting; the batcher reuses those rows. A
+    text that truncation shortens is tokenised again, truncated, and both give the vectors of a
+    provider that never counted."""
+    too_long = "word " * 600    # over MiniLM's 512 tokens
+
+    async def run() -> None:
+        provider, plain = _provider(root), _provider(root)
+        try:
+            await provider.count_tokens(COPY, ["load the tokenizers"])
+            calls: list[list[str]] = []
+            for tokenizers in (provider._inline_tokenizers, provider._count_tokenizers):
+                tokenizers[COPY] = _CountingTokenizer(tokenizers[COPY], calls)
+            counts = await provider.count_tokens(COPY, TEXTS)
+            assert calls == [TEXTS]
+            vectors = (await provider.embed(COPY, TEXTS)).vectors
+            assert calls == [TEXTS]                          # no second tokenisation
+            assert [text for _, text in provider._pending_rows] == ["load the tokenizers"]   # taken
+            expected = await plain.embed(COPY, TEXTS)
+            np.testing.assert_allclose(vectors, expected.vectors, atol=1e-6)
+            assert counts == expected.token_counts
+
+            calls.clear()
+            assert (await provider.count_tokens(COPY, [TEXTS[0], too_long]))[1] > 512
+            long_rows = await provider.embed(COPY, [TEXTS[0], too_long])
+            assert calls == [[TEXTS[0], too_long], [too_long]]   # only the truncated one again
+            np.testing.assert_allclose(long_rows.vectors, (await plain.embed(COPY, [TEXTS[0], too_long])).vectors,
+                                       atol=1e-6)
+        finally:
+            await provider.aclose()
+            await plain.aclose()
+
+    asyncio.run(run())
+
+
+def test_counted_rows_never_embedded_are_bounded(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows of requests refused after counting (limits, rate) do not pile up."""
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server import local_provider
+
+    monkeypatch.setattr(local_provider, "PENDING_ROWS_MAX", 5)
+
+    async def run() -> None:
+        provider = _provider(root)
+        try:
+            await provider.count_tokens(COPY, [f"text number {i}" for i in range(12)])
+            assert [text for _, text in provider._pending_rows] == [f"text number {i}" for i in range(7, 12)]
+        finally:
+            await provider.aclose()
+
+    asyncio.run(run())

@@ -1,14 +1,16 @@
 """Tokenise-sort-pad-run for the local providers. `next_pass` is the one rule that cuts forward
 passes out of length-sorted rows by a padded-token budget (rows x longest row): the fullest pass
 that includes a given row. `BatchEncoder` applies it to one list of texts (`encode`) and exposes
-the two halves, `tokenize` and `run_rows`, that the micro-batcher schedules itself. Right or left
-padding (Qwen3; left passes position ids counted from each row's first real token), and an
-optional end token appended to rows the tokenizer did not end with it. numpy only.
+the two halves, `tokenize` and `run_rows`, that the micro-batcher schedules itself; `encode`
+runs `workers` passes at once, as the micro-batcher does. Right or left padding (Qwen3; left
+passes position ids counted from each row's first real token), and an optional end token
+appended to rows the tokenizer did not end with it. numpy only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,11 +115,17 @@ class BatchEncoder:
     max_padded_tokens: int
     padding_side: str = "right"           # "left" for Qwen3 embedding models
     end_token_id: int | None = None       # appended to rows not ending with it (Qwen3)
+    workers: int = 1                      # passes `encode` runs at once, each on its own thread
 
     def tokenize(self, texts: Sequence[str], tokenizer: Any | None = None) -> list[list[int]]:
         """Token ids per text as the model takes them (truncated, end token); `tokenizer` lets
         another thread use its own instance of the same tokenizer."""
         return tokenize_rows(tokenizer or self.tokenizer, texts, self.max_tokens, self.end_token_id)
+
+    def untruncated(self, row: Sequence[int]) -> bool:
+        """Whether `row`, tokenised without truncation (and with the end token), is exactly what
+        `tokenize` gives: no truncation applies to it."""
+        return len(row) <= self.max_tokens - (self.end_token_id is not None)
 
     def run_rows(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
         """One forward pass over token rows: padded to the longest, pooled (n, d) float32."""
@@ -129,8 +137,16 @@ class BatchEncoder:
         token_ids = self.tokenize(texts)
         order = sorted(range(len(texts)), key=lambda i: len(token_ids[i]), reverse=True)
         vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for span in plan_padded_batches([len(token_ids[i]) for i in order], self.max_padded_tokens,
-                                        self.batch_size):
-            rows = [order[j] for j in span]
+        passes = [[order[j] for j in span] for span in plan_padded_batches(
+            [len(token_ids[i]) for i in order], self.max_padded_tokens, self.batch_size)]
+
+        def run(rows: list[int]) -> None:
             vectors[rows] = self.run_rows([token_ids[i] for i in rows])
+
+        if self.workers > 1 and len(passes) > 1:
+            with ThreadPoolExecutor(max_workers=min(self.workers, len(passes))) as pool:
+                list(pool.map(run, passes))
+        else:
+            for rows in passes:
+                run(rows)
         return EmbeddingBatch(vectors=vectors, token_counts=[len(row) for row in token_ids])

@@ -1,10 +1,12 @@
 """Shared base of the in-process model providers (`huggingface`, `onnx`): model resolution and
-background hub downloads, the model cache (LRU, count/memory caps, idle unload; models in use are
-never evicted), a micro-batcher per loaded model, Qwen3 embedding behaviour, and two single
-threads with their own tokenizers (inference; token counting, so counts never wait behind a model
-call). Requests of a few short texts (a search query) are tokenised on the event loop with a
-tokenizer instance of its own: a hop to the counting thread and back costs more than the work.
-A subclass supplies `_load_forward(model_id) -> (forward, estimated bytes)`.
+background hub downloads, the model cache (LRU, count/memory caps, idle unload; models in use
+are never evicted), a micro-batcher per loaded model, Qwen3 embedding behaviour, and the threads
+that do the work: one loads models, `parallel_passes()` run forward passes, and one counts
+tokens with its own tokenizers (so counts never wait behind a model call). Requests of a few
+short texts (a search query) are tokenised on the event loop with a tokenizer instance of its
+own: a hop to the counting thread and back costs more than the work. Rows tokenised for counting
+are kept until the batcher takes them, so a text is tokenised once. A subclass supplies
+`_load_forward(model_id) -> (forward, estimated bytes)`.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,6 +72,7 @@ QWEN3_END_TOKEN = "<|endoftext|>"
 DOWNLOAD_RETRY_AFTER_S = 10.0
 INLINE_TOKENIZE_CHARS = 2_000   # texts this short (in all) are tokenised on the event loop (~0.2 ms),
                                 # not on the counting thread (a round trip of ~0.5 ms on 2 busy cores)
+PENDING_ROWS_MAX = 4_096        # rows counted and not yet embedded (a refused request never embeds)
 T = TypeVar("T")
 
 
@@ -127,11 +131,13 @@ class LocalModelProvider:
         self._prompts: InstructionPrompts | None = None
         self._hub_endpoint = hub_endpoint
         self._batchers: dict[str, MicroBatcher] = {}
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-embed")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-load")
+        self._pass_executor: ThreadPoolExecutor | None = None     # made on first use: parallel_passes()
         self._count_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-count")
         self._download_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-download")
         self._count_tokenizers: dict[str, Any] = {}     # used on the counting thread only
         self._inline_tokenizers: dict[str, Any] = {}    # used on the event loop only
+        self._pending_rows: OrderedDict[tuple[str, str], list[int]] = OrderedDict()  # event loop only
         self._files: dict[str, ModelFiles] = {}
         self._meta: dict[str, ModelMetadata] = {}
         self._infos: dict[str, ModelInfo] = {}
@@ -153,6 +159,10 @@ class LocalModelProvider:
 
     def _estimate_bytes(self, model_id: str) -> int:
         return weights_bytes(self.model_path(model_id))
+
+    def parallel_passes(self) -> int:
+        """Forward passes of one model that run at once (EMBEDDINGS_INFERENCE_WORKERS, else 1)."""
+        return max(1, self._batching.parallel_passes)
 
     # --- metadata (cheap, no weights, no network) ---------------------------------------------
     def model_info(self, model_id: str) -> ModelInfo:
@@ -256,6 +266,7 @@ class LocalModelProvider:
         encoder = BatchEncoder(
             tokenizer=tokenizer, forward=forward, max_tokens=info.max_tokens or 512, dimension=info.dimension or 0,
             batch_size=self._batching.max_batch_rows, max_padded_tokens=self._batching.max_padded_tokens,
+            workers=self.parallel_passes(),
             padding_side=profile.padding_side or str(getattr(tokenizer, "padding_side", "right")),
             end_token_id=find_end_token_id(tokenizer, profile.end_token),
         )
@@ -263,8 +274,14 @@ class LocalModelProvider:
         return encoder, evicted + self._cache.put(model_id, encoder, size)
 
     async def _run(self, fn: Callable[..., Any], *args: Any, executor: ThreadPoolExecutor | None = None) -> Any:
-        """Run on the inference thread (default) or the given single-thread executor."""
+        """Run on the loading thread (default) or the given executor."""
         return await asyncio.get_running_loop().run_in_executor(executor or self._executor, fn, *args)
+
+    def _passes(self) -> ThreadPoolExecutor:
+        if self._pass_executor is None:
+            self._pass_executor = ThreadPoolExecutor(max_workers=self.parallel_passes(),
+                                                     thread_name_prefix=f"{self.name}-pass")
+        return self._pass_executor
 
     async def _loaded(self, model_id: str) -> BatchEncoder:
         """The model's encoder, loaded (and other models evicted) when needed; caller holds a use.
@@ -293,6 +310,8 @@ class LocalModelProvider:
                 await batcher.aclose()
             await self._run(self._count_tokenizers.pop, model_id, None, executor=self._count_executor)
             self._inline_tokenizers.pop(model_id, None)
+            for key in [key for key in self._pending_rows if key[0] == model_id]:
+                del self._pending_rows[key]
         await self._run(gc.collect)
         logger.info("{}: unloaded {}", self.name, ", ".join(ids))
 
@@ -371,11 +390,26 @@ class LocalModelProvider:
         prepared = self.prepare_texts(model_id, texts)
         end_token = self.profile(model_id).end_token
 
-        def count(tokenizer: Any) -> list[int]:
-            rows = tokenize_rows(tokenizer, prepared, None, find_end_token_id(tokenizer, end_token))
-            return [len(row) for row in rows]
+        def rows_of(tokenizer: Any) -> list[list[int]]:
+            return tokenize_rows(tokenizer, prepared, None, find_end_token_id(tokenizer, end_token))
 
-        return await self._with_tokenizer(model_id, prepared, count)
+        rows = await self._with_tokenizer(model_id, prepared, rows_of)
+        self._keep_rows(model_id, prepared, rows)
+        return [len(row) for row in rows]
+
+    def _keep_rows(self, model_id: str, texts: Sequence[str], rows: Sequence[list[int]]) -> None:
+        """Remember counted rows for the batcher (`_take_row`); the oldest go beyond PENDING_ROWS_MAX."""
+        pending = self._pending_rows
+        for text, row in zip(texts, rows, strict=True):
+            pending[(model_id, text)] = row
+            pending.move_to_end((model_id, text))
+        while len(pending) > PENDING_ROWS_MAX:
+            pending.popitem(last=False)
+
+    def _take_row(self, model_id: str, text: str, encoder: BatchEncoder) -> list[int] | None:
+        """The counted row of `text` when it is what the model takes (no truncation applies)."""
+        row = self._pending_rows.pop((model_id, text), None)
+        return row if row is not None and encoder.untruncated(row) else None
 
     async def embed(
         self, model_id: str, texts: Sequence[str], token_counts: Sequence[int] | None = None  # noqa: ARG002
@@ -391,23 +425,30 @@ class LocalModelProvider:
     def _new_batcher(self, model_id: str) -> MicroBatcher:
         async def tokenize(texts: list[str]) -> list[list[int]]:
             encoder = await self._loaded(model_id)
-            return await self._with_tokenizer(model_id, texts, lambda tokenizer: encoder.tokenize(texts, tokenizer))
+            rows = [self._take_row(model_id, text, encoder) for text in texts]
+            todo = [texts[i] for i, row in enumerate(rows) if row is None]
+            if todo:
+                fresh = iter(await self._with_tokenizer(
+                    model_id, todo, lambda tokenizer: encoder.tokenize(todo, tokenizer)))
+                rows = [next(fresh) if row is None else row for row in rows]
+            return rows  # type: ignore[return-value]
 
         async def run_pass(rows: list[list[int]]) -> np.ndarray:
             encoder = await self._loaded(model_id)
             try:
-                vectors: np.ndarray = await self._run(encoder.run_rows, rows)
+                vectors: np.ndarray = await self._run(encoder.run_rows, rows, executor=self._passes())
             except (RuntimeError, ValueError, OSError) as exc:  # model runtime failures, not caller errors
                 raise ProviderError(f"the local model '{model_id}' failed to embed the inputs") from exc
             return vectors
 
-        return MicroBatcher(tokenize, run_pass, self._batching)
+        return MicroBatcher(tokenize, run_pass, replace(self._batching, parallel_passes=self.parallel_passes()))
 
     def batcher_stats(self) -> dict[str, dict[str, Any]]:
         return {model_id: b.stats() for model_id, b in self._batchers.items()}
 
     async def health(self) -> dict[str, Any]:
         return {"status": "healthy", "loaded_models": self.loaded_models(), "batchers": self.batcher_stats(),
+                "parallel_passes": self.parallel_passes(),
                 "model_cache": self._cache.stats(), "counting_tokenizers": sorted(self._count_tokenizers),
                 "inline_tokenizers": sorted(self._inline_tokenizers)}
 
@@ -417,6 +458,8 @@ class LocalModelProvider:
             await batcher.aclose()
         self._batchers.clear()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._pass_executor is not None:
+            self._pass_executor.shutdown(wait=True, cancel_futures=True)
         self._count_executor.shutdown(wait=True, cancel_futures=True)
         self._download_executor.shutdown(wait=False, cancel_futures=True)
         self._cache.clear()
