@@ -64,8 +64,7 @@ class IntraOpShare:
         finally:
             with self._lock:
                 self._running -= 1
-                if self._running:
-                    self._apply()
+                self._apply()   # idle: back to all of them
 
 
 class HuggingFaceProvider(LocalModelProvider):
