@@ -66,11 +66,16 @@ def plan_padded_batches(lengths: Sequence[int], max_padded_tokens: int, max_batc
     return batches
 
 
+def truncation_limit(max_tokens: int, end_token_id: int | None) -> int:
+    """Longest row the tokenizer may return before the end token is appended."""
+    return max(1, max_tokens - (end_token_id is not None))
+
+
 def tokenize_rows(tokenizer: Any, texts: Sequence[str], max_tokens: int | None,
                   end_token_id: int | None = None) -> list[list[int]]:
     """Token ids per text with the tokenizer's special tokens, truncated to `max_tokens` (None:
     not truncated) and, when `end_token_id` is set, ending with it (appended unless present)."""
-    limit = None if max_tokens is None else max(1, max_tokens - (end_token_id is not None))
+    limit = None if max_tokens is None else truncation_limit(max_tokens, end_token_id)
     rows: list[list[int]] = tokenizer(
         list(texts), truncation=limit is not None, max_length=limit, padding=False,
         return_attention_mask=False, return_token_type_ids=False,
@@ -125,7 +130,7 @@ class BatchEncoder:
     def untruncated(self, row: Sequence[int]) -> bool:
         """Whether `row`, tokenised without truncation (and with the end token), is exactly what
         `tokenize` gives: no truncation applies to it."""
-        return len(row) <= self.max_tokens - (self.end_token_id is not None)
+        return len(row) <= truncation_limit(self.max_tokens, self.end_token_id)
 
     def run_rows(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
         """One forward pass over token rows: padded to the longest, pooled (n, d) float32."""

@@ -285,7 +285,7 @@ class LocalModelProvider:
 
     async def _loaded(self, model_id: str) -> BatchEncoder:
         """The model's encoder, loaded (and other models evicted) when needed; caller holds a use.
-        A loaded model is taken straight from the (locked) cache, without a hop to the inference thread."""
+        A loaded model is taken straight from the (locked) cache, without a hop to the loading thread."""
         encoder = self._cache.get(model_id)
         if encoder is not None:
             return encoder
