@@ -9,7 +9,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 from support import SteppingClock
@@ -96,6 +96,7 @@ def test_sanitize_error_drops_paths_urls_and_keys(leak: str, template: str) -> N
 
 @given(secret, st.sampled_from(["password={}", "api_key: {}", "Authorization: Bearer {}", "token='{}'", "key={}"]))
 def test_sanitize_error_drops_secret_values(value: str, template: str) -> None:
+    assume(value not in "upstream said " + template.format(""))   # e.g. "Authorizat": the message's own words
     message = sanitize_error(ProviderError("upstream said " + template.format(value)))
     assert value not in message
     assert message.startswith("ProviderError: upstream said")

@@ -315,3 +315,27 @@ def test_passes_run_side_by_side_up_to_parallel_passes(parallel: int) -> None:
     lone_peak, peak = asyncio.run(scenario())
     assert lone_peak == 1
     assert peak == parallel
+
+
+def test_a_request_right_after_the_last_answer_is_served() -> None:
+    """A caller that submits again as soon as it is answered, with a tokenizer that never yields
+    (rows counted already), lands while the finished worker's task is done but not yet reaped:
+    the batcher must still start a worker for it."""
+    async def scenario() -> list[list[float]]:
+        model = RecordingModel(delay=0)
+
+        async def tokenize(texts: list[str]) -> list[list[int]]:
+            return [tokens_of(t) for t in texts]
+
+        batcher = MicroBatcher(tokenize, model.run_pass, BatchingConfig(
+            max_wait_ms=0, max_queue_texts=100, max_padded_tokens=64, max_batch_rows=8))
+        answers = []
+        for text in ("one", "two", "three", "four"):
+            answers.append((await batcher.submit([text])).vectors[0].tolist())   # no wrapper task: no extra hop
+        await batcher.aclose()
+        return answers
+
+    async def bounded() -> list[list[float]]:
+        return await asyncio.wait_for(scenario(), timeout=5)
+
+    assert asyncio.run(bounded()) == [fingerprint(tokens_of(t)) for t in ("one", "two", "three", "four")]

@@ -99,10 +99,10 @@ class MicroBatcher:
         request = _Request(self.loop.create_future(), [len(row) for row in ids], remaining=len(ids))
         seq = next(self._seq)
         self._pool.extend(_Row(request, i, seq, row) for i, row in enumerate(ids))
+        # Count live workers only: one whose pool ran dry is done, and must not stand in for a new one.
+        self._workers = {worker for worker in self._workers if not worker.done()}
         if len(self._workers) < max(1, self._config.parallel_passes):
-            worker = asyncio.create_task(self._work(), name="micro-batcher")
-            self._workers.add(worker)
-            worker.add_done_callback(self._workers.discard)
+            self._workers.add(asyncio.create_task(self._work(), name="micro-batcher"))
         self._arrived.set()
         return await request.future   # a caller who leaves cancels it: its rows are dropped before the next pass
 
@@ -176,7 +176,8 @@ class MicroBatcher:
 
     async def aclose(self) -> None:
         """Stop the workers; callers still waiting get `ServiceUnavailable` rather than hanging."""
-        workers = list(self._workers)
+        workers = [worker for worker in self._workers if not worker.done()]
+        self._workers.clear()
         for worker in workers:
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
