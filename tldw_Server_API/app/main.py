@@ -19,7 +19,7 @@ from tldw_Server_API.app.api.v1.endpoints.media_embeddings import router as medi
 from tldw_Server_API.app.api.v1.endpoints.rag import router as rag_router
 from tldw_Server_API.app.api.v1.endpoints.vector_stores_openai import router as vector_stores_router
 from tldw_Server_API.app.api.v1.errors import install_error_handlers
-from tldw_Server_API.app.core.config import Settings
+from tldw_Server_API.app.core.config import Settings, apply_library_defaults
 from tldw_Server_API.app.core.observability import configure_logging
 from tldw_Server_API.app.core.services import build_services
 
@@ -27,6 +27,7 @@ from tldw_Server_API.app.core.services import build_services
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.logging_config())
+    apply_library_defaults()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -67,8 +67,9 @@ class ModelCatalogConfig:
 
 @dataclass(frozen=True)
 class HuggingFaceConfig:
-    torch_threads: int               # 0: torch's own default
+    torch_threads: int               # 0: the cores this process may run on
     device: str
+    unpadded: bool = True            # BERT-family encoders run their per-token work on real tokens only
 
 
 @dataclass(frozen=True)
@@ -302,8 +303,16 @@ class Settings(BaseSettings):
         1024, ge=16, description="Padded-token budget (rows x longest row) of one local forward pass; "
         "texts are sorted by token length first, so short texts batch wide and long ones narrow."
     )
-    embeddings_torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default.")
+    embeddings_torch_threads: int = Field(
+        0, ge=0, description="torch intra-op threads of the huggingface provider on CPU, shared among the passes "
+        "running (a lone pass takes them all); 0: the cores this process may run on."
+    )
     embeddings_device: str = Field("cpu", description="torch device for local models (cpu, cuda, cuda:1).")
+    embeddings_unpadded_encoder: bool = Field(
+        True, description="huggingface: BERT-family encoders (BERT, MiniLM, RoBERTa, XLM-R) run their per-token "
+        "layers on the real tokens of a pass only, padding only inside attention: the same vectors, and a pass "
+        "of mixed lengths costs about its real tokens. Other models always run as transformers runs them."
+    )
     embeddings_onnx_quantize: Literal["fp32", "int8"] = Field(
         "fp32", description="ONNX variant of a bare `onnx:<model>` id; `<model>@fp32` / `@int8` pick one explicitly."
     )
@@ -519,6 +528,7 @@ class Settings(BaseSettings):
             huggingface=HuggingFaceConfig(
                 torch_threads=self.embeddings_torch_threads,
                 device=self.embeddings_device,
+                unpadded=self.embeddings_unpadded_encoder,
             ),
             onnx=OnnxConfig(
                 threads=self.embeddings_onnx_threads,
@@ -616,6 +626,13 @@ class Settings(BaseSettings):
             pipeline_concurrency=self.embeddings_pipeline_concurrency,
             pipeline_queue_size=self.embeddings_pipeline_queue_size,
         )
+
+
+def apply_library_defaults() -> None:
+    """Process-wide defaults of libraries we run, unless the operator set them: HF tokenizers'
+    thread pool off (requests are tokenised a few texts at a time, where the pool doubled the CPU
+    and blocked 7x longer per call, measured; it also warns after a fork)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _show_default(default: Any) -> str:

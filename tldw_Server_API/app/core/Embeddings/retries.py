@@ -17,6 +17,7 @@ from tldw_Server_API.app.core.config import RetryConfig
 from tldw_Server_API.app.core.errors import ProviderTransientError
 
 T = TypeVar("T")
+_JITTER = random.Random()   # shared: seeding one per call read os.urandom on every request
 Sleep = Callable[[float], Awaitable[object]]
 RetryHook = Callable[[int, ProviderTransientError, float], None]  # (retry number, error, delay)
 
@@ -71,7 +72,7 @@ async def call_with_retries(
 
     With a circuit breaker, wrap `breaker.call` inside this so an opening circuit stops the retries.
     """
-    rng = rng if rng is not None else random.Random()
+    rng = rng if rng is not None else _JITTER
     retries = 0
     while True:
         try:

