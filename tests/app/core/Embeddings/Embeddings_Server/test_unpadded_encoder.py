@@ -71,6 +71,20 @@ def test_roberta_positions_count_from_the_padding_index() -> None:
     _compare(model, _rows([9, 30, 4, 17], 120, seed=1), pad_id=1, atol=1e-5)
 
 
+def test_left_padding_with_position_ids_matches_transformers() -> None:
+    model = _minilm()
+    rows = _rows([6, 21, 2], model.config.vocab_size, seed=2)
+    encoded = {k: torch.from_numpy(v) for k, v in pad_rows(rows, 0, 21, left=True).items()}
+    hidden = unpadded_forward(model)
+    assert hidden is not None and "position_ids" in encoded
+    with torch.inference_mode():
+        expected = model(**encoded).last_hidden_state
+        got = hidden(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"],
+                     encoded["position_ids"])
+    real = encoded["attention_mask"].bool()
+    assert torch.allclose(got[real], expected[real], atol=1e-5, rtol=0)
+
+
 def test_models_it_does_not_reproduce_are_refused() -> None:
     relative = _tiny(transformers.BertConfig, transformers.BertModel, position_embedding_type="relative_key")
     assert not supports_unpadded(relative) and unpadded_forward(relative) is None

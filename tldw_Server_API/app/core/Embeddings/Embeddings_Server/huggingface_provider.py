@@ -128,7 +128,8 @@ class HuggingFaceProvider(LocalModelProvider):
             }
             with torch.inference_mode(), threads.share() if threads is not None else nullcontext():
                 if unpadded is not None:
-                    states = unpadded(tensors["input_ids"], tensors["attention_mask"], tensors.get("token_type_ids"))
+                    states = unpadded(tensors["input_ids"], tensors["attention_mask"],
+                                      tensors.get("token_type_ids"), tensors.get("position_ids"))
                 else:
                     states = model(**tensors, **extra).last_hidden_state
                 hidden = states.float().cpu().numpy()

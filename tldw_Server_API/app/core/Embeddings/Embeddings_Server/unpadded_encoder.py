@@ -21,7 +21,8 @@ LAYER_PARTS = ("attention.self.query", "attention.self.key", "attention.self.val
                "output.dense", "output.LayerNorm")
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "camembert"}
 
-HiddenStates = Callable[[Any, Any, Any | None], Any]   # (input_ids, attention_mask, token_type_ids) -> (B, L, H)
+# (input_ids, attention_mask, token_type_ids, position_ids) -> (B, L, H) last hidden state
+HiddenStates = Callable[[Any, Any, Any | None, Any | None], Any]
 
 
 def _part(layer: Any, path: str) -> Any:
@@ -60,9 +61,10 @@ def unpadded_forward(model: Any) -> HiddenStates | None:
         bias = torch.cat([attention.query.bias, attention.key.bias, attention.value.bias]).detach()
         fused.append((weight, bias, layer))
 
-    def hidden_states(input_ids: Any, attention_mask: Any, token_type_ids: Any | None) -> Any:
+    def hidden_states(input_ids: Any, attention_mask: Any, token_type_ids: Any | None = None,
+                      position_ids: Any | None = None) -> Any:
         rows, width = input_ids.shape
-        embedded = model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        embedded = model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
         hidden_size = embedded.shape[-1]
         head_size = hidden_size // heads
         flat = embedded.reshape(-1, hidden_size)
