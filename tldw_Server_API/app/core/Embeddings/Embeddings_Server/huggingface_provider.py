@@ -93,12 +93,18 @@ class HuggingFaceProvider(LocalModelProvider):
         self._threads: IntraOpShare | None = None   # on CPU, made with the first model
         self._unpadded: set[str] = set()            # models loaded with the unpadded encoder
 
+    def intra_op_threads(self) -> int:
+        """Threads the passes share on CPU: EMBEDDINGS_TORCH_THREADS, else the cores this process may
+        run on. Not torch.get_num_threads(): that is the calling thread's count, and any
+        torch.set_num_threads() in the process (a pass's own) changes what new threads start with."""
+        return self._config.torch_threads or cpu_cores()
+
     def parallel_passes(self) -> int:
         """EMBEDDINGS_INFERENCE_WORKERS, else 2 on a CPU with 2+ threads to share and 1 on a GPU."""
         if self._batching.parallel_passes:
             return self._batching.parallel_passes
         on_cpu = self._config.device == "cpu"
-        return 2 if on_cpu and (self._config.torch_threads or cpu_cores()) >= 2 else 1
+        return 2 if on_cpu and self.intra_op_threads() >= 2 else 1
 
     def _load_forward(self, model_id: str) -> tuple[Forward, int]:
         import torch
@@ -109,10 +115,7 @@ class HuggingFaceProvider(LocalModelProvider):
 
         device = self._config.device
         if self._threads is None and device == "cpu":
-            # Not torch.get_num_threads(): that is the calling thread's count, and any
-            # torch.set_num_threads() in the process (a pass's own) changes what new threads start with.
-            total = self._config.torch_threads or cpu_cores()
-            self._threads = IntraOpShare(total, self.parallel_passes(), torch.set_num_threads)
+            self._threads = IntraOpShare(self.intra_op_threads(), self.parallel_passes(), torch.set_num_threads)
         threads = self._threads
         model = self._from_pretrained(AutoModel, model_id).to(device).eval()
         size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
