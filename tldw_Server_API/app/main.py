@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from tldw_Server_API.app.api.health import router as health_router
 from tldw_Server_API.app.api.metrics import router as metrics_router
 from tldw_Server_API.app.api.middleware import RequestContextMiddleware
 from tldw_Server_API.app.api.v1 import API_V1_PREFIX
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(media_embeddings_router)
     app.include_router(rag_router)
     app.include_router(metrics_router)
+    app.include_router(health_router)
     return app
 
 

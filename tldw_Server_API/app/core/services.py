@@ -31,6 +31,7 @@ from tldw_Server_API.app.core.Embeddings.vector_store_batches_db import VectorSt
 from tldw_Server_API.app.core.Embeddings.vector_store_meta_db import VectorStoreMetaDB
 from tldw_Server_API.app.core.Embeddings.vector_store_service import VectorStoreService
 from tldw_Server_API.app.core.Embeddings.workers.base_worker import Embedded, StageContext, media_collection
+from tldw_Server_API.app.core.health import HealthService
 from tldw_Server_API.app.core.observability import HTTPMetrics
 from tldw_Server_API.app.core.RAG.search import RAGSearchService
 from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory, create_vector_store_factory
@@ -77,8 +78,10 @@ class Services:
     media_embeddings: MediaEmbeddingService
     media: MediaService
     rag: RAGSearchService
+    health: HealthService
 
     async def aclose(self) -> None:
+        await self.health.aclose()
         await self.vector_store_api.aclose()
         await self.media_embeddings.manager.aclose()
         await self.embeddings.aclose()
@@ -96,8 +99,9 @@ async def build_services(settings: Settings) -> Services:
     vector_store_api = VectorStoreService(embeddings, storage, settings.storage_config().chunking)
     media_embeddings, rag = build_media_services(settings, embeddings, storage)
     media = MediaService(storage.media_dbs, media_embeddings, settings.storage_config().max_upload_bytes)
+    health = HealthService(embeddings, storage.vector_stores, storage.jobs.engine, settings.redis_url)
     return Services(settings, registry, HTTPMetrics(registry), auth, embeddings, storage, vector_store_api,
-                    media_embeddings, media, rag)
+                    media_embeddings, media, rag, health)
 
 
 def build_media_services(

@@ -16,6 +16,7 @@ from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingServi
 from tldw_Server_API.app.core.Embeddings.media_embedding_service import MediaEmbeddingService
 from tldw_Server_API.app.core.Embeddings.vector_store_service import VectorStoreService
 from tldw_Server_API.app.core.errors import PermissionDenied
+from tldw_Server_API.app.core.health import HealthService
 from tldw_Server_API.app.core.RAG.search import RAGSearchService
 from tldw_Server_API.app.core.services import Services
 
@@ -57,6 +58,13 @@ async def require_admin(user: CurrentUser) -> User:
 
 
 AdminUser = Annotated[User, Depends(require_admin)]
+
+
+async def get_health_service(services: ServicesDep) -> HealthService:
+    return services.health
+
+
+HealthServiceDep = Annotated[HealthService, Depends(get_health_service)]
 
 
 async def get_embedding_service(services: ServicesDep) -> EmbeddingService:

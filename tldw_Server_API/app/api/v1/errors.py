@@ -30,6 +30,7 @@ from tldw_Server_API.app.core.errors import (
     UnsupportedMediaType,
 )
 from tldw_Server_API.app.core.errors import Overloaded as OverloadedError
+from tldw_Server_API.app.core.wire import json_error_message
 
 # Looked up along the exception's MRO, so a subclass inherits its parent's row.
 ERROR_TABLE: dict[type[TLDWError], tuple[int, str]] = {
@@ -97,10 +98,12 @@ def internal_error_response(request_id: str) -> Response:
 
 
 def _validation_message(error: dict[str, Any]) -> tuple[str, str | None]:
-    loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+    loc = [str(part) for part in error.get("loc", ())]
+    if loc and loc[0] in ("body", "query", "path", "header"):   # where it was, not what it is
+        loc = loc[1:]
     kind = error.get("type", "")
     if kind == "json_invalid":
-        return "the request body is not valid JSON", None
+        return json_error_message(str((error.get("ctx") or {}).get("error", ""))), None
     if not loc:
         if kind == "missing":
             return "a JSON request body is required", None

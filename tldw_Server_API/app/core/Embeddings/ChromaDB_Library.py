@@ -8,6 +8,8 @@ Imports chromadb lazily (inside `ChromaClientManager`); nothing is created at im
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import validate_user_id as validate_account_id
-from tldw_Server_API.app.core.errors import InvalidInput
+from tldw_Server_API.app.core.errors import InvalidInput, ServiceUnavailable
 from tldw_Server_API.app.core.RAG.vector_stores.filters import matches, parse_where
 
 DIMENSION_KEY = "tldw_dimension"  # collection metadata: the vector width fixed at creation
@@ -82,7 +84,13 @@ class ChromaClientManager:
         from chromadb.config import Settings
 
         settings = Settings(anonymized_telemetry=False, allow_reset=False)
-        return chromadb.PersistentClient(path=str(path), settings=settings)
+        try:
+            return chromadb.PersistentClient(path=str(path), settings=settings)
+        except Exception as exc:
+            if not is_storage_failure(exc):
+                raise
+            _forget_failed_system(str(path))
+            raise store_unavailable() from exc
 
     def close_all(self) -> None:
         with self._lock:
@@ -91,6 +99,33 @@ class ChromaClientManager:
             close = getattr(client, "close", None)
             if close is not None:
                 close()
+
+
+def _forget_failed_system(path: str) -> None:
+    """chromadb caches a client's `System` per path before starting it, so a start that failed
+    (an unwritable directory) stays cached half-built and every later client of that path fails
+    with "'RustBindingsAPI' object has no attribute 'bindings'". Drop it so the next try starts
+    afresh (chromadb has no public call for one path; `clear_system_cache` drops every user's)."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    systems = getattr(SharedSystemClient, "_identifier_to_system", None)
+    if isinstance(systems, dict):
+        systems.pop(path, None)
+
+
+def store_unavailable() -> ServiceUnavailable:
+    """What callers see when Chroma's storage fails: 503, as for pgvector down (details in the log)."""
+    return ServiceUnavailable("the vector store is unavailable", retry_after=1.0)
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """An error of Chroma's storage (disk full or unwritable, a broken database, a client that
+    did not start), as opposed to a missing collection or a bug of ours. chromadb is consulted
+    only when it is loaded: an error cannot come from it otherwise."""
+    errors = sys.modules.get("chromadb.errors")
+    if errors is not None and isinstance(exc, errors.ChromaError):
+        return not isinstance(exc, errors.NotFoundError)
+    return isinstance(exc, (sqlite3.Error, OSError))
 
 
 # --- collection helpers (real Chroma and the stub alike) -----------------------------------------

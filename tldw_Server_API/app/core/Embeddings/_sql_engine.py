@@ -128,6 +128,15 @@ def transaction(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+MAX_PAGE_SIZE = 100   # OpenAI list pages: 1-100 items
+
+
+def ping(engine: Engine) -> None:
+    """One round trip to the database (health probes); raises what the driver raises."""
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+
+
 def check_limit(limit: int, maximum: int) -> None:
     if not 1 <= limit <= maximum:
         raise InvalidInput(f"limit must be between 1 and {maximum}", param="limit")

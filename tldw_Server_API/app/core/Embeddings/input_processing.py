@@ -161,11 +161,21 @@ class ParsedModel:
     model_id: str
 
 
+MAX_MODEL_NAME_CHARS = 256   # hub ids are at most 96 + 1 + 96; local paths get room to spare
+
+
 def parse_model_name(model: str) -> ParsedModel:
-    """`provider:model` -> both parts; a bare id leaves the provider to the catalog."""
+    """`provider:model` -> both parts; a bare id leaves the provider to the catalog. The one rule
+    for model names, whichever field they came in: non-empty, at most `MAX_MODEL_NAME_CHARS`, and
+    no control characters (a name ends up in file paths and cache keys)."""
     name = model.strip()
     if not name:
         raise InvalidInput("'model' must not be empty", param="model")
+    if len(name) > MAX_MODEL_NAME_CHARS:
+        raise InvalidInput(f"'model' is {len(name)} characters long; model names have at most "
+                           f"{MAX_MODEL_NAME_CHARS}", param="model")
+    if not name.isprintable():
+        raise InvalidInput("'model' must not contain control characters", param="model")
     head, sep, tail = name.partition(":")
     if sep and head and tail and head.replace("_", "").replace("-", "").isalnum() and "/" not in head:
         return ParsedModel(provider=head.lower().replace("-", "_"), model_id=tail.strip())

@@ -16,6 +16,7 @@ from sqlalchemy import Column, Index, Integer, MetaData, String, Table, Text, de
 from sqlalchemy.engine import Connection, RowMapping
 
 from tldw_Server_API.app.core.Embeddings._sql_engine import (
+    MAX_PAGE_SIZE,
     Clock,
     Order,
     PageQuery,
@@ -33,7 +34,6 @@ from tldw_Server_API.app.core.errors import Conflict, InvalidInput, NotFound
 IN_PROGRESS = "in_progress"
 BATCH_STATUSES = (IN_PROGRESS, "completed", "failed", "cancelled")
 TERMINAL_BATCH_STATUSES = frozenset(BATCH_STATUSES[1:])
-MAX_PAGE_SIZE = 100
 
 
 def can_transition_batch(old: str, new: str) -> bool:

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from tldw_Server_API.app.core.Embeddings._sql_engine import (
+    MAX_PAGE_SIZE,
     Clock,
     Order,
     PageQuery,
@@ -43,7 +44,6 @@ from tldw_Server_API.app.core.Embeddings._sql_engine import (
 from tldw_Server_API.app.core.errors import Conflict, InvalidInput, NotFound
 
 STORE_STATUSES = ("in_progress", "completed", "expired")
-MAX_PAGE_SIZE = 100
 MAX_METADATA_KEYS = 16
 MAX_METADATA_KEY_LENGTH = 64
 MAX_METADATA_VALUE_LENGTH = 512

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import Header, Request
 from starlette.responses import Response
 
-from tldw_Server_API.app.api.v1 import API_V1_PREFIX
-from tldw_Server_API.app.api.v1.deps import AdminUser, CurrentUser, EmbeddingServiceDep
+from tldw_Server_API.app.api.v1.deps import AdminUser, CurrentUser, EmbeddingServiceDep, HealthServiceDep
+from tldw_Server_API.app.api.v1.routing import v1_router
 from tldw_Server_API.app.api.v1.schemas.embeddings import (
     CacheCleared,
     EmbeddingRequest,
@@ -25,7 +25,7 @@ from tldw_Server_API.app.api.v1.schemas.embeddings import (
     render_embeddings,
 )
 
-router = APIRouter(prefix=API_V1_PREFIX, tags=["embeddings"])
+router = v1_router("embeddings")
 
 
 @router.post("/embeddings", response_model=EmbeddingResponse)
@@ -50,8 +50,8 @@ async def get_model(model_id: str, _: CurrentUser, service: EmbeddingServiceDep)
 
 
 @router.get("/embeddings/health", response_model=HealthResponse)
-async def health(service: EmbeddingServiceDep) -> HealthResponse:
-    return HealthResponse(**await service.health())
+async def health(service: HealthServiceDep) -> HealthResponse:
+    return HealthResponse(**await service.report())
 
 
 # --- admin ----------------------------------------------------------------------------------------

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import orjson
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import Query, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from tldw_Server_API.app.api.v1 import API_V1_PREFIX
 from tldw_Server_API.app.api.v1.deps import CurrentUser, MediaServiceDep
+from tldw_Server_API.app.api.v1.routing import v1_router
+from tldw_Server_API.app.api.v1.schemas.common import MediaIdPath, Offset
 from tldw_Server_API.app.api.v1.schemas.media import (
-    MAX_MEDIA_ID,
-    MIN_MEDIA_ID,
     EmbeddingOptionsModel,
     MediaAddJSON,
     MediaAddResponse,
@@ -26,9 +24,9 @@ from tldw_Server_API.app.api.v1.schemas.media import (
 )
 from tldw_Server_API.app.core.DB_Management.media_service import NewMedia
 from tldw_Server_API.app.core.errors import InvalidInput
+from tldw_Server_API.app.core.wire import JSONDecodeError, json_error_message, loads_json
 
-router = APIRouter(prefix=API_V1_PREFIX, tags=["media"])
-MediaIdPath = Annotated[int, Path(ge=MIN_MEDIA_ID, le=MAX_MEDIA_ID)]
+router = v1_router("media")
 
 
 def _validated(model: type[EmbeddingOptionsModel], data: object) -> EmbeddingOptionsModel:
@@ -46,9 +44,9 @@ def _validated(model: type[EmbeddingOptionsModel], data: object) -> EmbeddingOpt
 
 def _json_body(raw: bytes) -> object:
     try:
-        return orjson.loads(raw or b"null")
-    except orjson.JSONDecodeError:
-        raise InvalidInput("the request body is not valid JSON") from None
+        return loads_json(raw or b"null")
+    except JSONDecodeError as exc:
+        raise InvalidInput(json_error_message(exc.msg)) from None
 
 
 def _form_value(value: object) -> object:
@@ -97,7 +95,7 @@ async def get_media(media_id: MediaIdPath, user: CurrentUser, service: MediaServ
 @router.get("/media", response_model=MediaList)
 async def list_media(
     user: CurrentUser, service: MediaServiceDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50, offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50, offset: Offset = 0,
 ) -> MediaList:
     items, total = await service.list(user, limit, offset)
     return MediaList(items=[MediaItem.of(i) for i in items], total=total, limit=limit, offset=offset)

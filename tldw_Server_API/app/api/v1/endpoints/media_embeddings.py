@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query
+from fastapi import Body, Query
 
-from tldw_Server_API.app.api.v1 import API_V1_PREFIX
 from tldw_Server_API.app.api.v1.deps import CurrentUser, MediaEmbeddingServiceDep, RAGServiceDep
-from tldw_Server_API.app.api.v1.schemas.media import MAX_MEDIA_ID, MIN_MEDIA_ID, EmbeddingOptionsModel
+from tldw_Server_API.app.api.v1.routing import v1_router
+from tldw_Server_API.app.api.v1.schemas.common import MediaIdPath, Offset
+from tldw_Server_API.app.api.v1.schemas.media import EmbeddingOptionsModel
 from tldw_Server_API.app.api.v1.schemas.media_embeddings import (
     BatchRequest,
     EmbeddingStatus,
@@ -23,8 +24,7 @@ from tldw_Server_API.app.api.v1.schemas.media_embeddings import (
 from tldw_Server_API.app.api.v1.schemas.rag import RAGResult, RAGSearchResponse
 from tldw_Server_API.app.core.RAG.search import SearchRequest
 
-router = APIRouter(prefix=API_V1_PREFIX, tags=["media-embeddings"])
-MediaIdPath = Annotated[int, Path(ge=MIN_MEDIA_ID, le=MAX_MEDIA_ID)]
+router = v1_router("media-embeddings")
 
 
 @router.post("/media/{media_id}/embeddings", response_model=JobAccepted, status_code=202)
@@ -69,7 +69,7 @@ async def cancel_job(job_id: str, user: CurrentUser, service: MediaEmbeddingServ
 @router.get("/media/embeddings/jobs", response_model=JobPage)
 async def list_jobs(
     user: CurrentUser, service: MediaEmbeddingServiceDep, status: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Offset = 0,
 ) -> JobPage:
     items, total = service.list_jobs(user, status, limit, offset)
     return JobPage(items=[JobView.of(j) for j in items], total=total, limit=limit, offset=offset)

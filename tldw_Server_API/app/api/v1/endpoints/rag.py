@@ -3,13 +3,11 @@ Thin: one `RAGSearchService` call."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-
-from tldw_Server_API.app.api.v1 import API_V1_PREFIX
 from tldw_Server_API.app.api.v1.deps import CurrentUser, RAGServiceDep
+from tldw_Server_API.app.api.v1.routing import v1_router
 from tldw_Server_API.app.api.v1.schemas.rag import RAGResult, RAGSearchRequest, RAGSearchResponse
 
-router = APIRouter(prefix=API_V1_PREFIX, tags=["rag"])
+router = v1_router("rag")
 
 
 @router.post("/rag/search", response_model=RAGSearchResponse)

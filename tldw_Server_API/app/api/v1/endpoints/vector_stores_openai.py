@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter
-
-from tldw_Server_API.app.api.v1 import API_V1_PREFIX
 from tldw_Server_API.app.api.v1.deps import CurrentUser, VectorStoreServiceDep
+from tldw_Server_API.app.api.v1.routing import v1_router
+from tldw_Server_API.app.api.v1.schemas.common import Offset
 from tldw_Server_API.app.api.v1.schemas.vector_stores import (
     BatchList,
     BatchObject,
     CreateFromMediaRequest,
     Deleted,
+    PageLimit,
     QueryRequest,
     QueryResponse,
     SearchPage,
@@ -26,6 +26,7 @@ from tldw_Server_API.app.api.v1.schemas.vector_stores import (
     UpsertVectorsRequest,
     VectorList,
     VectorObject,
+    VectorPageLimit,
     VectorStoreCreateRequest,
     VectorStoreFromMediaObject,
     VectorStoreModifyRequest,
@@ -42,7 +43,7 @@ from tldw_Server_API.app.api.v1.schemas.vector_stores import (
     vector_object,
 )
 
-router = APIRouter(prefix=API_V1_PREFIX, tags=["vector-stores"])
+router = v1_router("vector-stores")
 Order = Literal["asc", "desc"]
 STORE = "/vector_stores/{vector_store_id}"
 
@@ -60,7 +61,7 @@ async def create_vector_store(
 
 @router.get("/vector_stores", response_model=StoreList)
 async def list_vector_stores(
-    user: CurrentUser, service: VectorStoreServiceDep, limit: int = 20, order: Order = "desc",
+    user: CurrentUser, service: VectorStoreServiceDep, limit: PageLimit = 20, order: Order = "desc",
     after: str | None = None, before: str | None = None,
 ) -> StoreList:
     records, has_more = await service.list_stores(user, limit=limit, order=order, after=after, before=before)
@@ -107,7 +108,7 @@ async def create_vector_batch(
 
 @router.get(STORE + "/vectors/batches", response_model=BatchList)
 async def list_vector_batches(
-    vector_store_id: str, user: CurrentUser, service: VectorStoreServiceDep, limit: int = 20,
+    vector_store_id: str, user: CurrentUser, service: VectorStoreServiceDep, limit: PageLimit = 20,
     order: Order = "desc", after: str | None = None, before: str | None = None, status: str | None = None,
 ) -> BatchList:
     records, has_more = await service.list_batches(user, vector_store_id, limit=limit, order=order, after=after,
@@ -140,8 +141,8 @@ async def upsert_vectors(
 
 @router.get(STORE + "/vectors", response_model=VectorList)
 async def list_vectors(
-    vector_store_id: str, user: CurrentUser, service: VectorStoreServiceDep, limit: int = 20, offset: int = 0,
-    filter: str | None = None, include_values: bool = False,  # noqa: A002 - the wire name
+    vector_store_id: str, user: CurrentUser, service: VectorStoreServiceDep, limit: VectorPageLimit = 20,
+    offset: Offset = 0, filter: str | None = None, include_values: bool = False,  # noqa: A002 - the wire name
 ) -> VectorList:
     records, has_more = await service.list_vectors(user, vector_store_id, limit=limit, offset=offset,
                                                    where=parse_filter_param(filter), include_values=include_values)

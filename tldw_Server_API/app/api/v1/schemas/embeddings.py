@@ -11,9 +11,10 @@ import re
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from starlette.responses import Response
 
+from tldw_Server_API.app.api.v1.schemas.common import WireInt
 from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingCall, EmbeddingOutcome
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import ModelListing
 
@@ -24,7 +25,7 @@ class EmbeddingRequest(BaseModel):
     input: Any = Field(..., description="A string, array of strings, token array, or array of token arrays.")
     model: StrictStr = Field(..., min_length=1, description="`provider:model` or a bare model id.")
     encoding_format: Literal["float", "base64"] | None = Field("float", description="float or base64.")
-    dimensions: StrictInt | None = Field(None, description="Output width (native or per the dimension policy).")
+    dimensions: WireInt | None = Field(None, description="Output width (native or per the dimension policy).")
     user: StrictStr | None = Field(None, max_length=256, description="End-user id, logged as an id only.")
     truncate: StrictBool | None = Field(
         None, description="Extension: truncate inputs over the model's max tokens instead of 400."
@@ -86,6 +87,22 @@ class HealthResponse(BaseModel):
     loaded_models: list[str]
     circuit_breakers: dict[str, Any]
     cache: dict[str, Any]
+    components: dict[str, ComponentStatus]
+
+
+class ComponentStatus(BaseModel):
+    status: Literal["ok", "unavailable"]
+    latency_ms: float
+    detail: str | None
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    components: dict[str, ComponentStatus]
+
+
+class Liveness(BaseModel):
+    status: Literal["alive"]
 
 
 def render_embeddings(outcome: EmbeddingOutcome) -> Response:

@@ -4,18 +4,15 @@ with the media embeddings routes."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
+from tldw_Server_API.app.api.v1.schemas.common import WireInt
 from tldw_Server_API.app.core.DB_Management.Media_DB import MediaRecord, MediaSummary
 from tldw_Server_API.app.core.Embeddings.media_embedding_service import EmbeddingOptions
 
-# Media ids are SQLite integers: anything outside this range is refused (400) instead of
-# overflowing the driver (a 500).
-MAX_MEDIA_ID = 2**63 - 1
-MIN_MEDIA_ID = -(2**63)
-MediaId = Annotated[StrictInt, Field(ge=MIN_MEDIA_ID, le=MAX_MEDIA_ID)]
+MediaId = WireInt
 
 
 class EmbeddingOptionsModel(BaseModel):
@@ -23,8 +20,8 @@ class EmbeddingOptionsModel(BaseModel):
 
     embedding_model: StrictStr | None = Field(None, description="`provider:model` or a bare id (default model).")
     embedding_provider: StrictStr | None = Field(None, description="Provider of `embedding_model`.")
-    chunk_size: StrictInt | None = Field(None, description="Chunk size in the method's units (default 1000).")
-    chunk_overlap: StrictInt | None = Field(None, description="Overlap in the method's units (default 200).")
+    chunk_size: WireInt | None = Field(None, description="Chunk size in the method's units (default 1000).")
+    chunk_overlap: WireInt | None = Field(None, description="Overlap in the method's units (default 200).")
     chunk_method: Literal["words", "sentences", "paragraphs", "tokens"] | None = None
     force_regenerate: StrictBool = False
     priority: Literal["high", "normal", "low"] = "normal"

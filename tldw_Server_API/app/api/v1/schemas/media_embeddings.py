@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from tldw_Server_API.app.api.v1.schemas.common import WireInt
 from tldw_Server_API.app.api.v1.schemas.media import EmbeddingOptionsModel, MediaId
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobRecord
 
@@ -74,6 +75,6 @@ class MediaSearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: StrictStr
-    top_k: StrictInt = 10
+    top_k: WireInt = 10
     media_ids: list[MediaId] | None = Field(None, max_length=1000)
     filters: dict[str, Any] | None = None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from tldw_Server_API.app.api.v1.schemas.common import WireInt
 from tldw_Server_API.app.api.v1.schemas.media import MediaId
 from tldw_Server_API.app.core.RAG.search import SearchRequest, SearchResult
 
@@ -14,7 +15,7 @@ class RAGSearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: StrictStr
-    top_k: StrictInt = 10
+    top_k: WireInt = 10
     mode: Literal["vector", "fts", "hybrid"] = "hybrid"
     media_ids: list[MediaId] | None = Field(None, max_length=1000)
     filters: Any = None     # a where-object; its shape is checked by the core (clear 400s)

@@ -7,20 +7,27 @@ names the offending field; here only JSON types are checked.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from fastapi import Query
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr
 
+from tldw_Server_API.app.api.v1.schemas.common import WireInt
+from tldw_Server_API.app.core.Embeddings._sql_engine import MAX_PAGE_SIZE
 from tldw_Server_API.app.core.Embeddings.vector_store_batches_db import BatchRecord
 from tldw_Server_API.app.core.Embeddings.vector_store_meta_db import VectorStoreRecord
-from tldw_Server_API.app.core.Embeddings.vector_store_records import VectorInput, hit_source
+from tldw_Server_API.app.core.Embeddings.vector_store_records import MAX_LIST_VECTORS, VectorInput, hit_source
 from tldw_Server_API.app.core.Embeddings.vector_store_service import MediaStoreCall, SearchCall
 from tldw_Server_API.app.core.errors import InvalidInput
 from tldw_Server_API.app.core.RAG.vector_stores.base import VectorHit, VectorRecord
+from tldw_Server_API.app.core.wire import JSONDecodeError, loads_json
 
-Number = StrictInt | StrictFloat
+Number = WireInt | StrictFloat
+
+
+PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Items per page.")]
+VectorPageLimit = Annotated[int, Query(ge=1, le=MAX_LIST_VECTORS, description="Vectors per page.")]
 
 
 class _Request(BaseModel):
@@ -32,7 +39,7 @@ class VectorStoreCreateRequest(_Request):
     name: StrictStr | None = Field(None, description="Unique per user; optional, as in OpenAI's API.")
     metadata: dict[str, Any] | None = Field(None, description="Up to 16 string pairs (OpenAI's rules).")
     embedding_model: StrictStr | None = Field(None, description="`provider:model` or a bare id; default model.")
-    dimensions: StrictInt | None = Field(None, description="Vector width; taken from the model when absent.")
+    dimensions: WireInt | None = Field(None, description="Vector width; taken from the model when absent.")
     file_ids: list[StrictStr] | None = Field(None, description="Not supported: upsert vectors instead.")
 
     def check_supported(self) -> None:
@@ -66,7 +73,7 @@ class UpsertVectorsRequest(_Request):
 class QueryRequest(_Request):
     query: StrictStr | None = Field(None, description="Text to embed with the store's model.")
     vector: list[Number] | None = Field(None, description="A vector of the store's width.")
-    top_k: StrictInt = 10
+    top_k: WireInt = 10
     filter: dict[str, Any] | None = Field(None, description="Metadata filter ($eq, $in, $gt, $and, $or, ...).")
 
 
@@ -78,7 +85,7 @@ class RankingOptions(_Request):
 class SearchRequest(_Request):
     query: StrictStr | list[StrictStr]
     filters: dict[str, Any] | None = Field(None, description="OpenAI's comparison / compound filters.")
-    max_num_results: StrictInt = 10
+    max_num_results: WireInt = 10
     ranking_options: RankingOptions | None = None
     rewrite_query: StrictBool = Field(False, description="Accepted; queries are used as sent.")
 
@@ -90,14 +97,14 @@ class SearchRequest(_Request):
 
 
 class CreateFromMediaRequest(_Request):
-    media_ids: list[StrictInt]
+    media_ids: list[WireInt]
     name: StrictStr | None = None
     metadata: dict[str, Any] | None = None
     embedding_model: StrictStr | None = None
-    dimensions: StrictInt | None = None
+    dimensions: WireInt | None = None
     chunk_method: StrictStr | None = Field(None, description="words, sentences, paragraphs or tokens.")
-    chunk_size: StrictInt | None = None
-    chunk_overlap: StrictInt | None = None
+    chunk_size: WireInt | None = None
+    chunk_overlap: WireInt | None = None
     use_stored_chunks: StrictBool | None = Field(
         None, description="Reuse the media's stored chunks (default: yes, unless chunking options are given).")
 
@@ -114,8 +121,8 @@ def parse_filter_param(text: str | None) -> dict[str, Any] | None:
     if text is None or not text.strip():
         return None
     try:
-        value = json.loads(text)
-    except ValueError:
+        value = loads_json(text)
+    except JSONDecodeError:
         raise InvalidInput("filter must be a JSON object", param="filter") from None
     if not isinstance(value, dict):
         raise InvalidInput("filter must be a JSON object", param="filter")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -73,6 +74,11 @@ DOWNLOAD_RETRY_AFTER_S = 10.0
 INLINE_TOKENIZE_CHARS = 2_000   # texts this short (in all) are tokenised on the event loop (~0.2 ms),
                                 # not on the counting thread (a round trip of ~0.5 ms on 2 busy cores)
 PENDING_ROWS_MAX = 4_096        # rows counted and not yet embedded (a refused request never embeds)
+# transformers resolves its names lazily, and two threads resolving them at once can see a module
+# half imported ("cannot import name 'AutoTokenizer'"): the first onnx and huggingface loads of a
+# process raced so. Every provider in the process loads models and tokenizers under this one lock
+# (loads are rare and take seconds; serialising them costs nothing that matters).
+LIBRARY_LOCK = threading.RLock()
 T = TypeVar("T")
 
 
@@ -248,9 +254,10 @@ class LocalModelProvider:
         """A tokenizer instance: the counting thread's cached one, or a new one (`cache` None)."""
         if cache is not None and model_id in cache:
             return cache[model_id]
-        from transformers import AutoTokenizer
+        with LIBRARY_LOCK:
+            from transformers import AutoTokenizer
 
-        tokenizer = self._from_pretrained(AutoTokenizer, model_id)
+            tokenizer = self._from_pretrained(AutoTokenizer, model_id)
         if cache is not None:
             cache[model_id] = tokenizer
         return tokenizer
@@ -259,6 +266,10 @@ class LocalModelProvider:
         encoder = self._cache.get(model_id)
         if encoder is not None:
             return encoder, []
+        with LIBRARY_LOCK:
+            return self._load_locked(model_id)
+
+    def _load_locked(self, model_id: str) -> tuple[BatchEncoder, list[Evicted[BatchEncoder]]]:
         evicted = self._cache.make_room(self._estimate_bytes(model_id))
         info, profile = self.model_info(model_id), self.profile(model_id)
         tokenizer = self._tokenizer_sync(model_id)

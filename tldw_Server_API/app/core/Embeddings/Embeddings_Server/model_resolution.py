@@ -170,6 +170,12 @@ class ModelResolver:
                     yield self._confined(copy)
 
     def _copies(self, model_id: str) -> list[LocalCopy]:
+        try:
+            return self._find_copies(model_id)
+        except OSError:   # a name no file system can hold (a component over 255 bytes): no copy
+            return []
+
+    def _find_copies(self, model_id: str) -> list[LocalCopy]:
         if not _looks_like_path(model_id):
             return list(self.local_copies(model_id))
         path = self._inside_root(Path(model_id) if Path(model_id).is_absolute() else self.model_dir / model_id)
@@ -190,8 +196,12 @@ class ModelResolver:
     def can_download(self, model_id: str) -> bool:
         """Auto-download is on, the id is a hub id, and its download folder does not exist yet
         (a copy there at another revision is refused, never overwritten)."""
-        target = self.model_dir / cache_folder_name(model_id)
-        return self.auto_download and is_hub_id(model_id) and not target.exists()
+        if not (self.auto_download and is_hub_id(model_id)):
+            return False
+        try:
+            return not (self.model_dir / cache_folder_name(model_id)).exists()
+        except OSError:   # too long to be a folder name: nothing could be stored under it
+            return False
 
     def download_target(self, model_id: str) -> Path:
         if not is_hub_id(model_id):

@@ -17,6 +17,7 @@ import numpy as np
 
 from tldw_Server_API.app.core.errors import InvalidInput
 from tldw_Server_API.app.core.RAG.vector_stores.filters import validate_field_name
+from tldw_Server_API.app.core.wire import fits_int64
 
 COLLECTION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,126}[A-Za-z0-9]$")
 MAX_ID_LENGTH = 256
@@ -156,6 +157,8 @@ def clean_metadata(metadata: Mapping[str, Any] | None) -> Metadata:
             continue
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidInput(f"metadata {key!r} must be finite", param="metadatas")
+        if isinstance(value, int) and not fits_int64(value):
+            raise InvalidInput(f"metadata {key!r} must fit in a 64-bit integer", param="metadatas")
         if not isinstance(value, (str, int, float, bool)):
             raise InvalidInput(f"metadata {key!r} must be a string, number or boolean", param="metadatas")
         out[key] = value

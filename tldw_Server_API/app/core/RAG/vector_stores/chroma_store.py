@@ -8,13 +8,18 @@ maximum batch size. Synchronous: callers on an event loop run it in a thread.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
+
+from loguru import logger
 
 from tldw_Server_API.app.core.Embeddings.ChromaDB_Library import (
     collection_dimension,
     get_collection_or_none,
     get_or_create_cosine_collection,
+    is_storage_failure,
+    store_unavailable,
 )
 from tldw_Server_API.app.core.errors import InvalidInput, NotFound
 from tldw_Server_API.app.core.RAG.vector_stores.base import (
@@ -32,6 +37,26 @@ from tldw_Server_API.app.core.RAG.vector_stores.base import (
     validate_top_k,
 )
 from tldw_Server_API.app.core.RAG.vector_stores.filters import parse_where, to_chroma_where
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _storage_errors_translated(method: Callable[P, R]) -> Callable[P, R]:
+    """Chroma's storage failures (unwritable or broken files, a client that cannot start) become
+    503 `service_unavailable`, as the pgvector adapter's do; the details go to the log only."""
+
+    @functools.wraps(method)
+    def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:
+            if not is_storage_failure(exc):
+                raise
+            logger.warning("chroma: {} failed: {}: {}", method.__name__, type(exc).__name__, exc)
+            raise store_unavailable() from exc
+
+    return translated
 
 
 def _chroma_where(where: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -59,10 +84,12 @@ class ChromaVectorStore:
     def _collection(self, name: str) -> Any:
         return get_collection_or_none(self._client, validate_collection_name(name))
 
+    @_storage_errors_translated
     def ensure_collection(self, name: str, dimension: int, metric: str = "cosine") -> None:
         validate_dimension(dimension, metric)
         get_or_create_cosine_collection(self._client, validate_collection_name(name), dimension)
 
+    @_storage_errors_translated
     def upsert(self, name: str, ids: Sequence[str], vectors: Any,
                documents: Sequence[str] | None = None,
                metadatas: Sequence[Mapping[str, Any] | None] | None = None) -> None:
@@ -81,6 +108,7 @@ class ChromaVectorStore:
                               metadatas=[_replacing_metadata(old.get(i), m) for i, m in zip(batch_ids, metas[chunk],
                                                                                              strict=True)])
 
+    @_storage_errors_translated
     def query(self, name: str, vector: Any, top_k: int, where: Mapping[str, Any] | None = None) -> list[VectorHit]:
         validate_top_k(top_k)
         chroma_where = _chroma_where(where)
@@ -94,6 +122,7 @@ class ChromaVectorStore:
                 for i, doc, meta, d in zip(result["ids"][0], result["documents"][0], result["metadatas"][0],
                                            result["distances"][0], strict=True)]
 
+    @_storage_errors_translated
     def get(self, name: str, ids: Sequence[str] | None = None, where: Mapping[str, Any] | None = None,
             limit: int | None = None, offset: int = 0, include_vectors: bool = False) -> list[VectorRecord]:
         limit, offset = validate_paging(limit, offset)
@@ -122,6 +151,7 @@ class ChromaVectorStore:
     def _matching_ids(self, collection: Any, ids: list[str] | None, where: dict[str, Any] | None) -> list[str]:
         return list(collection.get(ids=ids, where=where, include=[])["ids"])
 
+    @_storage_errors_translated
     def delete(self, name: str, ids: Sequence[str]) -> int:
         id_list = validate_ids(ids, unique=False)
         collection = self._collection(name)
@@ -132,6 +162,7 @@ class ChromaVectorStore:
             collection.delete(ids=found)
         return len(found)
 
+    @_storage_errors_translated
     def delete_where(self, name: str, where: Mapping[str, Any]) -> int:
         chroma_where = _chroma_where(where)
         if chroma_where is None:
@@ -145,6 +176,7 @@ class ChromaVectorStore:
             collection.delete(ids=found)
         return len(found)
 
+    @_storage_errors_translated
     def count(self, name: str, where: Mapping[str, Any] | None = None) -> int:
         chroma_where = _chroma_where(where)
         collection = self._collection(name)
@@ -154,12 +186,14 @@ class ChromaVectorStore:
             return int(collection.count())
         return len(self._matching_ids(collection, None, chroma_where))
 
+    @_storage_errors_translated
     def delete_collection(self, name: str) -> bool:
         if self._collection(name) is None:
             return False
         self._client.delete_collection(name=name)
         return True
 
+    @_storage_errors_translated
     def list_collections(self) -> list[str]:
         return sorted(c.name for c in self._client.list_collections())
 

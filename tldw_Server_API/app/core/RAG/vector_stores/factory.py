@@ -8,6 +8,7 @@ and with them chromadb or psycopg, are imported only when chosen.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +19,16 @@ from tldw_Server_API.app.core.Embeddings.ChromaDB_Library import validate_user_i
 from tldw_Server_API.app.core.errors import InvalidInput
 from tldw_Server_API.app.core.RAG.vector_stores.base import VectorStore
 
+PROBE_MAX_USERS = 256
+
 
 class VectorStoreFactory(Protocol):
     kind: str
 
     def for_user(self, user_id: object) -> VectorStore: ...
+
+    def probe(self) -> None:
+        """Raise when the store cannot serve reads and writes now (health checks)."""
 
     def close(self) -> None: ...
 
@@ -68,6 +74,19 @@ class ChromaVectorStoreFactory(_CachingFactory):
 
         super().__init__(make, clients.close_all)
 
+    def probe(self) -> None:
+        """Every user's Chroma folder (at most `PROBE_MAX_USERS`) and the folder new users get must
+        take a file: Chroma fails its writes, and even its first read, when they cannot."""
+        if self.clients.force_stub:
+            return
+        users = self.clients.data_dir / "users"
+        users.mkdir(parents=True, exist_ok=True)
+        folders = [users, *sorted(users.glob("*/chroma"))[:PROBE_MAX_USERS]]
+        for folder in folders:
+            probe_file = folder / f".health-{os.getpid()}-{threading.get_ident()}"
+            probe_file.write_bytes(b"")
+            probe_file.unlink()
+
 
 class PgVectorStoreFactory(_CachingFactory):
     """All users share one connection pool; each user's collections are their own tables."""
@@ -86,6 +105,10 @@ class PgVectorStoreFactory(_CachingFactory):
             return PgVectorStore(pool, uid, index_min_rows=min_rows)
 
         super().__init__(make, pool.close)
+
+    def probe(self) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("SELECT 1")
 
 
 def create_vector_store_factory(config: StorageConfig) -> VectorStoreFactory:

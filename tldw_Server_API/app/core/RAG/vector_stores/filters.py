@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from tldw_Server_API.app.core.errors import InvalidInput
+from tldw_Server_API.app.core.wire import fits_int64
 
 Scalar: TypeAlias = str | int | float | bool
 FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
@@ -57,6 +58,8 @@ def _kind(value: object) -> str:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
+        if not fits_int64(value):
+            raise _bad("integers must fit in 64 bits")
         return "number"
     if isinstance(value, float):
         if not math.isfinite(value):
