@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, seed, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 from support import ADMIN_KEY, LiveServer, make_settings, write_keys_file
@@ -55,8 +55,16 @@ def assert_openai_shaped(response: Any) -> None:
     assert "Traceback" not in response.text
 
 
+def _seeded(test: Any) -> Any:
+    """FUZZ_SEED set: random examples from that seed (bench/fuzz.sh); unset: the same ones each run."""
+    value = os.environ.get("FUZZ_SEED")
+    return seed(int(value))(test) if value else test
+
+
 @schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=os.environ.get("FUZZ_SEED") is None)
+@_seeded
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
+          derandomize=os.environ.get("FUZZ_SEED") is None)
 def test_no_route_answers_5xx_or_an_unshaped_error(case: Any, fuzz_server: LiveServer,
                                                    http: requests.Session) -> None:
     for key in (ADMIN_KEY, USER_KEY):

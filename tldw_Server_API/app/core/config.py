@@ -185,6 +185,7 @@ class ChunkingDefaults:
     max_size: int
     overlap: int
     max_allowed_size: int
+    max_chunks: int = 50_000         # per media item / upload: more is a 413, before anything is stored
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ class StorageConfig:
     chunking: ChunkingDefaults
     pipeline_concurrency: int
     pipeline_queue_size: int
+    user_quota_bytes: int = 0        # live media text per user; 0: no quota
 
 
 class PgvectorSettings(BaseModel):
@@ -444,12 +446,20 @@ class Settings(BaseSettings):
     media_max_upload_bytes: int = Field(
         25 * 1024 * 1024, ge=1, description="Largest media upload accepted (413 above)."
     )
+    media_user_quota_bytes: int = Field(
+        2 * 1024**3, ge=0, description="Most bytes of media text one user may keep (soft-deleted media do not "
+        "count); an upload beyond it is a 429 `quota_exceeded`. 0: no quota."
+    )
     chunking_method: Literal["words", "sentences", "paragraphs", "tokens"] = Field(
         "words", description="Default chunking method of media embedding."
     )
     chunking_max_size: int = Field(1000, ge=1, description="Default chunk size (in the method's units).")
     chunking_overlap: int = Field(200, ge=0, description="Default chunk overlap (in the method's units).")
     chunking_max_allowed_size: int = Field(10_000, ge=1, description="Largest chunk size a caller may ask for.")
+    chunking_max_chunks: int = Field(
+        50_000, ge=1, description="Most chunks one media item or upload may make (413 above, nothing stored): "
+        "bounds the memory and work one request can cause (a 2 MB text cut one word a chunk is 300,000)."
+    )
     embeddings_pipeline_concurrency: int = Field(
         8, ge=1, description="Media embedding jobs run at once by the in-process executor (they mostly wait on "
         "the model: more of them keep its batcher's passes full while others chunk and store)."
@@ -617,11 +627,13 @@ class Settings(BaseSettings):
             chroma_force_stub=self.chromadb_force_stub,
             jobs_db_url=self.embeddings_jobs_db_url or f"sqlite:///{self.data_dir / 'embeddings_jobs.db'}",
             max_upload_bytes=self.media_max_upload_bytes,
+            user_quota_bytes=self.media_user_quota_bytes,
             chunking=ChunkingDefaults(
                 method=self.chunking_method,
                 max_size=self.chunking_max_size,
                 overlap=self.chunking_overlap,
                 max_allowed_size=self.chunking_max_allowed_size,
+                max_chunks=self.chunking_max_chunks,
             ),
             pipeline_concurrency=self.embeddings_pipeline_concurrency,
             pipeline_queue_size=self.embeddings_pipeline_queue_size,

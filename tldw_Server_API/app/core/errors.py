@@ -36,6 +36,12 @@ class PayloadTooLarge(TLDWError):
     code = "request_too_large"
 
 
+class QuotaExceeded(TLDWError):
+    """A per-user allowance is used up (stored media bytes): waiting does not help, deleting does."""
+
+    code = "quota_exceeded"
+
+
 class AuthenticationFailed(TLDWError):
     code = "invalid_api_key"
 

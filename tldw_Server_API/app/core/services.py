@@ -98,7 +98,9 @@ async def build_services(settings: Settings) -> Services:
     storage = build_storage(settings)
     vector_store_api = VectorStoreService(embeddings, storage, settings.storage_config().chunking)
     media_embeddings, rag = build_media_services(settings, embeddings, storage)
-    media = MediaService(storage.media_dbs, media_embeddings, settings.storage_config().max_upload_bytes)
+    storage_config = settings.storage_config()
+    media = MediaService(storage.media_dbs, media_embeddings, storage_config.max_upload_bytes,
+                         storage_config.user_quota_bytes)
     health = HealthService(embeddings, storage.vector_stores, storage.jobs.engine, settings.redis_url)
     return Services(settings, registry, HTTPMetrics(registry), auth, embeddings, storage, vector_store_api,
                     media_embeddings, media, rag, health)

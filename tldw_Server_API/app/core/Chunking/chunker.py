@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
 from tldw_Server_API.app.core.config import ChunkingDefaults
-from tldw_Server_API.app.core.errors import InvalidInput
+from tldw_Server_API.app.core.errors import InvalidInput, PayloadTooLarge
 
 ChunkMethod = Literal["words", "sentences", "paragraphs", "tokens"]
 CHUNK_METHODS: tuple[str, ...] = get_args(ChunkMethod)
@@ -53,6 +53,7 @@ class ChunkingOptions:
     method: str = "words"
     max_size: int = 1000
     overlap: int = 200
+    max_chunks: int | None = None   # more chunks than this: PayloadTooLarge, before any is made
 
     @classmethod
     def from_defaults(cls, defaults: ChunkingDefaults) -> ChunkingOptions:
@@ -110,7 +111,20 @@ def chunk_text(text: str, options: ChunkingOptions, tokenizer: OffsetsTokenizer 
     `tokens` method uses `tokenizer` (default: `RegexTokenizer`, an approximation)."""
     validate_options(options)
     spans = unit_spans(text, options.method, tokenizer)
+    count = window_count(len(spans), options.max_size, options.overlap)
+    if options.max_chunks is not None and count > options.max_chunks:
+        raise PayloadTooLarge(
+            f"the text makes {count} chunks of {options.max_size} {options.method}; at most {options.max_chunks} "
+            "are allowed per media item (CHUNKING_MAX_CHUNKS): use a larger chunk_size", param="chunk_size")
     return window_chunks(text, spans, options.max_size, options.overlap)
+
+
+def window_count(units: int, max_size: int, overlap: int) -> int:
+    """How many windows `window_chunks` makes of `units` spans."""
+    if units == 0:
+        return 0
+    step = max_size - overlap
+    return 1 + max(0, -(-(units - max_size) // step))
 
 
 def unit_spans(text: str, method: str, tokenizer: OffsetsTokenizer | None = None) -> list[Span]:

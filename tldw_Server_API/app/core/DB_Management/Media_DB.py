@@ -21,10 +21,16 @@ from typing import Any
 from tldw_Server_API.app.core.AuthNZ.api_keys import validate_user_id
 from tldw_Server_API.app.core.Chunking.chunker import Chunk
 from tldw_Server_API.app.core.DB_Management.fts_query import build_match_expression
-from tldw_Server_API.app.core.errors import InvalidInput, NotFound, ServiceUnavailable
+from tldw_Server_API.app.core.errors import InvalidInput, NotFound, QuotaExceeded, ServiceUnavailable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: media.content_bytes (per-user storage quota)
 MAX_LIST_LIMIT = 1000
+
+# Version 1 databases have no content_bytes column: add it and count what is there.
+_UPGRADE_TO_2 = """
+ALTER TABLE media ADD COLUMN content_bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE media SET content_bytes = length(CAST(content AS BLOB));
+"""
 
 # media_chunks holds each chunk's text and offsets (indexed by media id, so replacing or dropping
 # one media's chunks is cheap); media_chunks_fts is an external-content FTS5 index over it, kept in
@@ -35,6 +41,7 @@ CREATE TABLE IF NOT EXISTS media (
     title TEXT NOT NULL,
     content TEXT NOT NULL,
     content_hash TEXT NOT NULL,
+    content_bytes INTEGER NOT NULL DEFAULT 0,
     media_type TEXT NOT NULL,
     source_filename TEXT,
     chunk_count INTEGER NOT NULL DEFAULT 0,
@@ -145,8 +152,10 @@ class MediaDB:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
-        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-            conn.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION:
+            upgrade = _UPGRADE_TO_2 if version == 1 else ""
+            conn.executescript(f"BEGIN; {_SCHEMA} {upgrade} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
         self._conn: sqlite3.Connection | None = conn
 
     @classmethod
@@ -172,22 +181,42 @@ class MediaDB:
         return self._clock().astimezone(UTC).isoformat()
 
     def add_media(
-        self, title: str, content: str, media_type: str, source_filename: str | None = None
+        self, title: str, content: str, media_type: str, source_filename: str | None = None,
+        quota_bytes: int = 0,
     ) -> MediaRecord:
+        """Store a media item; with `quota_bytes` > 0 the live media's text may not exceed it
+        (checked in the write transaction, so concurrent uploads cannot both slip under)."""
         if not content or not content.strip():
             raise InvalidInput("content must not be empty", param="content")
         if not media_type or not media_type.strip():
             raise InvalidInput("media_type must not be empty", param="media_type")
         now = self._now()
+        size = len(content.encode("utf-8"))
         with self._transaction(write=True) as conn:
+            if quota_bytes > 0:
+                used = self._live_bytes(conn)
+                if used + size > quota_bytes:
+                    raise QuotaExceeded(
+                        f"this upload of {size} bytes would take your stored media to {used + size} bytes; "
+                        f"the quota is {quota_bytes} (MEDIA_USER_QUOTA_BYTES): delete media to make room",
+                        param="content")
             cursor = conn.execute(
-                "INSERT INTO media (title, content, content_hash, media_type, source_filename, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                ((title or "").strip() or "Untitled", content, content_hash(content), media_type.strip(),
+                "INSERT INTO media (title, content, content_hash, content_bytes, media_type, source_filename,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                ((title or "").strip() or "Untitled", content, content_hash(content), size, media_type.strip(),
                  source_filename, now, now),
             )
             media_id = int(cursor.lastrowid or 0)
             return self._get(conn, media_id, include_deleted=False)
+
+    @staticmethod
+    def _live_bytes(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT COALESCE(SUM(content_bytes), 0) FROM media WHERE deleted = 0").fetchone()[0])
+
+    def stored_bytes(self) -> int:
+        """UTF-8 bytes of the live media's text (what the storage quota counts)."""
+        with self._transaction() as conn:
+            return self._live_bytes(conn)
 
     def get_media(self, media_id: int, include_deleted: bool = False) -> MediaRecord:
         """The media with its content; NotFound when absent or (unless asked) soft-deleted."""

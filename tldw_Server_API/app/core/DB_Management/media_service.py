@@ -31,10 +31,12 @@ class NewMedia:
 
 
 class MediaService:
-    def __init__(self, media_dbs: MediaDBFactory, embeddings: MediaEmbeddingService, max_upload_bytes: int) -> None:
+    def __init__(self, media_dbs: MediaDBFactory, embeddings: MediaEmbeddingService, max_upload_bytes: int,
+                 quota_bytes: int = 0) -> None:
         self._media_dbs = media_dbs
         self._embeddings = embeddings
         self._max_upload_bytes = max_upload_bytes
+        self._quota_bytes = quota_bytes
 
     async def add_upload(
         self, user: User, filename: str, content_type: str | None, raw: bytes, title: str | None,
@@ -59,11 +61,14 @@ class MediaService:
         provider, model_id, chunking = self._embeddings.prepare(user, options)   # every check before writing
         if generate_embeddings and not self._embeddings.manager.has_capacity():
             raise Overloaded("the embedding job queue is full; retry later", retry_after=5)
-        chunks = chunk_text(media.content, ChunkingOptions(chunking.method, chunking.size, chunking.overlap))
+        chunks = await asyncio.to_thread(   # a 25 MB text takes seconds: off the event loop
+            chunk_text, media.content,
+            ChunkingOptions(chunking.method, chunking.size, chunking.overlap, chunking.max_chunks))
         db = self._media_dbs.get(user.id)
 
         def write() -> MediaRecord:
-            record = db.add_media(media.title or "", media.content, media.media_type, media.source_filename)
+            record = db.add_media(media.title or "", media.content, media.media_type, media.source_filename,
+                                  quota_bytes=self._quota_bytes)
             db.replace_chunks(record.id, chunks)   # FTS search works with or without embeddings
             return record
 

@@ -20,7 +20,7 @@ from tldw_Server_API.app.core.Embeddings.job_manager import JobSpec, MediaEmbedd
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobRecord, JobStatus
 from tldw_Server_API.app.core.Embeddings.queue_schemas import ChunkOptions
 from tldw_Server_API.app.core.Embeddings.workers.base_worker import media_collection
-from tldw_Server_API.app.core.errors import InvalidInput, Overloaded, TLDWError
+from tldw_Server_API.app.core.errors import InvalidInput, NotFound, Overloaded, TLDWError
 from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory
 
 MAX_BATCH_MEDIA = 1000
@@ -69,7 +69,8 @@ class MediaEmbeddingService:
             validate_options(chosen, self._chunking.max_allowed_size)
         except InvalidInput as exc:   # name the wire field (chunk_overlap, not overlap)
             raise InvalidInput(exc.message, param=_WIRE_PARAMS.get(exc.param or "", exc.param)) from None
-        values = {"method": chosen.method, "size": chosen.max_size, "overlap": chosen.overlap}
+        values = {"method": chosen.method, "size": chosen.max_size, "overlap": chosen.overlap,
+                  "max_chunks": self._chunking.max_chunks}
         return ChunkOptions.model_validate(values)
 
     def _model_name(self, options: EmbeddingOptions) -> str | None:
@@ -116,16 +117,21 @@ class MediaEmbeddingService:
         provider, model_id, chunking = self.prepare(user, options)
         accepted: list[dict[str, Any]] = []
         rejected: list[dict[str, Any]] = []
+        errors: list[TLDWError] = []
         for media_id in dict.fromkeys(media_ids):
             try:
                 media = await self._media(user, media_id)
                 result = await self._submit(user, media, provider, model_id, chunking, options)
             except (TLDWError, Overloaded) as exc:
                 rejected.append({"media_id": media_id, "reason": exc.message, "code": exc.code})
+                errors.append(exc)
                 continue
             accepted.append({"media_id": media_id, "job_id": result.job.job_id, "skipped": result.skipped})
-        status = "accepted" if not rejected else ("partial" if accepted else "rejected")
-        return {"status": status, "accepted": accepted, "rejected": rejected}
+        if not accepted:   # nothing started: an error, not a 202 (the first reason, or "none exist")
+            if all(isinstance(e, NotFound) for e in errors):
+                raise NotFound(f"none of the {len(errors)} media ids exist", param="media_ids")
+            raise errors[0]
+        return {"status": "accepted" if not rejected else "partial", "accepted": accepted, "rejected": rejected}
 
     async def _stored_count(self, user_id: str, media_id: int, model_id: str) -> int:
         store = self._vector_stores.for_user(user_id)

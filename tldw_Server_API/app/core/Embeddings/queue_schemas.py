@@ -74,6 +74,7 @@ class ChunkOptions(_Model):
     method: ChunkMethod = "words"
     size: Annotated[int, Field(ge=1)] = 1000
     overlap: Annotated[int, Field(ge=0)] = 200
+    max_chunks: Annotated[int, Field(ge=1)] | None = None   # the job's cap (CHUNKING_MAX_CHUNKS)
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> ChunkOptions:

@@ -258,6 +258,6 @@ def chunking_options(method: str | None, size: int | None, overlap: int | None,
     if overlap is None:
         overlap = min(defaults.overlap if defaults else 200, size // 5) if isinstance(size, int) else 0
     options = ChunkingOptions(method=method or (defaults.method if defaults else "words"), max_size=size,
-                              overlap=overlap)
+                              overlap=overlap, max_chunks=defaults.max_chunks if defaults else None)
     validate_options(options, defaults.max_allowed_size if defaults else None)
     return options

@@ -252,7 +252,7 @@ def test_batch_with_an_unknown_id_is_partial_with_the_reason(caller: Caller) -> 
                                                                    "chunk_overlap": 0}).json()
     assert again["status"] == "accepted" and again["accepted"][0]["skipped"] is True
     none = caller.post("/api/v1/media/embeddings/batch", json={"media_ids": [unknown, unknown + 1]})
-    assert none.status_code == 202 and none.json()["status"] == "rejected" and len(none.json()["rejected"]) == 2
+    assert none.status_code == 404 and none.json()["error"]["param"] == "media_ids", none.text   # nothing started
     assert jobs_of(caller)["total"] == 2
 
 
@@ -457,8 +457,7 @@ def test_another_user_gets_404_on_every_media_and_job_route(
     wait_for_jobs(alice.client)
     assert_openai_error(bob.delete(f"/api/v1/media/{media_id}/embeddings"), 404, "not_found")
     assert_openai_error(bob.get(f"{JOBS}/{default_job}"), 404, "not_found")
-    batch = bob.post("/api/v1/media/embeddings/batch", json={"media_ids": [media_id]}).json()
-    assert batch["status"] == "rejected" and batch["rejected"][0]["code"] == "not_found"
+    assert_openai_error(bob.post("/api/v1/media/embeddings/batch", json={"media_ids": [media_id]}), 404, "not_found")
     assert jobs_of(bob)["total"] == 0 and bob.store().list_collections() == []
     for body in ({"query": "quasars and pulsars"}, {"query": "quasars", "media_ids": [media_id]}):
         assert bob.post("/api/v1/media/embeddings/search", json=body).json()["data"] == []

@@ -21,7 +21,7 @@ def handle(message: ChunkingMessage, context: StageContext) -> list[EmbeddingMes
     content = message.content if message.content is not None else media.content
     options = ChunkingOptions(
         method=message.chunk_options.method, max_size=message.chunk_options.size,
-        overlap=message.chunk_options.overlap,
+        overlap=message.chunk_options.overlap, max_chunks=message.chunk_options.max_chunks,
     )
     chunks = chunk_text(content, options)
     if not chunks:
