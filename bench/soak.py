@@ -51,8 +51,9 @@ def slope_mb_per_min(samples: list[tuple[float, float]], after_s: float) -> floa
 
 
 class Load:
-    def __init__(self, server: ServerProcess, corpus: list[str], seed: int) -> None:
+    def __init__(self, server: ServerProcess, corpus: list[str], seed: int, uploads: bool = True) -> None:
         self.server = server
+        self.uploads = uploads
         self.corpus = corpus
         self.rnd = random.Random(seed)
         self.counts: dict[str, int] = {}
@@ -80,7 +81,7 @@ class Load:
         elif roll < 0.85:
             query = " ".join(self.rnd.choice(self.corpus).split()[:8])
             await self._post(session, "search", "/api/v1/rag/search", {"query": query, "mode": "hybrid", "top_k": 5})
-        elif roll < 0.97:
+        elif roll < 0.97 and self.uploads:
             content = " ".join(self.rnd.sample(self.corpus, 6))
             added = await self._post(session, "upload", "/api/v1/media/add", {"title": f"doc {serial}",
                                                                                "content": content})
@@ -110,7 +111,7 @@ async def sample_rss(pid: int, started: float, deadline: float, every_s: float,
 
 
 async def soak(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
-    load = Load(server, build_corpus(2000, seed=args.seed), args.seed)
+    load = Load(server, build_corpus(2000, seed=args.seed), args.seed, uploads=not args.no_uploads)
     started = time.monotonic()
     deadline = started + args.minutes * 60
     samples: list[tuple[float, float]] = []
@@ -120,7 +121,8 @@ async def soak(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any
                              *(load.client(deadline, n) for n in range(args.clients)))
     slope = slope_mb_per_min(samples, args.warmup_min * 60)
     return {
-        "minutes": args.minutes, "warmup_minutes": args.warmup_min, "clients": args.clients,
+        "minutes": args.minutes, "uploads": not args.no_uploads, "warmup_minutes": args.warmup_min,
+        "clients": args.clients,
         "requests": load.counts, "statuses": load.statuses,
         "rss_mb": {"first": samples[0][1], "after_warmup": next((mb for t, mb in samples if t >= args.warmup_min * 60),
                                                                 None),
@@ -140,11 +142,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--cache-size", type=int, default=2000, help="EMBEDDINGS_CACHE_MAX_SIZE of the server")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-uploads", action="store_true", help="embeddings and search only (no stored data)")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment of the server process (repeatable)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tldw-soak-") as data, \
-            ServerProcess(Path(data), {"EMBEDDINGS_CACHE_MAX_SIZE": str(args.cache_size)}) as server:
-        report = {"machine": machine_info(), **asyncio.run(soak(server, args))}
+            ServerProcess(Path(data), {"EMBEDDINGS_CACHE_MAX_SIZE": str(args.cache_size),
+                                       **dict(item.split("=", 1) for item in args.server_env)}) as server:
+        report = {"machine": machine_info(), "server_env": args.server_env, **asyncio.run(soak(server, args))}
     write_report(args.out, report)
     print({k: v for k, v in report.items() if k != "samples"})
 

@@ -1,9 +1,10 @@
 """The one rule for text and ids that arrive off the wire, applied at the API boundary.
 
 JSON bodies and JSON-valued parameters are decoded by `loads_json` (orjson: strict UTF-8, so a lone
-UTF-16 surrogate such as `"\\ud800"` is refused, as are NaN and Infinity, which are not JSON);
-text that arrives another way (form fields, file names) is checked by `check_text`. What passes
-is Unicode text every store, cache key and log line can encode. Pure: no I/O, no FastAPI.
+UTF-16 surrogate such as `"\\ud800"` is refused, as are NaN and Infinity, which are not JSON). Text
+that arrives another way is decoded from bytes (paths, queries, form fields), which cannot carry a
+lone surrogate. So what passes is Unicode every store, cache key and log line can encode; integers
+a store keeps must fit `fits_int64`. Pure: no I/O, no FastAPI.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import json
 from typing import Any
 
 import orjson
-
-from tldw_Server_API.app.core.errors import InvalidInput
 
 INT64_MIN = -(2**63)       # every integer the stores hold is a signed 64-bit one (SQLite, bigint, Chroma)
 INT64_MAX = 2**63 - 1
@@ -36,18 +35,3 @@ def json_error_message(reason: str) -> str:
 
 def fits_int64(value: int) -> bool:
     return INT64_MIN <= value <= INT64_MAX
-
-
-def has_lone_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def check_text(value: str, param: str) -> str:
-    """A string that did not come through `loads_json` must be encodable Unicode too."""
-    if has_lone_surrogate(value):
-        raise InvalidInput(f"'{param}' holds a lone UTF-16 surrogate, which is not Unicode text", param=param)
-    return value
