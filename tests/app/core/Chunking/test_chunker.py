@@ -226,3 +226,24 @@ def test_100kb_of_words_chunks_quickly() -> None:
         best = min(best, time.perf_counter() - started)
     assert len(chunks) > 10
     assert best < 0.1
+
+
+@given(units=st.integers(0, 400), size=st.integers(1, 50), overlap_share=st.floats(0, 0.99))
+@settings(max_examples=200, deadline=None)
+def test_window_count_is_the_number_of_windows_made(units: int, size: int, overlap_share: float) -> None:
+    """The chunk cap is checked with `window_count` before any chunk is built: it must agree."""
+    from tldw_Server_API.app.core.Chunking.chunker import window_chunks, window_count
+
+    overlap = min(size - 1, int(size * overlap_share))
+    spans = [(2 * i, 2 * i + 1) for i in range(units)]
+    assert window_count(units, size, overlap) == len(window_chunks("a " * units, spans, size, overlap))
+
+
+def test_the_chunk_cap_refuses_before_chunking() -> None:
+    from tldw_Server_API.app.core.errors import PayloadTooLarge
+
+    text = " ".join(f"w{i}" for i in range(100))
+    assert len(chunk_text(text, ChunkingOptions("words", 10, 0, max_chunks=10))) == 10
+    with pytest.raises(PayloadTooLarge) as refused:
+        chunk_text(text, ChunkingOptions("words", 10, 0, max_chunks=9))
+    assert refused.value.param == "chunk_size"
