@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import threading
@@ -35,6 +36,10 @@ def require_service(reason: str) -> None:
     if os.environ.get("REQUIRE_SERVICES") == "1":
         pytest.fail(f"required service/resource missing: {reason}")
     pytest.skip(reason)
+
+
+# Chunk sizes counted in words (the pre-token default): for tests whose expected chunk counts are in words.
+WORD_CHUNKING = {"chunking_method": "words", "chunking_max_size": 1000, "chunking_overlap": 200}
 
 
 def make_settings(data_dir: Path, tiktoken: Path | None = None, **overrides: Any) -> Settings:
@@ -166,3 +171,24 @@ def wait_for_jobs(client: TestClient) -> None:
 
     assert client.portal is not None
     client.portal.call(drained)
+
+
+@functools.cache
+def real_texts() -> tuple[str, ...]:
+    """Long descriptions of the installed packages (over 2,000 characters each): real prose, code
+    and tables already on the machine, for tests that need long real text."""
+    from importlib import metadata
+
+    texts = []
+    for dist in sorted(metadata.distributions(), key=lambda d: d.metadata.get("Name") or ""):
+        body = dist.metadata.get_payload() if hasattr(dist.metadata, "get_payload") else ""   # type: ignore[attr-defined]
+        if isinstance(body, str) and len(body) > 2000:
+            texts.append(body)
+    assert len(texts) > 20
+    return tuple(texts)
+
+
+def long_document(words: int) -> str:
+    """`words` words of real text (from `real_texts`), deterministic."""
+    pool = " ".join(real_texts()).split()
+    return " ".join(pool[1000:1000 + words])

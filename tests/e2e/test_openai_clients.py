@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support import ADMIN_KEY, MODEL, LiveServer, cosine_rows
+from support import ADMIN_KEY, MODEL, LiveServer, cosine_rows, long_document
 
 pytestmark = pytest.mark.live
 
@@ -140,3 +140,35 @@ def test_32_concurrent_clients_each_get_their_own_rows(live_server: LiveServer) 
     health = httpx.get(f"{live_server.base_url}/api/v1/embeddings/health").json()
     sizes = health["providers"]["huggingface"]["batchers"][MODEL]["recent_batch_sizes"]
     assert health["providers"]["huggingface"]["batchers"][MODEL]["batches_run"] > 0 and sizes
+
+
+def test_langchain_embed_documents_on_a_5000_word_text(live_server: LiveServer, reference: Any) -> None:
+    from langchain_openai import OpenAIEmbeddings
+
+    text = long_document(5000)
+    embeddings = OpenAIEmbeddings(model=MODEL, base_url=f"{live_server.base_url}/api/v1", api_key=ADMIN_KEY,
+                                  max_retries=0)
+    vector = np.array(embeddings.embed_documents([text]), dtype=np.float32)
+    # Truncated to the window, as sentence-transformers truncates: the same vector.
+    assert cosine_rows(vector, reference([text]))[0] >= 0.999
+
+
+def test_llamaindex_default_1024_token_chunks(live_server: LiveServer, reference: Any) -> None:
+    from llama_index.core.node_parser import SentenceSplitter
+    from llama_index.embeddings.openai_like import OpenAILikeEmbedding
+
+    chunks = SentenceSplitter().split_text(long_document(3000))   # LlamaIndex's default: 1024-token chunks
+    assert len(chunks) >= 2
+    embedder = OpenAILikeEmbedding(model_name=MODEL, api_base=f"{live_server.base_url}/api/v1", api_key=ADMIN_KEY)
+    vectors = np.array(embedder.get_text_embedding_batch(chunks), dtype=np.float32)
+    assert cosine_rows(vectors, reference(chunks)).min() >= 0.999
+
+
+def test_truncate_false_still_refuses_through_the_openai_client(openai_client: Any) -> None:
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        openai_client.embeddings.create(model=MODEL, input=["ok", long_document(600)], extra_body={"truncate": False})
+    assert "input[1]" in str(caught.value)
+    raw = openai_client.embeddings.with_raw_response.create(model=MODEL, input=["ok", long_document(600)])
+    assert raw.headers["X-Embeddings-Truncated"] == "1" and raw.headers["X-Embeddings-Truncated-Inputs"] == "1"

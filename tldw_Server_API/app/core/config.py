@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -56,6 +56,7 @@ class EmbeddingsAPIConfig:
     max_tokens_per_request: int
     dimension_policy: Literal["reduce", "pad", "ignore"]
     truncate: bool
+    long_input: Literal["truncate", "mean"] = "truncate"
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ class ResilienceConfig:
 @dataclass(frozen=True)
 class ChunkingDefaults:
     method: Literal["words", "sentences", "paragraphs", "tokens"]
-    max_size: int
+    max_size: int                    # 0: the embedding model's window (method `tokens` only)
     overlap: int
     max_allowed_size: int
     max_chunks: int = 50_000         # per media item / upload: more is a 413, before anything is stored
@@ -201,6 +202,8 @@ class StorageConfig:
     pipeline_concurrency: int
     pipeline_queue_size: int
     user_quota_bytes: int = 0        # live media text per user; 0: no quota
+    max_pages: int = 5000            # pages read of one PDF
+    max_unpacked_bytes: int = 256 * 2**20   # inflated members of one DOCX / EPUB / ODT
 
 
 class PgvectorSettings(BaseModel):
@@ -296,7 +299,14 @@ class Settings(BaseSettings):
         "reduce", description="How `dimensions` applies to models without native support: reduce, pad or ignore."
     )
     embeddings_truncate: bool = Field(
-        False, description="Truncate inputs over the model's max tokens instead of answering 400."
+        True, description="`POST /embeddings`: truncate inputs longer than the model's window and say so in the "
+        "`X-Embeddings-Truncated` header (as TEI, Infinity and sentence-transformers do); false: answer 400 "
+        "`input_too_long`. A request's `truncate` field overrides it."
+    )
+    embeddings_long_input: Literal["truncate", "mean"] = Field(
+        "truncate", description="`POST /embeddings`: what a long input becomes. truncate: its first window; mean: "
+        "the token-weighted mean of its window-sized pieces, renormalised (the whole text counts; one forward "
+        "pass per piece). A request's `long_input` field overrides it."
     )
     embeddings_local_batch_size: int = Field(
         256, ge=1, description="Most texts in one forward pass of a local model (huggingface, onnx)."
@@ -446,15 +456,31 @@ class Settings(BaseSettings):
     media_max_upload_bytes: int = Field(
         25 * 1024 * 1024, ge=1, description="Largest media upload accepted (413 above)."
     )
+    media_max_pages: int = Field(
+        5000, ge=1, description="Most pages read of one uploaded PDF (more: 415 `unsupported_document`)."
+    )
+    media_max_unpacked_bytes: int = Field(
+        256 * 2**20, ge=1, description="Most bytes a DOCX, EPUB or ODT upload may inflate to (its zip members' "
+        "sizes, checked before anything is inflated: a zip bomb is refused unread)."
+    )
     media_user_quota_bytes: int = Field(
         2 * 1024**3, ge=0, description="Most bytes of media text one user may keep (soft-deleted media do not "
         "count); an upload beyond it is a 429 `quota_exceeded`. 0: no quota."
     )
     chunking_method: Literal["words", "sentences", "paragraphs", "tokens"] = Field(
-        "words", description="Default chunking method of media embedding."
+        "tokens", description="Default chunking method of media embedding. `tokens`: whole sentences packed "
+        "into chunks measured in the embedding model's own tokens (nothing is truncated); the others count "
+        "words, sentences or paragraphs and may exceed the model's window (the job reports `truncated_chunks`)."
     )
-    chunking_max_size: int = Field(1000, ge=1, description="Default chunk size (in the method's units).")
-    chunking_overlap: int = Field(200, ge=0, description="Default chunk overlap (in the method's units).")
+    chunking_max_size: int = Field(
+        0, ge=0, description="Default chunk size in the method's units. 0: with `tokens`, the embedding model's "
+        "window less its special tokens (254 for all-MiniLM-L6-v2), so re-embedding with another model re-chunks "
+        "for its window; the other methods need a size."
+    )
+    chunking_overlap: int = Field(
+        32, ge=0, description="Default overlap between neighbouring chunks in the method's units (with `tokens`, "
+        "whole trailing sentences up to this many tokens); at most a fifth of a smaller chunk size."
+    )
     chunking_max_allowed_size: int = Field(10_000, ge=1, description="Largest chunk size a caller may ask for.")
     chunking_max_chunks: int = Field(
         50_000, ge=1, description="Most chunks one media item or upload may make (413 above, nothing stored): "
@@ -481,6 +507,13 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_lists(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @model_validator(mode="after")
+    def _chunk_size_for_method(self) -> Settings:
+        if self.chunking_max_size == 0 and self.chunking_method != "tokens":
+            raise ValueError("CHUNKING_MAX_SIZE 0 (the model's window) needs CHUNKING_METHOD=tokens; set a size for "
+                             f"'{self.chunking_method}'")
+        return self
 
     @field_validator(
         "embeddings_model_revisions", "embeddings_fallback_chain", "embeddings_fallback_model_map", mode="before"
@@ -522,6 +555,7 @@ class Settings(BaseSettings):
             max_tokens_per_request=self.embeddings_max_tokens_per_request,
             dimension_policy=self.embeddings_dimension_policy,
             truncate=self.embeddings_truncate,
+            long_input=self.embeddings_long_input,
         )
 
     def model_catalog_config(self) -> ModelCatalogConfig:
@@ -627,6 +661,8 @@ class Settings(BaseSettings):
             chroma_force_stub=self.chromadb_force_stub,
             jobs_db_url=self.embeddings_jobs_db_url or f"sqlite:///{self.data_dir / 'embeddings_jobs.db'}",
             max_upload_bytes=self.media_max_upload_bytes,
+            max_pages=self.media_max_pages,
+            max_unpacked_bytes=self.media_max_unpacked_bytes,
             user_quota_bytes=self.media_user_quota_bytes,
             chunking=ChunkingDefaults(
                 method=self.chunking_method,

@@ -11,6 +11,7 @@ from loguru import logger
 from prometheus_client import CollectorRegistry
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import APIKeyStore, load_key_store
+from tldw_Server_API.app.core.Chunking import ExtractionLimits
 from tldw_Server_API.app.core.config import Settings
 from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory
 from tldw_Server_API.app.core.DB_Management.media_service import MediaService
@@ -100,7 +101,8 @@ async def build_services(settings: Settings) -> Services:
     media_embeddings, rag = build_media_services(settings, embeddings, storage)
     storage_config = settings.storage_config()
     media = MediaService(storage.media_dbs, media_embeddings, storage_config.max_upload_bytes,
-                         storage_config.user_quota_bytes)
+                         storage_config.user_quota_bytes,
+                         ExtractionLimits(storage_config.max_pages, storage_config.max_unpacked_bytes))
     health = HealthService(embeddings, storage.vector_stores, storage.jobs.engine, settings.redis_url)
     return Services(settings, registry, HTTPMetrics(registry), auth, embeddings, storage, vector_store_api,
                     media_embeddings, media, rag, health)
@@ -115,13 +117,14 @@ def build_media_services(
 
     async def embed(user_id: str, provider: str, model: str, texts: list[str]) -> Embedded:  # noqa: ARG001
         result = await embeddings.embed_texts(f"{provider}:{model}", texts, None)
-        return Embedded(result.vectors, result.provider, result.model_id)
+        return Embedded(result.vectors, result.provider, result.model_id, len(result.truncated))
 
     async def embed_query(user_id: str, query: str) -> tuple[np.ndarray, str]:
         result = await embeddings.embed_texts(default_model, [query], None)
         return result.vectors[0], media_collection(user_id, result.model_id, default_model)
 
-    context = StageContext(storage.media_dbs, storage.vector_stores, embed, default_model=default_model)
+    context = StageContext(storage.media_dbs, storage.vector_stores, embed, default_model=default_model,
+                           tokenizer_for=embeddings.tokenizer_for)
     manager = MediaEmbeddingJobManager(storage.jobs, context, concurrency=config.pipeline_concurrency,
                                        queue_size=config.pipeline_queue_size)
     manager.start()

@@ -7,20 +7,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tldw_Server_API.app.core.Chunking.document_extraction import Extracted
 from tldw_Server_API.app.core.Chunking.text_extraction import detect_kind, extract_text, html_to_text
 from tldw_Server_API.app.core.errors import InvalidInput, UnsupportedMediaType
 
 
 def test_plain_text_with_bom_and_crlf() -> None:
     raw = "\ufeffLine one\r\nLine two\rthree 東京 👍🏽\n".encode()
-    expected = ("notes", "Line one\nLine two\nthree 東京 👍🏽\n")
+    expected = Extracted("notes", "Line one\nLine two\nthree 東京 👍🏽\n")
     assert extract_text("notes.txt", "application/octet-stream", raw) == expected
 
 
 def test_markdown_is_kept_as_is() -> None:
     raw = b"# Title\n\n- item *one*\n- [link](http://x)\n"
-    assert extract_text("README.markdown", None, raw) == ("README", raw.decode())
-    assert extract_text("doc.md", None, raw)[1] == raw.decode()
+    assert extract_text("README.markdown", None, raw) == Extracted("README", raw.decode())
+    assert extract_text("doc.md", None, raw).text == raw.decode()
 
 
 @pytest.mark.parametrize(
@@ -39,8 +40,8 @@ def test_kind_by_extension_then_content_type(filename: str | None, content_type:
 
 @pytest.mark.parametrize(
     ("filename", "content_type"),
-    [("a.pdf", None), ("a.pdf", "text/plain"), ("a.docx", "text/markdown"), ("noext", "application/octet-stream"),
-     (None, None), ("noext", "application/pdf"), ("archive.tar.gz", None)],
+    [("a.doc", None), ("a.rtf", "text/plain"), ("a.pptx", "text/markdown"), ("noext", "application/octet-stream"),
+     (None, None), ("noext", "application/msword"), ("archive.tar.gz", None)],
 )
 def test_unsupported_types_are_refused(filename: str | None, content_type: str | None) -> None:
     with pytest.raises(UnsupportedMediaType) as caught:
@@ -63,18 +64,18 @@ def test_html_with_only_invisible_content_is_empty() -> None:
 
 
 def test_declared_charset_is_honoured_and_unknown_refused() -> None:
-    assert extract_text("a.txt", "text/plain; charset=ISO-8859-1", "café".encode("latin-1"))[1] == "café"
-    assert extract_text("a.txt", 'text/plain; charset="utf-8"', "\ufeffcafé".encode())[1] == "café"
+    assert extract_text("a.txt", "text/plain; charset=ISO-8859-1", "café".encode("latin-1")).text == "café"
+    assert extract_text("a.txt", 'text/plain; charset="utf-8"', "\ufeffcafé".encode()).text == "café"
     with pytest.raises(InvalidInput):
         extract_text("a.txt", "text/plain; charset=klingon", b"abc")
 
 
 def test_titles() -> None:
     page = b"<html><head><title>  My\n  Page &amp; Co </title></head><body><p>Body</p></body></html>"
-    assert extract_text("page.html", None, page) == ("My Page & Co", "Body")
-    assert extract_text("page.html", None, b"<p>No title</p>") == ("page", "No title")
-    assert extract_text("dir/sub/report.v2.txt", None, b"x") == ("report.v2", "x")
-    assert extract_text(None, "text/plain", b"x") == ("Untitled", "x")
+    assert extract_text("page.html", None, page) == Extracted("My Page & Co", "Body")
+    assert extract_text("page.html", None, b"<p>No title</p>") == Extracted("page", "No title")
+    assert extract_text("dir/sub/report.v2.txt", None, b"x") == Extracted("report.v2", "x")
+    assert extract_text(None, "text/plain", b"x") == Extracted("Untitled", "x")
 
 
 def test_html_to_text_structure() -> None:

@@ -105,10 +105,11 @@ def test_token_limits_hold_for_cached_inputs(tmp_path: Path) -> None:
     executor, provider, resolved = make_executor(tmp_path, max_total=8)
     long_text = "w " * 7   # 7 tokens, over the model's 5
     truncated = run(executor, resolved, [long_text], truncate=True)
-    assert truncated.tokens == MAX_TOKENS
-    assert run(executor, resolved, [long_text], truncate=True).cache == "hit"
+    assert truncated.tokens == MAX_TOKENS and truncated.truncated == (0,)
+    hit = run(executor, resolved, ["short", long_text], truncate=True)
+    assert hit.cache == "partial" and hit.truncated == (1,)   # a cache hit still knows it was cut
     with pytest.raises(InputTooLong):   # the cache remembers the real count, not the truncated one
         run(executor, resolved, [long_text], truncate=False)
     with pytest.raises(PayloadTooLarge):   # 5 + 5 effective tokens > 8, all from the cache
         run(executor, resolved, [long_text, long_text], truncate=True)
-    assert len(provider.counted) == 1
+    assert provider.counted == [[long_text], ["short"]]   # the long text was counted once

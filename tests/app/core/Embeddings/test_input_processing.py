@@ -19,9 +19,11 @@ from tldw_Server_API.app.core.Embeddings.input_processing import (
     check_token_limits,
     decode_base64,
     encode_base64,
+    index_ranges,
     l2_normalize,
     normalize_input,
     parse_model_name,
+    pool_pieces,
     validate_vectors,
 )
 from tldw_Server_API.app.core.errors import InputTooLong, InvalidInput, PayloadTooLarge, ProviderError
@@ -246,3 +248,17 @@ def test_parse_model_name_rejects_empty(name: str) -> None:
     with pytest.raises(InvalidInput) as info:
         parse_model_name(name)
     assert info.value.param == "model"
+
+
+@pytest.mark.parametrize(("indexes", "text"), [([], ""), ([4], "4"), ([0, 1, 2, 5, 7, 8], "0-2,5,7-8"),
+                                              ([3, 1, 2, 2], "1-3"), (list(range(2048)), "0-2047")])
+def test_index_ranges_compact_sorted_indexes(indexes: list[int], text: str) -> None:
+    assert index_ranges(indexes) == text
+
+
+def test_pool_pieces_is_the_token_weighted_mean_renormalised() -> None:
+    a, b, c = np.eye(3, dtype=np.float32)
+    pooled = pool_pieces([a, b, c], [range(0, 1), range(1, 3)], [7, 1, 3])
+    assert np.allclose(pooled[0], a)
+    expected = (1 * b + 3 * c) / np.linalg.norm(1 * b + 3 * c)
+    assert np.allclose(pooled[1], expected) and np.isclose(np.linalg.norm(pooled[1]), 1.0)

@@ -1,17 +1,21 @@
-"""Pure text chunking: split a text into units (words, sentences, paragraphs or tokens), then slide a
-window of `max_size` units with `overlap` units shared between neighbours. Every chunk is a slice of
-the original text (`text == original[start_char:end_char]`, Python str indices), trimmed of edge
-whitespace. Imports only the standard library and core errors/config; no I/O, no model loading (a
-tokenizer object is passed in by the caller).
+"""Pure text chunking. `words`, `sentences` and `paragraphs` slide a window of `max_size` units with
+`overlap` units shared between neighbours; `tokens` packs whole sentences into chunks of at most
+`max_size` tokens of the caller's tokenizer (the embedding model's own: `packing.py`). Every chunk is
+a slice of the original text (`text == original[start_char:end_char]`, Python str indices), trimmed
+of edge whitespace. Imports only the standard library and core errors/config; no I/O, no model
+loading (a tokenizer object is passed in by the caller).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import threading
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
+from tldw_Server_API.app.core.Chunking.packing import pack_units, sentence_units
 from tldw_Server_API.app.core.config import ChunkingDefaults
 from tldw_Server_API.app.core.errors import InvalidInput, PayloadTooLarge
 
@@ -43,6 +47,7 @@ class Chunk:
     text: str
     start_char: int  # inclusive, Python str index into the original text
     end_char: int  # exclusive
+    page: int | None = None  # 1-based page the chunk starts on, when the source has pages (PDF)
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,14 @@ class OffsetsTokenizer(Protocol):
     Spans may be empty (special tokens), overlap, or include whitespace; chunking cleans them."""
 
     def encode_offsets(self, text: str) -> list[tuple[int, int]]: ...
+
+
+class CountingTokenizer(OffsetsTokenizer, Protocol):
+    """A tokenizer that also counts the tokens of texts as they are encoded on their own (no
+    special tokens): `chunk_text` re-counts each `tokens` chunk with it, so a boundary effect of
+    the tokenizer (a BPE merge across the cut) can never leave a chunk over its budget."""
+
+    def count(self, texts: Sequence[str]) -> list[int]: ...
 
 
 class RegexTokenizer:
@@ -91,6 +104,33 @@ class HFOffsetsTokenizer:
         )
         return [(int(start), int(end)) for start, end in encoded["offset_mapping"]]
 
+    def count(self, texts: Sequence[str]) -> list[int]:
+        encoded = self._tokenizer(
+            list(texts), add_special_tokens=False, return_attention_mask=False, verbose=False
+        )
+        return [len(ids) for ids in encoded["input_ids"]]
+
+
+class ThreadLocalHFTokenizer:
+    """An HF fast tokenizer per thread (one instance cannot be used from two threads at once:
+    "Already borrowed"), loaded on first use in each thread by `load`."""
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self._load = load
+        self._local = threading.local()
+
+    def _adapter(self) -> HFOffsetsTokenizer:
+        adapter = getattr(self._local, "adapter", None)
+        if adapter is None:
+            adapter = self._local.adapter = HFOffsetsTokenizer(self._load())
+        return adapter
+
+    def encode_offsets(self, text: str) -> list[tuple[int, int]]:
+        return self._adapter().encode_offsets(text)
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        return self._adapter().count(texts)
+
 
 def validate_options(options: ChunkingOptions, max_allowed_size: int | None = None) -> None:
     """Raise InvalidInput naming the wire field (`method`, `chunk_size`, `overlap`) of a bad option."""
@@ -111,12 +151,54 @@ def chunk_text(text: str, options: ChunkingOptions, tokenizer: OffsetsTokenizer 
     `tokens` method uses `tokenizer` (default: `RegexTokenizer`, an approximation)."""
     validate_options(options)
     spans = unit_spans(text, options.method, tokenizer)
-    count = window_count(len(spans), options.max_size, options.overlap)
+    if options.method == "tokens":
+        return _token_chunks(text, spans, options, tokenizer)
+    _check_chunk_count(window_count(len(spans), options.max_size, options.overlap), options)
+    return window_chunks(text, spans, options.max_size, options.overlap)
+
+
+def _check_chunk_count(count: int, options: ChunkingOptions) -> None:
     if options.max_chunks is not None and count > options.max_chunks:
         raise PayloadTooLarge(
-            f"the text makes {count} chunks of {options.max_size} {options.method}; at most {options.max_chunks} "
-            "are allowed per media item (CHUNKING_MAX_CHUNKS): use a larger chunk_size", param="chunk_size")
-    return window_chunks(text, spans, options.max_size, options.overlap)
+            f"the text makes {'at least ' if options.method == 'tokens' else ''}{count} chunks of "
+            f"{options.max_size} {options.method}; at most {options.max_chunks} are allowed per media item "
+            "(CHUNKING_MAX_CHUNKS): use a larger chunk_size", param="chunk_size")
+
+
+def _token_chunks(text: str, tokens: Sequence[Span], options: ChunkingOptions,
+                  tokenizer: OffsetsTokenizer | None) -> list[Chunk]:
+    budget = options.max_size
+    _check_chunk_count(-(-len(tokens) // budget), options)   # a lower bound, before any chunk is made
+    units = sentence_units(text, _cut_spans(text, _SENTENCE_CUT), tokens, budget)
+    spans = [(units[first].start, units[stop - 1].end) for first, stop in pack_units(units, budget, options.overlap)]
+    count = getattr(tokenizer, "count", None)
+    if count is not None:   # re-count each chunk on its own; re-cut any a boundary effect pushed over
+        spans = [piece for span, n in zip(spans, count([text[a:b] for a, b in spans]), strict=True)
+                 for piece in ([span] if n <= budget else _recut(text, span, tokens, budget))]
+    _check_chunk_count(len(spans), options)
+    return [Chunk(index=i, text=text[a:b], start_char=a, end_char=b) for i, (a, b) in enumerate(spans)]
+
+
+def _recut(text: str, span: Span, tokens: Sequence[Span], budget: int) -> list[Span]:
+    """Token windows with a margin, for the rare chunk a tokenizer counts higher on its own."""
+    inside = [t for t in tokens if span[0] <= t[0] < span[1]]
+    size = max(1, budget - max(2, budget // 16))
+    return [(c.start_char, c.end_char) for c in window_chunks(text, inside, size, 0)]
+
+
+def chunk_document(text: str, options: ChunkingOptions, tokenizer: OffsetsTokenizer | None = None,
+                   page_starts: Sequence[int] | None = None) -> list[Chunk]:
+    """`chunk_text`, each chunk with the page it starts on when the source has pages."""
+    return assign_pages(chunk_text(text, options, tokenizer), page_starts)
+
+
+def assign_pages(chunks: Sequence[Chunk], page_starts: Sequence[int] | None) -> list[Chunk]:
+    """Each chunk with the 1-based page it starts on; `page_starts[i]` is where page i + 1 starts
+    in the text (ascending). None or empty: chunks unchanged (the source has no pages)."""
+    if not page_starts:
+        return list(chunks)
+    return [Chunk(c.index, c.text, c.start_char, c.end_char, max(1, bisect_right(page_starts, c.start_char)))
+            for c in chunks]
 
 
 def window_count(units: int, max_size: int, overlap: int) -> int:

@@ -23,14 +23,30 @@ from tldw_Server_API.app.core.Chunking.chunker import Chunk
 from tldw_Server_API.app.core.DB_Management.fts_query import build_match_expression
 from tldw_Server_API.app.core.errors import InvalidInput, NotFound, QuotaExceeded, ServiceUnavailable
 
-SCHEMA_VERSION = 2   # 2: media.content_bytes (per-user storage quota)
+SCHEMA_VERSION = 3   # 2: media.content_bytes (per-user storage quota); 3: pages (PDF page numbers)
 MAX_LIST_LIMIT = 1000
 
-# Version 1 databases have no content_bytes column: add it and count what is there.
-_UPGRADE_TO_2 = """
-ALTER TABLE media ADD COLUMN content_bytes INTEGER NOT NULL DEFAULT 0;
-UPDATE media SET content_bytes = length(CAST(content AS BLOB));
-"""
+# Columns added since version 1, and the data an upgrade from a version before them must fill in.
+# An upgrade adds those an existing table lacks (a table that does not exist yet is made whole).
+_ADDED_COLUMNS = (
+    ("media", "content_bytes", "INTEGER NOT NULL DEFAULT 0"),   # 2: per-user storage quota
+    ("media", "page_starts", "TEXT"),                           # 3: where each page starts (JSON array)
+    ("media_chunks", "page", "INTEGER"),                        # 3: the page a chunk starts on
+)
+_FILL_FROM = {2: "UPDATE media SET content_bytes = length(CAST(content AS BLOB));"}
+
+
+def _upgrade_script(conn: sqlite3.Connection, version: int) -> str:
+    if version == 0:
+        return ""
+    statements = []
+    for table, column, declaration in _ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if present and column not in present:
+            statements.append(f"ALTER TABLE {table} ADD COLUMN {column} {declaration};")
+    statements += [sql for v, sql in _FILL_FROM.items() if version < v]
+    return "\n".join(statements)
+
 
 # media_chunks holds each chunk's text and offsets (indexed by media id, so replacing or dropping
 # one media's chunks is cheap); media_chunks_fts is an external-content FTS5 index over it, kept in
@@ -44,6 +60,7 @@ CREATE TABLE IF NOT EXISTS media (
     content_bytes INTEGER NOT NULL DEFAULT 0,
     media_type TEXT NOT NULL,
     source_filename TEXT,
+    page_starts TEXT,
     chunk_count INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
@@ -59,6 +76,7 @@ CREATE TABLE IF NOT EXISTS media_chunks (
     start_char INTEGER NOT NULL,
     end_char INTEGER NOT NULL,
     text TEXT NOT NULL,
+    page INTEGER,
     UNIQUE (media_id, chunk_index)
 );
 CREATE VIRTUAL TABLE IF NOT EXISTS media_chunks_fts USING fts5(
@@ -96,6 +114,7 @@ class MediaSummary:
 @dataclass(frozen=True)
 class MediaRecord(MediaSummary):
     content: str
+    page_starts: tuple[int, ...] | None = None   # where page i + 1 starts in `content` (paged sources)
 
 
 @dataclass(frozen=True)
@@ -107,6 +126,7 @@ class FtsHit:
     end_char: int
     title: str
     score: float  # -bm25(): higher is better; comparable within one query only
+    page: int | None = None
 
 
 _SQL_PARAMS = 500  # ids per IN (...) query, well under SQLite's bound-parameter limit
@@ -154,8 +174,8 @@ class MediaDB:
         conn.execute("PRAGMA foreign_keys=ON")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version < SCHEMA_VERSION:
-            upgrade = _UPGRADE_TO_2 if version == 1 else ""
-            conn.executescript(f"BEGIN; {_SCHEMA} {upgrade} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+            upgrade = _upgrade_script(conn, version)
+            conn.executescript(f"BEGIN; {upgrade} {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
         self._conn: sqlite3.Connection | None = conn
 
     @classmethod
@@ -182,7 +202,7 @@ class MediaDB:
 
     def add_media(
         self, title: str, content: str, media_type: str, source_filename: str | None = None,
-        quota_bytes: int = 0,
+        quota_bytes: int = 0, page_starts: Sequence[int] | None = None,
     ) -> MediaRecord:
         """Store a media item; with `quota_bytes` > 0 the live media's text may not exceed it
         (checked in the write transaction, so concurrent uploads cannot both slip under)."""
@@ -190,6 +210,9 @@ class MediaDB:
             raise InvalidInput("content must not be empty", param="content")
         if not media_type or not media_type.strip():
             raise InvalidInput("media_type must not be empty", param="media_type")
+        if page_starts and (list(page_starts) != sorted(page_starts) or page_starts[0] < 0
+                            or page_starts[-1] > len(content)):
+            raise InvalidInput("page_starts must be ascending offsets into the content", param="page_starts")
         now = self._now()
         size = len(content.encode("utf-8"))
         with self._transaction(write=True) as conn:
@@ -202,9 +225,9 @@ class MediaDB:
                         param="content")
             cursor = conn.execute(
                 "INSERT INTO media (title, content, content_hash, content_bytes, media_type, source_filename,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " page_starts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 ((title or "").strip() or "Untitled", content, content_hash(content), size, media_type.strip(),
-                 source_filename, now, now),
+                 source_filename, json.dumps(list(page_starts)) if page_starts else None, now, now),
             )
             media_id = int(cursor.lastrowid or 0)
             return self._get(conn, media_id, include_deleted=False)
@@ -224,10 +247,12 @@ class MediaDB:
             return self._get(conn, media_id, include_deleted)
 
     def _get(self, conn: sqlite3.Connection, media_id: int, include_deleted: bool) -> MediaRecord:
-        row = conn.execute(f"SELECT {_RECORD_COLUMNS}, content FROM media WHERE id = ?", (media_id,)).fetchone()
+        row = conn.execute(f"SELECT {_RECORD_COLUMNS}, content, page_starts FROM media WHERE id = ?",
+                           (media_id,)).fetchone()
         if row is None or (row["deleted"] and not include_deleted):
             raise NotFound(f"media {media_id} not found", param="media_id")
-        return MediaRecord(**_summary_fields(row), content=row["content"])
+        pages = tuple(json.loads(row["page_starts"])) if row["page_starts"] else None
+        return MediaRecord(**_summary_fields(row), content=row["content"], page_starts=pages)
 
     def list_media(self, limit: int = 50, offset: int = 0) -> tuple[list[MediaSummary], int]:
         """A page of live media, newest first, and the number of live media."""
@@ -265,8 +290,9 @@ class MediaDB:
             _check_chunks(content, chunks)
             conn.execute("DELETE FROM media_chunks WHERE media_id = ?", (media_id,))
             conn.executemany(
-                "INSERT INTO media_chunks (media_id, chunk_index, start_char, end_char, text) VALUES (?, ?, ?, ?, ?)",
-                [(media_id, c.index, c.start_char, c.end_char, c.text) for c in chunks],
+                "INSERT INTO media_chunks (media_id, chunk_index, start_char, end_char, text, page)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(media_id, c.index, c.start_char, c.end_char, c.text, c.page) for c in chunks],
             )
             conn.execute("UPDATE media SET chunk_count = ? WHERE id = ?", (len(chunks), media_id))
 
@@ -275,11 +301,11 @@ class MediaDB:
         with self._transaction() as conn:
             self._get(conn, media_id, include_deleted=False)
             rows = conn.execute(
-                "SELECT chunk_index, text, start_char, end_char FROM media_chunks WHERE media_id = ?"
+                "SELECT chunk_index, text, start_char, end_char, page FROM media_chunks WHERE media_id = ?"
                 " ORDER BY chunk_index",
                 (media_id,),
             ).fetchall()
-        return [Chunk(index=r[0], text=r[1], start_char=r[2], end_char=r[3]) for r in rows]
+        return [Chunk(index=r[0], text=r[1], start_char=r[2], end_char=r[3], page=r[4]) for r in rows]
 
     def search_chunks_fts(
         self, query: str, limit: int = 10, media_ids: Sequence[int] | None = None, match_all: bool = False
@@ -293,7 +319,7 @@ class MediaDB:
             return []
         sql = (
             "SELECT c.media_id, c.chunk_index, c.text, c.start_char, c.end_char, m.title,"
-            " bm25(media_chunks_fts) AS rank FROM media_chunks_fts"
+            " bm25(media_chunks_fts) AS rank, c.page FROM media_chunks_fts"
             " JOIN media_chunks c ON c.id = media_chunks_fts.rowid JOIN media m ON m.id = c.media_id"
             " WHERE media_chunks_fts MATCH ? AND m.deleted = 0"
         )
@@ -305,7 +331,7 @@ class MediaDB:
         params.append(limit)
         with self._transaction() as conn:
             rows = conn.execute(sql, params).fetchall()
-        return [FtsHit(r[0], r[1], r[2], r[3], r[4], r[5], -float(r[6])) for r in rows]
+        return [FtsHit(r[0], r[1], r[2], r[3], r[4], r[5], -float(r[6]), r[7]) for r in rows]
 
     def live_media_ids(self, media_ids: Iterable[int]) -> set[int]:
         """Those of `media_ids` that exist and are not soft-deleted, in one query (search filters

@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import User
-from tldw_Server_API.app.core.Chunking import ChunkingOptions, chunk_text, extract_text
+from tldw_Server_API.app.core.Chunking import ExtractionLimits, extract_text
 from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory, MediaRecord, MediaSummary
 from tldw_Server_API.app.core.Embeddings.media_embedding_service import (
     EmbeddingOptions,
@@ -28,15 +28,17 @@ class NewMedia:
     content: str
     media_type: str
     source_filename: str | None = None
+    page_starts: tuple[int, ...] | None = None   # paged sources (PDF): where each page starts in `content`
 
 
 class MediaService:
     def __init__(self, media_dbs: MediaDBFactory, embeddings: MediaEmbeddingService, max_upload_bytes: int,
-                 quota_bytes: int = 0) -> None:
+                 quota_bytes: int = 0, limits: ExtractionLimits | None = None) -> None:
         self._media_dbs = media_dbs
         self._embeddings = embeddings
         self._max_upload_bytes = max_upload_bytes
         self._quota_bytes = quota_bytes
+        self._limits = limits or ExtractionLimits()
 
     async def add_upload(
         self, user: User, filename: str, content_type: str | None, raw: bytes, title: str | None,
@@ -44,9 +46,10 @@ class MediaService:
     ) -> tuple[MediaRecord, StartResult | None]:
         if len(raw) > self._max_upload_bytes:
             raise PayloadTooLarge(f"the upload is larger than {self._max_upload_bytes} bytes", param="file")
-        found_title, text = extract_text(filename, content_type, raw)
+        found = await asyncio.to_thread(extract_text, filename, content_type, raw, self._limits)  # PDFs take seconds
         kind = filename.rsplit(".", 1)[-1].lower() if "." in filename else "text"
-        return await self.add(user, NewMedia(title or found_title, text, kind, filename), generate_embeddings, options)
+        media = NewMedia(title or found.title, found.text, kind, filename, found.page_starts)
+        return await self.add(user, media, generate_embeddings, options)
 
     async def add(
         self, user: User, media: NewMedia, generate_embeddings: bool, options: EmbeddingOptions
@@ -58,17 +61,16 @@ class MediaService:
             raise PayloadTooLarge(f"the media text is larger than {self._max_upload_bytes} bytes", param=param)
         if media.title is not None and len(media.title) > MAX_TITLE:
             raise InvalidInput(f"'title' is longer than {MAX_TITLE} characters", param="title")
-        provider, model_id, chunking = self._embeddings.prepare(user, options)   # every check before writing
+        provider, model_id, chunking = await self._embeddings.prepare(user, options)  # every check before writing
         if generate_embeddings and not self._embeddings.manager.has_capacity():
             raise Overloaded("the embedding job queue is full; retry later", retry_after=5)
-        chunks = await asyncio.to_thread(   # a 25 MB text takes seconds: off the event loop
-            chunk_text, media.content,
-            ChunkingOptions(chunking.method, chunking.size, chunking.overlap, chunking.max_chunks))
+        chunks = await asyncio.to_thread(   # seconds for a 25 MB text, and a tokenizer may load
+            self._embeddings.chunk, media.content, media.page_starts, provider, model_id, chunking)
         db = self._media_dbs.get(user.id)
 
         def write() -> MediaRecord:
             record = db.add_media(media.title or "", media.content, media.media_type, media.source_filename,
-                                  quota_bytes=self._quota_bytes)
+                                  quota_bytes=self._quota_bytes, page_starts=media.page_starts)
             db.replace_chunks(record.id, chunks)   # FTS search works with or without embeddings
             return record
 

@@ -65,6 +65,8 @@ class HopResult:
     tokens: int
     cache: CacheStatus
     rate_limit: Decision | None
+    truncated: tuple[int, ...] = ()   # indexes of inputs longer than the model's window (cut to it)
+    pooled: tuple[int, ...] = ()      # indexes of inputs pooled from window-sized pieces (`mean`)
 
 
 def resolve_hop(registry: ProviderRegistry, hop: Hop, requested_model: str, *, first: bool) -> ResolvedModel | None:
@@ -105,13 +107,18 @@ class HopExecutor:
         self._cache = cache
         self._limiter = rate_limiter
 
-    def _inputs_for(self, provider: EmbeddingProvider, items: Sequence[InputItem]) -> list[InputItem]:
-        if getattr(provider, "accepts_token_arrays", False):
+    def _inputs_for(self, provider: EmbeddingProvider | None, items: Sequence[InputItem]) -> list[InputItem]:
+        """The inputs as `provider` takes them: token arrays decoded to text unless it takes them
+        (None: always decoded)."""
+        if provider is not None and getattr(provider, "accepts_token_arrays", False):
             return list(items)
         return [
             item if isinstance(item, str) else self._decoder.decode(item, param=f"input[{i}]")
             for i, item in enumerate(items)
         ]
+
+    def texts_of(self, items: Sequence[InputItem]) -> list[str]:
+        return self._inputs_for(None, items)  # type: ignore[return-value]
 
     async def run(
         self, resolved: ResolvedModel, items: Sequence[InputItem], dimensions: int | None,
@@ -130,6 +137,8 @@ class HopExecutor:
         counts = None if raw_counts is None else check_token_limits(
             raw_counts, max_tokens=info.max_tokens, truncate=self._config.truncate if truncate is None else truncate,
             max_total=self._config.max_tokens_per_request)
+        truncated = tuple(i for i, (raw, used) in enumerate(zip(raw_counts or (), counts or (), strict=True))
+                          if used < raw)
         vectors: dict[int, np.ndarray] = {i: entry.vector for i, entry in cached.items()}
         miss_tokens = 0
         if misses:
@@ -149,7 +158,7 @@ class HopExecutor:
         hit_tokens = sum(counts[i] for i in cached) if counts else 0
         status: CacheStatus = "hit" if not misses else ("miss" if not cached else "partial")
         self._metrics.record_cache(len(cached), len(misses))
-        return HopResult(provider.name, list(ordered), hit_tokens + miss_tokens, status, budget.decision)
+        return HopResult(provider.name, list(ordered), hit_tokens + miss_tokens, status, budget.decision, truncated)
 
     @staticmethod
     async def _token_counts(

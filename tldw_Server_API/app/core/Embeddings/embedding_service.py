@@ -9,21 +9,31 @@ response never mixes providers. Raises domain errors only; the API layer transla
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 from loguru import logger
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import User
+from tldw_Server_API.app.core.Chunking import OffsetsTokenizer
 from tldw_Server_API.app.core.config import EmbeddingsAPIConfig
+from tldw_Server_API.app.core.Embeddings.chunk_windows import ModelWindow, ModelWindows, split_long_inputs
 from tldw_Server_API.app.core.Embeddings.embedding_execution import HopExecutor, HopResult, RequestBudget, resolve_hop
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import (
     KNOWN_PROVIDERS,
     ModelListing,
     ProviderRegistry,
+    ResolvedModel,
 )
-from tldw_Server_API.app.core.Embeddings.input_processing import encode_base64, normalize_input, parse_model_name
+from tldw_Server_API.app.core.Embeddings.input_processing import (
+    InputItem,
+    encode_base64,
+    normalize_input,
+    parse_model_name,
+    pool_pieces,
+)
 from tldw_Server_API.app.core.Embeddings.metrics_integration import EmbeddingsMetrics
 from tldw_Server_API.app.core.Embeddings.policy import EmbeddingPolicy
 from tldw_Server_API.app.core.Embeddings.rate_limiter import Decision
@@ -40,6 +50,7 @@ from tldw_Server_API.app.core.errors import (
 )
 
 EncodingFormat = Literal["float", "base64"]
+LongInput = Literal["truncate", "mean"]
 CacheStatus = Literal["hit", "miss", "partial"]
 _FALLBACK_ERRORS = (ProviderTransientError, CircuitOpenError)
 
@@ -53,6 +64,7 @@ class EmbeddingCall:
     user: str | None = None
     truncate: bool | None = None
     provider_header: str | None = None       # `x-provider`: pins the provider (and turns fallback off)
+    long_input: LongInput | None = None      # None: EMBEDDINGS_LONG_INPUT
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,7 @@ class TextEmbeddings:
     provider: str
     model_id: str            # the resolved id, as stored beside the vectors
     dimension: int
+    truncated: tuple[int, ...] = ()   # indexes of texts longer than the model's window
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,8 @@ class EmbeddingOutcome:
     cache: CacheStatus = "miss"
     fallback_from: str | None = None
     rate_limit: Decision | None = None
+    truncated: tuple[int, ...] = ()           # inputs cut to the model's window
+    pooled: tuple[int, ...] = ()              # inputs embedded as the mean of their pieces
 
     @property
     def input_count(self) -> int:
@@ -94,6 +109,16 @@ class EmbeddingService:
         self._executor = executor
         self._policy = policy
         self._metrics = metrics
+        self._windows = ModelWindows(registry)
+
+    def window(self, model: str | None) -> ModelWindow:
+        """The window of a model (the default when None) and a tokenizer that counts as it does.
+        May load a tokenizer: call it off the event loop."""
+        return self._windows.window(model or self.registry.default_model)
+
+    def tokenizer_for(self, provider: str, model_id: str) -> OffsetsTokenizer:
+        """The tokenizer that cuts `tokens` chunks for a model (sync: call it off the event loop)."""
+        return self.window(f"{provider}:{model_id}").tokenizer
 
     @property
     def executor(self) -> HopExecutor:
@@ -130,7 +155,7 @@ class EmbeddingService:
                                                             is_admin=user.is_admin):
                 continue
             try:
-                result = await self._executor.run(resolved, items, call.dimensions, call.truncate, budget)
+                result = await self._run_hop(resolved, items, call, budget)
             except _FALLBACK_ERRORS as exc:
                 if len(hops) == 1:
                     raise
@@ -149,6 +174,18 @@ class EmbeddingService:
             retry_after=_retry_after(failures), code="all_providers_failed",
         )
 
+    async def _run_hop(self, resolved: ResolvedModel, items: list[InputItem], call: EmbeddingCall,
+                       budget: RequestBudget) -> HopResult:
+        """One hop; in the `mean` long-input mode, long inputs become the pooled vectors of their
+        window-sized pieces (pieces are embedded, cached and counted like inputs)."""
+        if (call.long_input or self._config.long_input) != "mean":
+            return await self._executor.run(resolved, items, call.dimensions, call.truncate, budget)
+        window = await asyncio.to_thread(self.window, f"{resolved.provider.name}:{resolved.info.model_id}")
+        plan = await asyncio.to_thread(split_long_inputs, self._executor.texts_of(items), window)
+        result = await self._executor.run(resolved, plan.pieces, call.dimensions, True, budget)
+        vectors = pool_pieces(result.vectors, plan.groups, plan.weights)
+        return replace(result, vectors=vectors, truncated=plan.owners(result.truncated), pooled=plan.pooled)
+
     def _requested_provider(self, call: EmbeddingCall, prefix: str | None, model_id: str) -> str:
         name = (call.provider_header or "").strip().lower() or prefix or self.registry.provider_for(model_id)
         self.registry.get(name)  # unknown -> 400, not built here -> 501, before any policy or work
@@ -161,6 +198,7 @@ class EmbeddingService:
         return EmbeddingOutcome(
             model=call.model, provider=result.provider, embeddings=rows, prompt_tokens=result.tokens,
             cache=result.cache, fallback_from=fallback_from, rate_limit=result.rate_limit,
+            truncated=result.truncated, pooled=result.pooled,
         )
 
     # --- internal callers ---------------------------------------------------------------------
@@ -178,7 +216,8 @@ class EmbeddingService:
         budget = RequestBudget(user.id if user else "internal", exempt=True)
         result = await self._executor.run(resolved, texts, None, truncate, budget)
         vectors = np.stack(result.vectors).astype(np.float32, copy=False)
-        return TextEmbeddings(vectors, result.provider, resolved.info.model_id, int(vectors.shape[1]))
+        return TextEmbeddings(vectors, result.provider, resolved.info.model_id, int(vectors.shape[1]),
+                              result.truncated)
 
     def resolve_model(self, model: str | None) -> tuple[str, str]:
         """(provider, model id) of a model name, the default model when None; errors as for requests."""

@@ -92,6 +92,31 @@ def check_token_limits(
     return effective
 
 
+def index_ranges(indexes: Sequence[int]) -> str:
+    """Sorted indexes as compact ranges for a header: [0, 1, 2, 5, 7, 8] -> "0-2,5,7-8"."""
+    parts: list[str] = []
+    ordered = sorted(set(indexes))
+    start = 0
+    for k in range(1, len(ordered) + 1):
+        if k == len(ordered) or ordered[k] != ordered[k - 1] + 1:
+            first, last = ordered[start], ordered[k - 1]
+            parts.append(str(first) if first == last else f"{first}-{last}")
+            start = k
+    return ",".join(parts)
+
+
+def pool_pieces(vectors: Sequence[np.ndarray], groups: Sequence[range], weights: Sequence[int]) -> list[np.ndarray]:
+    """One vector per group of consecutive piece vectors: their mean weighted by each piece's token
+    count, L2-normalised (the `mean` long-input mode: every part of a long text counts)."""
+    pooled = []
+    for group in groups:
+        rows = np.stack([vectors[i] for i in group]).astype(np.float32, copy=False)
+        w = np.asarray([weights[i] for i in group], dtype=np.float32)
+        mean = (rows * w[:, None]).sum(axis=0, keepdims=True) / max(float(w.sum()), 1.0)
+        pooled.append(l2_normalize(mean)[0])
+    return pooled
+
+
 def validate_vectors(vectors: Any, *, expected_rows: int, expected_dim: int | None) -> np.ndarray:
     """A provider's output must be a finite float matrix of the right shape, else ProviderError."""
     try:

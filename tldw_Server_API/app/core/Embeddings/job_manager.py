@@ -134,8 +134,9 @@ class MediaEmbeddingJobManager:
             return
         stored: list[StorageMessage] = []
         for batch in batches:
-            stored.append(await embedding_worker.handle(batch, self._context))
-            if not self.jobs.add_progress(job_id, processed=len(batch.chunks)):
+            storage = await embedding_worker.handle(batch, self._context)
+            stored.append(storage)
+            if not self.jobs.add_progress(job_id, processed=len(batch.chunks), truncated=storage.truncated_chunks):
                 return  # cancelled between sub-batches
         if not self.jobs.transition(job_id, JobStatus.STORING):
             return
@@ -149,5 +150,5 @@ class MediaEmbeddingJobManager:
     def _refresh_fts(self, message: ChunkingMessage, batches: list[EmbeddingMessage]) -> None:
         """FTS chunks follow the vectors only once they are stored: a failed or cancelled re-embed
         leaves the previous chunking searchable in both modes, consistently."""
-        chunks = [Chunk(c.chunk_index, c.text, c.start_char, c.end_char) for b in batches for c in b.chunks]
+        chunks = [Chunk(c.chunk_index, c.text, c.start_char, c.end_char, c.page) for b in batches for c in b.chunks]
         self._context.media_dbs.get(message.user_id).replace_chunks(message.media_id, chunks)

@@ -116,6 +116,7 @@ jobs_table = Table(
     Column("total_chunks", Integer, nullable=False, default=0),
     Column("processed_chunks", Integer, nullable=False, default=0),
     Column("stored_chunks", Integer, nullable=False, default=0),
+    Column("truncated_chunks", Integer, nullable=False, default=0, server_default="0"),
     Column("embedding_model", String(255), nullable=False),
     Column("embedding_provider", String(64), nullable=False),
     Column("chunk_method", String(32), nullable=False),
@@ -155,6 +156,16 @@ class JobRecord:
     started_at: datetime | None
     updated_at: datetime
     completed_at: datetime | None
+    truncated_chunks: int = 0      # chunks longer than the model's window (their tail was not embedded)
+
+    @property
+    def warning(self) -> str | None:
+        """What a caller must know about a job that finished with loss: truncated chunks."""
+        if not self.truncated_chunks:
+            return None
+        return (f"{self.truncated_chunks} of {self.total_chunks} chunks were longer than the model's window and "
+                "were truncated (their end is not in the vectors): re-embed with chunk_method 'tokens' "
+                "(the default), which cuts chunks to fit the model")
 
     @classmethod
     def from_row(cls, row: RowMapping) -> JobRecord:
@@ -181,6 +192,22 @@ def _error_text(error: str | BaseException | None) -> str | None:
     return sanitize_error(error) if isinstance(error, BaseException) else sanitize_message(error)
 
 
+def _add_missing_columns(engine: Any) -> None:
+    """Upgrade a jobs table made by an earlier version in place: add the columns it lacks (each
+    new column has a server default, so existing rows stay valid)."""
+    from sqlalchemy import inspect, text
+
+    present = {column["name"] for column in inspect(engine).get_columns(jobs_table.name)}
+    missing = [column for column in jobs_table.columns if column.name not in present]
+    if not missing:
+        return
+    with transaction(engine) as conn:
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            conn.execute(text(f"ALTER TABLE {jobs_table.name} ADD COLUMN {column.name} {kind} NOT NULL "
+                              f"DEFAULT {column.server_default.arg}"))  # type: ignore[union-attr]
+
+
 class JobsDB:
     """Media embedding jobs, scoped per user. Thread-safe; one shared engine per URL."""
 
@@ -188,6 +215,7 @@ class JobsDB:
         self.engine = engine_for(url)
         self._clock = clock
         _metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
     # --- creation and reads -----------------------------------------------------------------
     def create_job(
@@ -299,14 +327,15 @@ class JobsDB:
         values = self._count_values(total, processed, stored)
         return self._update_active(job_id, values)
 
-    def add_progress(self, job_id: str, *, processed: int = 0, stored: int = 0) -> bool:
+    def add_progress(self, job_id: str, *, processed: int = 0, stored: int = 0, truncated: int = 0) -> bool:
         """Atomically add to the counts (parallel sub-batches); like `update_progress` otherwise."""
-        _check_counts(processed=processed, stored=stored)
+        _check_counts(processed=processed, stored=stored, truncated=truncated)
         c = jobs_table.c
         new_processed, new_stored = c.processed_chunks + processed, c.stored_chunks + stored
         values = {
             "processed_chunks": new_processed,
             "stored_chunks": new_stored,
+            "truncated_chunks": c.truncated_chunks + truncated,
             "progress": _progress_sql(c.total_chunks, new_processed, new_stored),
         }
         return self._update_active(job_id, values)

@@ -8,23 +8,25 @@ Imports core stores and services only; never FastAPI. Synchronous store calls go
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import User
-from tldw_Server_API.app.core.Chunking import ChunkingOptions, validate_options
+from tldw_Server_API.app.core.Chunking import Chunk
 from tldw_Server_API.app.core.config import ChunkingDefaults
 from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory, MediaRecord
+from tldw_Server_API.app.core.Embeddings.chunk_windows import resolve_chunking
 from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingService
 from tldw_Server_API.app.core.Embeddings.job_manager import JobSpec, MediaEmbeddingJobManager
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobRecord, JobStatus
 from tldw_Server_API.app.core.Embeddings.queue_schemas import ChunkOptions
+from tldw_Server_API.app.core.Embeddings.workers import chunking_worker
 from tldw_Server_API.app.core.Embeddings.workers.base_worker import media_collection
 from tldw_Server_API.app.core.errors import InvalidInput, NotFound, Overloaded, TLDWError
 from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory
 
 MAX_BATCH_MEDIA = 1000
-_WIRE_PARAMS = {"method": "chunk_method", "overlap": "chunk_overlap"}
 
 
 @dataclass(frozen=True)
@@ -57,22 +59,6 @@ class MediaEmbeddingService:
         self.manager = manager
         self._chunking = chunking
 
-    def _chunk_options(self, options: EmbeddingOptions) -> ChunkOptions:
-        chosen = ChunkingOptions(
-            method=options.chunk_method or self._chunking.method,
-            max_size=options.chunk_size if options.chunk_size is not None else self._chunking.max_size,
-            overlap=options.chunk_overlap if options.chunk_overlap is not None else self._chunking.overlap,
-        )
-        if options.chunk_size is not None and options.chunk_overlap is None and chosen.overlap >= chosen.max_size:
-            chosen = ChunkingOptions(method=chosen.method, max_size=chosen.max_size, overlap=chosen.max_size // 5)
-        try:
-            validate_options(chosen, self._chunking.max_allowed_size)
-        except InvalidInput as exc:   # name the wire field (chunk_overlap, not overlap)
-            raise InvalidInput(exc.message, param=_WIRE_PARAMS.get(exc.param or "", exc.param)) from None
-        values = {"method": chosen.method, "size": chosen.max_size, "overlap": chosen.overlap,
-                  "max_chunks": self._chunking.max_chunks}
-        return ChunkOptions.model_validate(values)
-
     def _model_name(self, options: EmbeddingOptions) -> str | None:
         if options.embedding_provider and options.embedding_model and ":" not in options.embedding_model:
             return f"{options.embedding_provider}:{options.embedding_model}"
@@ -81,16 +67,28 @@ class MediaEmbeddingService:
             return f"{options.embedding_provider}:{registry.default_models_for(options.embedding_provider)[0]}"
         return options.embedding_model
 
-    def prepare(self, user: User, options: EmbeddingOptions) -> tuple[str, str, ChunkOptions]:
-        """Validate everything a job needs before anything is written: (provider, model, chunking)."""
+    async def prepare(self, user: User, options: EmbeddingOptions) -> tuple[str, str, ChunkOptions]:
+        """Validate everything a job needs before anything is written: (provider, model, chunking),
+        the chunking sized for that model's window."""
         if options.priority not in ("high", "normal", "low"):
             raise InvalidInput("priority must be high, normal or low", param="priority")
-        chunking = self._chunk_options(options)
         provider, model_id, _ = self._embeddings.authorize(self._model_name(options), user)
+        model = f"{provider}:{model_id}"
+        window = await asyncio.to_thread(self._embeddings.window, model)
+        chosen = resolve_chunking(options.chunk_method, options.chunk_size, options.chunk_overlap, self._chunking,
+                                  window, model)
+        chunking = ChunkOptions.model_validate({"method": chosen.method, "size": chosen.max_size,
+                                                "overlap": chosen.overlap, "max_chunks": chosen.max_chunks})
         return provider, model_id, chunking
 
+    def chunk(self, content: str, page_starts: Sequence[int] | None, provider: str, model_id: str,
+              chunking: ChunkOptions) -> list[Chunk]:
+        """Chunks of a text exactly as a job for (provider, model) will cut them: the media's FTS
+        chunks before its job runs. Synchronous (a tokenizer may load): run off the event loop."""
+        return chunking_worker.cut(content, page_starts, chunking, provider, model_id, self._embeddings.tokenizer_for)
+
     async def start(self, user: User, media_id: int, options: EmbeddingOptions) -> StartResult:
-        provider, model_id, chunking = self.prepare(user, options)
+        provider, model_id, chunking = await self.prepare(user, options)
         media = await self._media(user, media_id)
         return await self._submit(user, media, provider, model_id, chunking, options)
 
@@ -114,7 +112,7 @@ class MediaEmbeddingService:
     async def start_batch(self, user: User, media_ids: list[int], options: EmbeddingOptions) -> dict[str, Any]:
         if not media_ids or len(media_ids) > MAX_BATCH_MEDIA:
             raise InvalidInput(f"media_ids must hold 1-{MAX_BATCH_MEDIA} ids", param="media_ids")
-        provider, model_id, chunking = self.prepare(user, options)
+        provider, model_id, chunking = await self.prepare(user, options)
         accepted: list[dict[str, Any]] = []
         rejected: list[dict[str, Any]] = []
         errors: list[TLDWError] = []

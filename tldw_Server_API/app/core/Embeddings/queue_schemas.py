@@ -17,9 +17,10 @@ import numpy as np
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tldw_Server_API.app.core.Chunking import ChunkingOptions
 from tldw_Server_API.app.core.errors import InvalidInput
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2   # 2: chunk `page`
 Priority = Literal["high", "normal", "low"]
 ChunkMethod = Literal["words", "sentences", "paragraphs", "tokens"]
 T = TypeVar("T")
@@ -76,6 +77,9 @@ class ChunkOptions(_Model):
     overlap: Annotated[int, Field(ge=0)] = 200
     max_chunks: Annotated[int, Field(ge=1)] | None = None   # the job's cap (CHUNKING_MAX_CHUNKS)
 
+    def to_chunking(self) -> ChunkingOptions:
+        return ChunkingOptions(self.method, self.size, self.overlap, self.max_chunks)
+
     @model_validator(mode="after")
     def _overlap_below_size(self) -> ChunkOptions:
         if self.overlap >= self.size:
@@ -90,6 +94,7 @@ class ChunkPayload(_Model):
     text: str
     start_char: Annotated[int, Field(ge=0)]
     end_char: Annotated[int, Field(ge=0)]
+    page: Annotated[int, Field(ge=1)] | None = None    # 1-based page it starts on (paged sources: PDF)
 
 
 class ChunkMetadata(_Model):
@@ -105,16 +110,20 @@ class ChunkMetadata(_Model):
     embedding_dimension: Annotated[int, Field(ge=1)]
     title: str | None = None
     created_at: AwareDatetime
+    page: Annotated[int, Field(ge=1)] | None = None
 
     def to_store_dict(self) -> dict[str, str | int]:
-        """Flat scalars for vector stores (Chroma refuses None): title "" when absent, ISO time."""
+        """Flat scalars for vector stores (Chroma refuses None): title "" when absent, no page key
+        when the source has no pages, ISO time."""
         values = self.model_dump(mode="json")
         values["title"] = values["title"] or ""
+        if values["page"] is None:
+            del values["page"]
         return values
 
 
 class _StageMessage(_Model):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION
     job_id: str
     user_id: str
     media_id: int
@@ -166,6 +175,7 @@ class StorageMessage(_StageMessage):
     batch_index: Annotated[int, Field(ge=0)] = 0
     batch_count: Annotated[int, Field(ge=1)] = 1
     total_chunks: Annotated[int, Field(ge=0)]
+    truncated_chunks: Annotated[int, Field(ge=0)] = 0   # of this batch: longer than the model's window
 
     @model_validator(mode="after")
     def _rows_line_up(self) -> StorageMessage:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -48,6 +48,7 @@ class SearchResult:
     start_char: int
     end_char: int
     score: float
+    page: int | None = None      # 1-based page the chunk starts on (paged sources: PDF)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -134,19 +135,20 @@ def _from_vector(hit: VectorHit) -> SearchResult:
         media_id=int(meta.get("media_id", -1)), title=str(meta.get("title", "")),
         chunk_index=int(meta.get("chunk_index", 0)), text=hit.document, start_char=int(meta.get("start_char", 0)),
         end_char=int(meta.get("end_char", 0)), score=float(hit.score),
+        page=int(meta["page"]) if meta.get("page") is not None else None,
     )
 
 
 def _fts_fields(hit: FtsHit) -> dict[str, Any]:
-    return {"media_id": hit.media_id, "chunk_index": hit.chunk_index, "start_char": hit.start_char,
-            "end_char": hit.end_char, "title": hit.title}
+    fields = {"media_id": hit.media_id, "chunk_index": hit.chunk_index, "start_char": hit.start_char,
+              "end_char": hit.end_char, "title": hit.title}
+    return fields if hit.page is None else {**fields, "page": hit.page}
 
 
 def _from_fts(hit: FtsHit) -> SearchResult:
     return SearchResult(hit.media_id, hit.title, hit.chunk_index, hit.text, hit.start_char, hit.end_char,
-                        float(hit.score))
+                        float(hit.score), hit.page)
 
 
 def _with_score(result: SearchResult, score: float) -> SearchResult:
-    return SearchResult(result.media_id, result.title, result.chunk_index, result.text, result.start_char,
-                        result.end_char, score)
+    return replace(result, score=score)

@@ -89,22 +89,27 @@ def test_token_array_inputs_match_strings(app_client: TestClient, tiktoken_dir: 
 LONG = "word " * 400  # ~402 tokens, over MiniLM's 256
 
 
-def test_too_long_input_names_its_index(app_client: TestClient) -> None:
-    error = assert_openai_error(embed(app_client, input=["short", LONG]), 400, "input_too_long")
+def test_truncate_false_refuses_a_too_long_input_naming_its_index(app_client: TestClient) -> None:
+    error = assert_openai_error(embed(app_client, input=["short", LONG], truncate=False), 400, "input_too_long")
     assert error["param"] == "input[1]" and "input[1]" in error["message"]
 
 
-def test_truncate_flag_truncates(app_client: TestClient) -> None:
-    response = embed(app_client, input=["short", LONG], truncate=True)
+def test_long_inputs_are_truncated_by_default_and_the_header_says_which(app_client: TestClient) -> None:
+    response = embed(app_client, input=["short", LONG, "also short", LONG, LONG])
     assert response.status_code == 200
-    assert response.json()["usage"]["prompt_tokens"] <= 256 + 3
+    assert response.json()["usage"]["prompt_tokens"] <= 3 * 256 + 10
+    assert response.headers["X-Embeddings-Truncated"] == "3"
+    assert response.headers["X-Embeddings-Truncated-Inputs"] == "1,3-4"
+    fits = embed(app_client, input=["short"])
+    assert fits.headers["X-Embeddings-Truncated"] == "0" and "X-Embeddings-Truncated-Inputs" not in fits.headers
 
 
 def test_server_truncate_setting_and_token_cap(tmp_path: Path, tiktoken_dir: Path) -> None:
-    settings = make_settings(tmp_path, tiktoken_dir, embeddings_truncate=True, embeddings_max_tokens_per_request=300)
+    settings = make_settings(tmp_path, tiktoken_dir, embeddings_truncate=False, embeddings_max_tokens_per_request=300)
     with TestClient(create_app(settings), headers={"X-API-KEY": ADMIN_KEY}) as client:
-        assert embed(client, input=[LONG]).status_code == 200
-        assert_openai_error(embed(client, input=[LONG, LONG]), 413, "request_too_large")
+        assert_openai_error(embed(client, input=[LONG]), 400, "input_too_long")
+        assert embed(client, input=[LONG], truncate=True).status_code == 200
+        assert_openai_error(embed(client, input=[LONG, LONG], truncate=True), 413, "request_too_large")
         assert embed(client, input="still serving").status_code == 200
 
 
@@ -292,3 +297,34 @@ def test_onnx_provider_through_http(app_client: TestClient, reference: Any, mode
     assert response.headers["x-embeddings-provider"] == "onnx" and response.json()["model"] == model
     vectors = np.array([row["embedding"] for row in response.json()["data"]], dtype=np.float32)
     assert cosine_rows(vectors, reference(TEXTS)).min() >= 0.9999
+
+
+LIGHTHOUSE = ("The keeper of the northern lighthouse trimmed the wick every four hours through winter storms, "
+              "polished the brass of the Fresnel lens and logged every passing steamer in the station book. ")
+SOILS = ("Andisols form on volcanic ash; their allophane clays bind phosphate so tightly that farmers on the "
+         "slopes of Etna must add more fertiliser, and the porous young soils hold water and organic carbon. ")
+
+
+def vector_of(response: Any) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    return np.array(response.json()["data"][0]["embedding"], dtype=np.float32)
+
+
+def test_mean_mode_pools_the_whole_long_text(app_client: TestClient) -> None:
+    text = LIGHTHOUSE * 9 + SOILS * 3          # ~400 tokens of lighthouse, then the soils the window never sees
+    truncated = embed(app_client, input=[text])
+    mean = embed(app_client, input=[text], long_input="mean")
+    assert truncated.headers["X-Embeddings-Truncated"] == "1"
+    assert mean.headers["X-Embeddings-Truncated"] == "0" and mean.headers["X-Embeddings-Pooled-Inputs"] == "0"
+    query = vector_of(embed(app_client, input=["why do volcanic ash soils need more phosphate fertiliser"]))
+    mean_vector, truncated_vector = vector_of(mean), vector_of(truncated)
+    assert np.isclose(np.linalg.norm(mean_vector), 1.0, atol=1e-5)
+    assert float(query @ mean_vector) > float(query @ truncated_vector) + 0.05
+    assert mean.json()["usage"]["prompt_tokens"] > truncated.json()["usage"]["prompt_tokens"]
+    short = embed(app_client, input=["short text"], long_input="mean")   # what fits is embedded as it is
+    assert np.allclose(vector_of(short), vector_of(embed(app_client, input=["short text"])), atol=1e-6)
+    assert "X-Embeddings-Pooled" not in short.headers
+
+
+def test_long_input_mode_is_validated(app_client: TestClient) -> None:
+    assert_openai_error(embed(app_client, input=["a"], long_input="median"), 400, param="long_input")

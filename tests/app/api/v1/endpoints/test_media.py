@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from support import Caller, key_of, make_settings, wait_for_jobs, write_keys_file
+from support import WORD_CHUNKING, Caller, key_of, make_settings, wait_for_jobs, write_keys_file
 from support import assert_openai_error as shared_assert_openai_error
 
 from tldw_Server_API.app.main import create_app
@@ -63,7 +63,7 @@ def client(tmp_path_factory: pytest.TempPathFactory, tiktoken_dir: Path) -> Iter
     keys = write_keys_file(data, {u: key_of(u) for u in USERS})
     settings = make_settings(
         data / "data", tiktoken_dir, api_keys_file=keys, single_user_api_key=None,
-        chromadb_force_stub=True, media_max_upload_bytes=CAP, auto_download_models=False,
+        chromadb_force_stub=True, media_max_upload_bytes=CAP, auto_download_models=False, **WORD_CHUNKING,
     )
     with TestClient(create_app(settings)) as test_client:
         yield test_client
@@ -141,7 +141,9 @@ TEXT = "enough text to chunk " * 5
 BAD_ADDS: dict[str, tuple[dict[str, Any], int, str, str | None]] = {
     "empty file": ({"files": {"file": ("empty.txt", b"")}}, 400, "invalid_value", "file"),
     "whitespace-only file": ({"files": {"file": ("blank.md", b"  \n\t ")}}, 400, "invalid_value", "file"),
-    "pdf": ({"files": {"file": ("paper.pdf", b"%PDF-1.7 binary")}}, 415, "unsupported_media_type", "file"),
+    "unsupported type": (
+        {"files": {"file": ("paper.doc", b"\xd0\xcf\x11\xe0 binary")}}, 415, "unsupported_media_type", "file"),
+    "corrupt pdf": ({"files": {"file": ("paper.pdf", b"%PDF-1.7 binary")}}, 415, "unsupported_document", "file"),
     "exe": ({"files": {"file": ("setup.exe", b"MZ\x90\x00")}}, 415, "unsupported_media_type", "file"),
     "unknown content type": (
         {"files": {"file": ("blob", b"data", "application/octet-stream")}}, 415, "unsupported_media_type", "file"),

@@ -20,6 +20,7 @@ from support import (
     DEFAULT_MODEL_ID,
     DEFAULT_PROVIDER,
     MODEL,
+    WORD_CHUNKING,
     Caller,
     assert_openai_error,
     key_of,
@@ -92,6 +93,7 @@ def client(
         data / "data", tiktoken_dir, api_keys_file=keys, single_user_api_key=None, auto_download_models=False,
         openai_base_url=fake.base_url, openai_api_key=OPENAI_KEY, embeddings_max_retries=0,
         embeddings_pipeline_concurrency=1,   # one job at a time: a second job stays queued behind a slow one
+        **WORD_CHUNKING,
     )
     with TestClient(create_app(settings)) as test_client:
         yield test_client

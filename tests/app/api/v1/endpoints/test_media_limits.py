@@ -40,14 +40,16 @@ def media_total(caller: Caller) -> int:
 def test_an_upload_over_the_chunk_cap_is_a_413_and_stores_nothing(client: TestClient) -> None:
     alice = Caller(client, "limits-a")
     words = " ".join(f"w{i}" for i in range(300))
-    response = alice.post("/api/v1/media/add", json={"content": words, "chunk_size": 10, "chunk_overlap": 0})
+    response = alice.post("/api/v1/media/add", json={"content": words, "chunk_size": 10, "chunk_overlap": 0,
+                                                           "chunk_method": "words"})
     error = assert_openai_error(response, 413, param="chunk_size")
     assert "30 chunks" in error["message"] and str(MAX_CHUNKS) in error["message"]
     upload = alice.post("/api/v1/media/add", files={"file": ("w.txt", words.encode(), "text/plain")},
-                        data={"chunk_size": "5", "chunk_overlap": "0"})
+                        data={"chunk_size": "5", "chunk_overlap": "0", "chunk_method": "words"})
     assert_openai_error(upload, 413, param="chunk_size")
     assert media_total(alice) == 0
-    ok = alice.post("/api/v1/media/add", json={"content": words, "chunk_size": 20, "chunk_overlap": 0})
+    ok = alice.post("/api/v1/media/add", json={"content": words, "chunk_size": 20, "chunk_overlap": 0,
+                                                     "chunk_method": "words"})
     assert ok.status_code == 201, ok.text
 
 
@@ -55,7 +57,8 @@ def test_a_job_that_would_exceed_the_chunk_cap_fails_with_the_reason(client: Tes
     bob = Caller(client, "limits-b")
     words = " ".join(f"w{i}" for i in range(300))
     added = bob.post("/api/v1/media/add", json={"content": words, "generate_embeddings": False}).json()
-    job = bob.post(f"/api/v1/media/{added['media_id']}/embeddings", json={"chunk_size": 5, "chunk_overlap": 0})
+    job = bob.post(f"/api/v1/media/{added['media_id']}/embeddings", json={"chunk_size": 5, "chunk_overlap": 0,
+                                                                             "chunk_method": "words"})
     assert job.status_code == 202, job.text
     wait_for_jobs(client)
     record = bob.get(f"/api/v1/media/embeddings/jobs/{job.json()['job_id']}").json()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from support import ADMIN_KEY, DEFAULT_MODEL_ID, MODEL, cosine_rows, make_settings
+from support import ADMIN_KEY, DEFAULT_MODEL_ID, MODEL, WORD_CHUNKING, cosine_rows, make_settings
 
 from tldw_Server_API.app.main import create_app
 
@@ -88,7 +88,8 @@ def client(tmp_path_factory: pytest.TempPathFactory, tiktoken_dir: Path) -> Iter
         {"key": BOB_KEY, "user_id": "bob", "roles": ["user"]},
         {"key": PAGER_KEY, "user_id": "pager", "roles": ["user"]},
     ]}), encoding="utf-8")
-    with TestClient(create_app(make_settings(root / "data", tiktoken_dir, api_keys_file=keys))) as test_client:
+    settings = make_settings(root / "data", tiktoken_dir, api_keys_file=keys, **WORD_CHUNKING)
+    with TestClient(create_app(settings)) as test_client:
         yield test_client
 
 

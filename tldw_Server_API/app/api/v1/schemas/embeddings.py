@@ -17,6 +17,7 @@ from starlette.responses import Response
 from tldw_Server_API.app.api.v1.schemas.common import WireInt
 from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingCall, EmbeddingOutcome
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import ModelListing
+from tldw_Server_API.app.core.Embeddings.input_processing import index_ranges
 
 
 class EmbeddingRequest(BaseModel):
@@ -28,13 +29,19 @@ class EmbeddingRequest(BaseModel):
     dimensions: WireInt | None = Field(None, description="Output width (native or per the dimension policy).")
     user: StrictStr | None = Field(None, max_length=256, description="End-user id, logged as an id only.")
     truncate: StrictBool | None = Field(
-        None, description="Extension: truncate inputs over the model's max tokens instead of 400."
+        None, description="Extension: inputs longer than the model's window are truncated (true, the default: "
+        "EMBEDDINGS_TRUNCATE) and listed in `X-Embeddings-Truncated`, or refused with 400 (false)."
+    )
+    long_input: Literal["truncate", "mean"] | None = Field(
+        None, description="Extension: a long input is its first window (truncate, the default: "
+        "EMBEDDINGS_LONG_INPUT) or the token-weighted mean of its window-sized pieces (mean)."
     )
 
     def to_call(self, provider_header: str | None = None) -> EmbeddingCall:
         return EmbeddingCall(
             input=self.input, model=self.model, encoding_format=self.encoding_format or "float",
             dimensions=self.dimensions, user=self.user, truncate=self.truncate, provider_header=provider_header,
+            long_input=self.long_input,
         )
 
 
@@ -123,7 +130,13 @@ def render_embeddings(outcome: EmbeddingOutcome) -> Response:
 
 
 def embedding_headers(outcome: EmbeddingOutcome) -> dict[str, str]:
-    headers = {"X-Embeddings-Provider": outcome.provider, "X-Cache": outcome.cache}
+    headers = {"X-Embeddings-Provider": outcome.provider, "X-Cache": outcome.cache,
+               "X-Embeddings-Truncated": str(len(outcome.truncated))}
+    if outcome.truncated:
+        headers["X-Embeddings-Truncated-Inputs"] = index_ranges(outcome.truncated)
+    if outcome.pooled:
+        headers["X-Embeddings-Pooled"] = str(len(outcome.pooled))
+        headers["X-Embeddings-Pooled-Inputs"] = index_ranges(outcome.pooled)
     if outcome.fallback_from:
         headers["X-Embeddings-Fallback-From"] = outcome.fallback_from
     if outcome.rate_limit is not None:

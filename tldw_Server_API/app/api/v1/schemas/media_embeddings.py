@@ -24,6 +24,9 @@ class JobView(BaseModel):
     total_chunks: int
     processed_chunks: int
     stored_chunks: int
+    truncated_chunks: int = Field(description="Chunks longer than the model's window: their end is not in the "
+                                  "vectors. 0 with the default `tokens` chunking, which cuts chunks to fit.")
+    warning: str | None = Field(None, description="Set when the job finished with loss (truncated chunks).")
     embedding_model: str
     embedding_provider: str
     chunk_method: str

@@ -30,9 +30,10 @@ class RAGResult(BaseModel):
     title: str
     chunk_index: int
     text: str
-    start_char: int
+    start_char: int = Field(description="Where the chunk starts in the media's text (`content[start_char:end_char]`).")
     end_char: int
     score: float
+    page: int | None = Field(None, description="1-based page the chunk starts on, for paged sources (PDF).")
 
     @classmethod
     def of(cls, result: SearchResult) -> RAGResult:

@@ -235,6 +235,18 @@ class LocalModelProvider:
             self._prompts = load_prompts(self._prompts_file)
         return format_texts(texts, self._prompts)
 
+    def window_tokenizer(self, model_id: str) -> tuple[Any, int]:
+        """(a thread-safe counting tokenizer of the model, the tokens the model adds to every
+        text: special tokens, an end token, an instruction). For chunks that fit the window
+        (`chunk_windows.py`); loads a tokenizer, so call it off the event loop."""
+        from tldw_Server_API.app.core.Chunking import ThreadLocalHFTokenizer
+
+        with load_errors(model_id):
+            probe = self._tokenizer_sync(model_id)
+        end_token = find_end_token_id(probe, self.profile(model_id).end_token)
+        added = len(tokenize_rows(probe, self.prepare_texts(model_id, [""]), None, end_token)[0])
+        return ThreadLocalHFTokenizer(lambda: self._tokenizer_sync(model_id)), added
+
     # --- loading (inference thread) -----------------------------------------------------------
     def _from_pretrained(self, loader: Any, model_id: str, **kwargs: Any) -> Any:
         quiet_transformers()

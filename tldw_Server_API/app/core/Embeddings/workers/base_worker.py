@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from tldw_Server_API.app.core.Chunking import OffsetsTokenizer
 from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory
 from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory
 
@@ -24,6 +25,7 @@ class Embedded:
     vectors: np.ndarray      # (n, d) float32, L2-normalised
     provider: str
     model_id: str
+    truncated: int = 0       # texts longer than the model's window (their end is not in the vector)
 
 
 class Embedder(Protocol):
@@ -36,6 +38,8 @@ class StageContext:
     vector_stores: VectorStoreFactory
     embed: Embedder
     default_model: str | None = None      # its collection keeps the documented name
+    # (provider, model) -> the tokenizer that cuts `tokens` chunks to the model's window (sync, may load)
+    tokenizer_for: Callable[[str, str], OffsetsTokenizer] | None = None
     max_chunks_per_batch: int = 64
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 

@@ -23,7 +23,7 @@ async def handle(message: EmbeddingMessage, context: StageContext) -> StorageMes
             media_id=message.media_id, chunk_index=chunk.chunk_index, start_char=chunk.start_char,
             end_char=chunk.end_char, content_hash=message.content_hash, embedding_model=embedded.model_id,
             embedding_provider=embedded.provider, embedding_dimension=dimension, title=message.title,
-            created_at=now,
+            created_at=now, page=chunk.page,
         )
         for chunk in message.chunks
     ]
@@ -33,4 +33,5 @@ async def handle(message: EmbeddingMessage, context: StageContext) -> StorageMes
         created_at=now, chunk_ids=[chunk_id(message.media_id, c.chunk_index) for c in message.chunks],
         documents=texts, vectors_b64=packed, dimension=dimension, metadatas=metadatas,
         batch_index=message.batch_index, batch_count=message.batch_count, total_chunks=message.total_chunks,
+        truncated_chunks=embedded.truncated,
     )
