@@ -64,7 +64,7 @@ def chunk_documents(documents: list[str], options: ChunkingOptions) -> list[str]
     """The chunk texts the server will embed: the same extraction and chunking of the same bytes."""
     texts: list[str] = []
     for index, document in enumerate(documents):
-        _, text = extract_text(file_name(index), "text/plain", document.encode())
+        text = extract_text(file_name(index), "text/plain", document.encode()).text
         texts.extend(chunk.text for chunk in chunk_text(text, options))
     return texts
 

@@ -192,3 +192,30 @@ def long_document(words: int) -> str:
     """`words` words of real text (from `real_texts`), deterministic."""
     pool = " ".join(real_texts()).split()
     return " ".join(pool[1000:1000 + words])
+
+
+def encrypted_pdf(pdf: bytes) -> bytes:
+    """`pdf` encrypted with a user password (pypdf, RC4-128: no crypto library needed)."""
+    import io
+
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf)))
+    writer.encrypt(user_password="secret", owner_password="owner", algorithm="RC4-128")
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def image_only_pdf(pages: int = 2) -> bytes:
+    """A valid PDF of blank pages: no text layer, as a scan without OCR."""
+    import io
+
+    from pypdf import PdfWriter
+
+    writer = PdfWriter()
+    for _ in range(pages):
+        writer.add_blank_page(612, 792)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()

@@ -149,8 +149,10 @@ def test_langchain_embed_documents_on_a_5000_word_text(live_server: LiveServer, 
     embeddings = OpenAIEmbeddings(model=MODEL, base_url=f"{live_server.base_url}/api/v1", api_key=ADMIN_KEY,
                                   max_retries=0)
     vector = np.array(embeddings.embed_documents([text]), dtype=np.float32)
-    # Truncated to the window, as sentence-transformers truncates: the same vector.
-    assert cosine_rows(vector, reference([text]))[0] >= 0.999
+    assert vector.shape == (1, 384) and np.isclose(np.linalg.norm(vector), 1.0, atol=1e-4)
+    # LangChain cuts the text into 8,191-token cl100k pieces and averages their vectors; each piece
+    # is truncated to the model's window here, so the result leans on the text's start.
+    assert cosine_rows(vector, reference([text]))[0] >= 0.9
 
 
 def test_llamaindex_default_1024_token_chunks(live_server: LiveServer, reference: Any) -> None:

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from support import encrypted_pdf, image_only_pdf
 
 from tldw_Server_API.app.core.Chunking import (
     ChunkingOptions,
@@ -69,30 +70,9 @@ def test_epub_title_comes_from_its_package() -> None:
     assert extract_text("book.epub", None, fixture("sample.epub")).title == "Field Notes on Three Crafts"
 
 
-def encrypted_pdf() -> bytes:
-    from pypdf import PdfReader, PdfWriter
-
-    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(fixture("sample.pdf"))))
-    writer.encrypt(user_password="secret", owner_password="owner", algorithm="RC4-128")
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
-
-
-def image_only_pdf() -> bytes:
-    from pypdf import PdfWriter
-
-    writer = PdfWriter()
-    writer.add_blank_page(612, 792)
-    writer.add_blank_page(612, 792)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
-
-
 def test_an_encrypted_pdf_is_unreadable_and_says_so() -> None:
     with pytest.raises(UnreadableDocument, match="encrypted") as caught:
-        extract_text("secret.pdf", None, encrypted_pdf())
+        extract_text("secret.pdf", None, encrypted_pdf(fixture("sample.pdf")))
     assert caught.value.code == "unsupported_document" and caught.value.param == "file"
 
 

@@ -99,3 +99,11 @@ def test_long_inputs_split_into_window_sized_pieces(window: ModelWindow, hf_toke
     assert sum(plan.weights[i] for i in plan.groups[1]) >= len(hf_tokenizer(long_text, add_special_tokens=False)
                                                                ["input_ids"]) - 5
     assert plan.owners([0, plan.groups[1][2]]) == (0, 1)
+
+
+def test_a_remote_model_window_is_estimated_with_a_margin(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, auto_download_models=False, openai_api_key="sk-test")
+    window = ModelWindows(create_provider_registry(settings.engine_config())).window("openai:text-embedding-3-small")
+    assert (window.max_tokens, window.budget, window.exact) == (8191, 6143, False)
+    options = resolve_chunking("tokens", None, None, DEFAULTS, window, "openai:text-embedding-3-small")
+    assert options.max_size == 6143

@@ -12,12 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tldw_Server_API.app.core.Chunking import Chunk
-from tldw_Server_API.app.core.config import ChunkingDefaults
 from tldw_Server_API.app.core.Embeddings.vector_store_records import (
     VectorInput,
     check_page,
     checked_where,
-    chunking_options,
     hit_source,
     media_chunk_records,
     merge_hits,
@@ -226,20 +224,6 @@ def test_media_chunk_records_are_deterministic_and_skip_blank_chunks() -> None:
     assert records[1].metadata == {"media_id": 5, "chunk_index": 2, "start_char": 15, "end_char": 20, "title": "T",
                                    "content_hash": "hash"}
     assert records[0].content == "alpha beta" and records[0].values is None
-
-
-def test_chunking_options_fall_back_to_defaults_and_are_checked() -> None:
-    defaults = ChunkingDefaults(method="sentences", max_size=500, overlap=100, max_allowed_size=2000)
-    default = chunking_options(None, None, None, defaults)
-    assert (default.method, default.max_size, default.overlap) == ("sentences", 500, 100)
-    small = chunking_options("words", 50, None, defaults)
-    assert (small.max_size, small.overlap) == (50, 10)  # the default overlap, capped at a fifth
-    assert chunking_options(None, None, None, None).max_size == 1000
-    for method, size, overlap, param in (("letters", None, None, "method"), (None, 0, None, "chunk_size"),
-                                         (None, 3000, None, "chunk_size"), (None, 50, 50, "overlap")):
-        with pytest.raises(InvalidInput) as error:
-            chunking_options(method, size, overlap, defaults)
-        assert error.value.param == param
 
 
 def test_paging_and_usage() -> None:

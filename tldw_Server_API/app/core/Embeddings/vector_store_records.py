@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tldw_Server_API.app.core.Chunking import Chunk, ChunkingOptions, validate_options
-from tldw_Server_API.app.core.config import ChunkingDefaults
+from tldw_Server_API.app.core.Chunking import Chunk
 from tldw_Server_API.app.core.errors import InvalidInput
 from tldw_Server_API.app.core.RAG.vector_stores.base import (
     MAX_DIMENSION,
@@ -231,7 +230,8 @@ def media_chunk_records(media_id: int, title: str, content_hash: str, chunks: Se
         VectorInput(
             id=f"media_{media_id}_chunk_{chunk.index}", content=chunk.text,
             metadata={"media_id": media_id, "chunk_index": chunk.index, "start_char": chunk.start_char,
-                      "end_char": chunk.end_char, "title": title, "content_hash": content_hash},
+                      "end_char": chunk.end_char, "title": title, "content_hash": content_hash,
+                      **({"page": chunk.page} if chunk.page is not None else {})},
         )
         for chunk in chunks if chunk.text.strip()
     ]
@@ -248,16 +248,3 @@ def check_page(limit: object, offset: object, maximum: int) -> tuple[int, int]:
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise InvalidInput("offset must be a non-negative integer", param="offset")
     return limit, offset
-
-
-def chunking_options(method: str | None, size: int | None, overlap: int | None,
-                     defaults: ChunkingDefaults | None) -> ChunkingOptions:
-    """The caller's chunking options over the configured defaults, checked (400 naming the field).
-    Without an explicit overlap it is the default one, but at most a fifth of the chunk."""
-    size = size if size is not None else (defaults.max_size if defaults else 1000)
-    if overlap is None:
-        overlap = min(defaults.overlap if defaults else 200, size // 5) if isinstance(size, int) else 0
-    options = ChunkingOptions(method=method or (defaults.method if defaults else "words"), max_size=size,
-                              overlap=overlap, max_chunks=defaults.max_chunks if defaults else None)
-    validate_options(options, defaults.max_allowed_size if defaults else None)
-    return options

@@ -19,10 +19,11 @@ import numpy as np
 from loguru import logger
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import User
-from tldw_Server_API.app.core.Chunking import ChunkingOptions, chunk_text
+from tldw_Server_API.app.core.Chunking import ChunkingOptions, OffsetsTokenizer, chunk_document
 from tldw_Server_API.app.core.config import ChunkingDefaults
 from tldw_Server_API.app.core.DB_Management.Media_DB import MediaRecord
 from tldw_Server_API.app.core.Embeddings._sql_engine import Order
+from tldw_Server_API.app.core.Embeddings.chunk_windows import resolve_chunking
 from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingService
 from tldw_Server_API.app.core.Embeddings.vector_store_batch_tasks import BatchTally, BatchTasks
 from tldw_Server_API.app.core.Embeddings.vector_store_batches_db import BatchRecord
@@ -40,7 +41,6 @@ from tldw_Server_API.app.core.Embeddings.vector_store_records import (
     check_record_count,
     check_unique_ids,
     checked_where,
-    chunking_options,
     media_chunk_records,
     merge_hits,
     openai_filter_to_where,
@@ -98,8 +98,7 @@ async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 class VectorStoreService:
-    def __init__(self, embeddings: EmbeddingService, storage: StorageServices,
-                 chunking: ChunkingDefaults | None = None) -> None:
+    def __init__(self, embeddings: EmbeddingService, storage: StorageServices, chunking: ChunkingDefaults) -> None:
         self._embeddings = embeddings
         self._storage = storage
         self._meta = storage.vector_store_meta
@@ -253,7 +252,9 @@ class VectorStoreService:
     async def create_from_media(self, user: User, call: MediaStoreCall) -> tuple[VectorStoreRecord, BatchRecord]:
         """A new store (status `in_progress`) and the batch that fills it with the chunks of the
         given media, one count per media item; the store turns `completed` when the batch ends."""
-        options = chunking_options(call.chunk_method, call.chunk_size, call.chunk_overlap, self._chunking)
+        window = await _call(self._embeddings.window, call.embedding_model)
+        options = resolve_chunking(call.chunk_method, call.chunk_size, call.chunk_overlap, self._chunking, window,
+                                   call.embedding_model or "the default model")
         ids = tuple(dict.fromkeys(call.media_ids))
         if not 1 <= len(ids) <= MAX_MEDIA_PER_STORE:
             raise InvalidInput(f"media_ids must hold 1 to {MAX_MEDIA_PER_STORE} ids", param="media_ids")
@@ -264,7 +265,7 @@ class VectorStoreService:
                                         embedding_model=call.embedding_model, dimensions=call.dimensions,
                                         status="in_progress")
         batch = await _call(self._batches.create, user.id, store.id, total=len(media))
-        job = partial(self._media_job, user, store, batch.id, media, options, call.reuse_chunks)
+        job = partial(self._media_job, user, store, batch.id, media, options, window.tokenizer, call.reuse_chunks)
         self._tasks.start(user.id, store.id, batch.id, job, partial(self._refresh, user, store.id, "completed"))
         return store, batch
 
@@ -330,7 +331,8 @@ class VectorStoreService:
         return tally
 
     async def _media_job(self, user: User, store: VectorStoreRecord, batch_id: str, media: list[MediaRecord],
-                         options: ChunkingOptions, use_stored_chunks: bool, stop: asyncio.Event) -> BatchTally:
+                         options: ChunkingOptions, tokenizer: OffsetsTokenizer, use_stored_chunks: bool,
+                         stop: asyncio.Event) -> BatchTally:
         tally = BatchTally()
         media_db = self._storage.media_dbs.get(user.id)
         for item in media:
@@ -338,7 +340,7 @@ class VectorStoreService:
             try:
                 chunks = await _call(media_db.list_chunks, item.id) if use_stored_chunks else []
                 if not chunks:
-                    chunks = await _call(chunk_text, item.content, options)
+                    chunks = await _call(chunk_document, item.content, options, tokenizer, item.page_starts)
                 if not 0 < len(chunks) <= MAX_CHUNKS_PER_MEDIA:
                     raise InvalidInput(f"media {item.id} gives {len(chunks)} chunks (1 to {MAX_CHUNKS_PER_MEDIA})")
                 inputs = media_chunk_records(item.id, item.title, item.content_hash, chunks)

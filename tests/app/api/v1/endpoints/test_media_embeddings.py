@@ -468,3 +468,17 @@ def test_another_user_gets_404_on_every_media_and_job_route(
     assert jobs_of(alice)["total"] == 2
     hits = alice.post("/api/v1/media/embeddings/search", json={"query": "quasars and pulsars"}).json()["data"]
     assert [h["media_id"] for h in hits] == [media_id]
+
+
+def test_reembedding_with_a_model_of_another_window_rechunks_for_it(caller: Caller) -> None:
+    media_id = add_media(caller, content=" ".join(f"Sentence number {i} about tides." for i in range(400)))["media_id"]
+    first = start(caller, media_id, chunk_method="tokens")
+    wait_for_jobs(caller.client)
+    second = start(caller, media_id, chunk_method="tokens", embedding_model=SMALL)
+    wait_for_jobs(caller.client)
+    mini, remote = job(caller, first["job_id"]), job(caller, second["job_id"])
+    assert mini["status"] == remote["status"] == "completed", (mini, remote)
+    # MiniLM: its 256-token window less [CLS]/[SEP]; text-embedding-3-small reads 8,191 tokens, so the
+    # configured default size (1,000 here) fits and is used: fewer, longer chunks.
+    assert (mini["chunk_size"], remote["chunk_size"]) == (254, 1000)
+    assert remote["total_chunks"] < mini["total_chunks"] and remote["truncated_chunks"] == 0

@@ -20,7 +20,7 @@ from tldw_Server_API.app.main import create_app
 
 USERS = [f"rag-user-{i:02d}" for i in range(20)]
 MODES = ("vector", "fts", "hybrid")
-FIELDS = {"media_id", "title", "chunk_index", "text", "start_char", "end_char", "score"}
+FIELDS = {"media_id", "title", "chunk_index", "text", "start_char", "end_char", "score", "page"}
 SEARCH = "/api/v1/rag/search"
 CORPUS = {
     "Volcanoes": (

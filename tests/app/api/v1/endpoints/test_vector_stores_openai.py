@@ -435,7 +435,9 @@ def test_create_from_media_reuses_stored_chunks_and_embeds_them(alice: Api, bob:
     alice.error(alice.post("/create_from_media", {"media_ids": [999_999]}), 404, param="media_id")
     alice.error(alice.post("/create_from_media", {"media_ids": []}), 400, param="media_ids")
     alice.error(alice.post("/create_from_media", {"media_ids": [space], "chunk_method": "letters"}), 400,
-                param="method")
+                param="chunk_method")
+    alice.error(alice.post("/create_from_media", {"media_ids": [space], "chunk_size": 1000}), 400,
+                param="chunk_size")   # 1,000 words cannot fit the model's 256-token window
     bob.error(bob.post("/create_from_media", {"media_ids": [space]}), 404)  # alice's media
 
 
@@ -443,10 +445,12 @@ def test_create_from_media_with_chunking_options_chunks_afresh(alice: Api) -> No
     text = " ".join(f"Bees pollinate the apple blossoms in spring, note {i}." for i in range(30))
     orchard = add_media(alice, "Orchard", text, chunk_size=20, chunk_overlap=0)
     assert chunk_count(alice, orchard) > 5
-    store = alice.ok(alice.post("/create_from_media", {"media_ids": [orchard], "chunk_size": 1000}))
+    store = alice.ok(alice.post("/create_from_media", {"media_ids": [orchard], "chunk_method": "tokens",
+                                                       "chunk_size": 250, "chunk_overlap": 0}))
     alice.wait(store["batch"]["id"])
     records = alice.ok(alice.get(f"/{store['id']}/vectors"))["data"]
-    assert [r["id"] for r in records] == [f"media_{orchard}_chunk_0"] and records[0]["content"] == text
+    assert sorted(r["id"] for r in records) == [f"media_{orchard}_chunk_0", f"media_{orchard}_chunk_1"]
+    assert " ".join(r["content"] for r in sorted(records, key=lambda r: r["id"])) == text
 
 
 # --- isolation ---------------------------------------------------------------------------------------------
