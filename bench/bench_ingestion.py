@@ -6,7 +6,7 @@ texts in the same run (`provider.embed` of all of them in one call). Target: >= 
     .venv/bin/python bench/bench_ingestion.py [--documents 100] [--model provider:model ...] [--out PATH]
 
 Chunks are 150 words with 30 words of overlap: ~250 model tokens on this corpus, the model's
-256-token window (the defaults, 1000/200 words, would be cut to 256 tokens). The reference runs
+256-token window (kept from before issue #13, so results stay comparable). The reference runs
 before and after the server; the ratio uses the faster of the two (the conservative one).
 Benchmark only: drives the server over HTTP and the engine directly, changes no app code.
 """

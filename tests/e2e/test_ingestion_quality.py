@@ -85,10 +85,10 @@ def test_a_5000_word_document_chunks_within_the_window_and_truncates_nothing(cli
     wait_for_jobs(client)
     job = job_of(alice, added)
     assert job["status"] == "completed" and job["truncated_chunks"] == 0 and job["warning"] is None, job
-    assert (job["chunk_method"], job["chunk_size"]) == ("tokens", 254)
+    assert (job["chunk_method"], job["chunk_size"], job["chunk_overlap"]) == ("tokens", 128, 25)
     chunks = stored_chunks(client, USERS[0], added["media_id"])
-    assert len(chunks) == job["total_chunks"] == job["stored_chunks"] > 20
-    assert max(len(hf_tokenizer(c.text)["input_ids"]) for c in chunks) <= 256
+    assert len(chunks) == job["total_chunks"] == job["stored_chunks"] > 40
+    assert max(len(hf_tokenizer(c.text)["input_ids"]) for c in chunks) <= 128 + 2   # with [CLS] and [SEP]
     assert all(text[c.start_char:c.end_char] == c.text for c in chunks)
 
 
@@ -135,13 +135,13 @@ def test_reembedding_with_another_window_rechunks_for_it(client: TestClient) -> 
     erin = Caller(client, USERS[4])
     added = add(erin, content=long_document(1500))
     wait_for_jobs(client)
-    assert job_of(erin, added)["chunk_size"] == 254
+    assert job_of(erin, added)["chunk_size"] == 128
     smaller = erin.post(f"/api/v1/media/{added['media_id']}/embeddings",
-                        json={"chunk_size": 100, "force_regenerate": True})
+                        json={"chunk_size": 0, "force_regenerate": True})
     assert smaller.status_code == 202, smaller.text
     wait_for_jobs(client)
     job = dict(erin.get(f"/api/v1/media/embeddings/jobs/{smaller.json()['job_id']}").json())
-    assert job["status"] == "completed" and job["chunk_size"] == 100 and job["truncated_chunks"] == 0
+    assert job["status"] == "completed" and job["chunk_size"] == 254 and job["truncated_chunks"] == 0
 
 
 @pytest.mark.parametrize("name", ["sample.pdf", "sample.docx", "sample.epub", "sample.odt"])

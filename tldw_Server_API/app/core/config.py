@@ -473,9 +473,11 @@ class Settings(BaseSettings):
         "words, sentences or paragraphs and may exceed the model's window (the job reports `truncated_chunks`)."
     )
     chunking_max_size: int = Field(
-        0, ge=0, description="Default chunk size in the method's units. 0: with `tokens`, the embedding model's "
-        "window less its special tokens (254 for all-MiniLM-L6-v2), so re-embedding with another model re-chunks "
-        "for its window; the other methods need a size."
+        128, ge=0, description="Default chunk size in the method's units. With `tokens` it is lowered to what the "
+        "embedding model's window holds (its window less its special tokens: 254 for all-MiniLM-L6-v2), so "
+        "re-embedding with a model of a smaller window re-chunks for it; 0: that whole window. 128 tokens: "
+        "sentence queries find their document more often than with window-sized chunks "
+        "(bench/bench_findability.py), and all-MiniLM-L6-v2 was trained on sequences of up to 128 tokens."
     )
     chunking_overlap: int = Field(
         32, ge=0, description="Default overlap between neighbouring chunks in the method's units (with `tokens`, "
@@ -510,7 +512,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _chunk_size_for_method(self) -> Settings:
-        if self.chunking_max_size == 0 and self.chunking_method != "tokens":
+        if self.chunking_max_size == 0 and self.chunking_method != "tokens":  # 0: the window, a token count
             raise ValueError("CHUNKING_MAX_SIZE 0 (the model's window) needs CHUNKING_METHOD=tokens; set a size for "
                              f"'{self.chunking_method}'")
         return self

@@ -71,6 +71,7 @@ def test_an_explicit_size_that_cannot_fit_is_refused_naming_the_limit(window: Mo
         assert caught.value.param == "chunk_size" and caught.value.code == "chunk_size_exceeds_window"
         assert "254 tokens" in caught.value.message and "256" in caught.value.message
     assert resolve_chunking("tokens", 254, None, DEFAULTS, window, MODEL).max_size == 254
+    assert resolve_chunking("tokens", 0, None, DEFAULTS, window, MODEL).max_size == 254   # 0: the whole window
     assert resolve_chunking("sentences", 40, None, DEFAULTS, window, MODEL).max_size == 40   # not boundable
 
 

@@ -77,12 +77,14 @@ class ModelWindows:
 def resolve_chunking(method: str | None, size: int | None, overlap: int | None, defaults: ChunkingDefaults,
                      window: ModelWindow, model: str) -> ChunkingOptions:
     """A caller's chunking options over the configured defaults, for the model that will embed the
-    chunks. With `tokens` and no size, a chunk holds what the model's window does (a configured
-    default larger than that is lowered to it); an explicit size that cannot fit is a 400. Without
+    chunks. With `tokens`, the configured default size is lowered to what the model's window holds
+    (0: all of it, also when asked explicitly); an explicit size that cannot fit is a 400. Without
     an explicit overlap it is the default one, but at most a fifth of the chunk. Errors name the
     wire fields (`chunk_method`, `chunk_size`, `chunk_overlap`)."""
     method = method or defaults.method
     explicit = size is not None
+    if size == 0 and method == "tokens":
+        size = window.budget   # 0: the whole window, whatever the model
     if size is None:
         if method != "tokens" and not defaults.max_size:
             raise InvalidInput(f"chunk_method '{method}' needs a chunk_size (the default size is the model's window "

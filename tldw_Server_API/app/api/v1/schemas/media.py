@@ -20,9 +20,14 @@ class EmbeddingOptionsModel(BaseModel):
 
     embedding_model: StrictStr | None = Field(None, description="`provider:model` or a bare id (default model).")
     embedding_provider: StrictStr | None = Field(None, description="Provider of `embedding_model`.")
-    chunk_size: WireInt | None = Field(None, description="Chunk size in the method's units (default 1000).")
-    chunk_overlap: WireInt | None = Field(None, description="Overlap in the method's units (default 200).")
-    chunk_method: Literal["words", "sentences", "paragraphs", "tokens"] | None = None
+    chunk_size: WireInt | None = Field(
+        None, description="Chunk size in the method's units (default CHUNKING_MAX_SIZE: 128 tokens, at most what the "
+        "model's window holds; with `tokens`, 0 is the whole window). Over the window: 400.")
+    chunk_overlap: WireInt | None = Field(None, description="Overlap in the method's units (default "
+                                          "CHUNKING_OVERLAP, at most a fifth of the chunk).")
+    chunk_method: Literal["words", "sentences", "paragraphs", "tokens"] | None = Field(
+        None, description="tokens (default: sentences packed in the model's own tokens), words, sentences or "
+        "paragraphs.")
     force_regenerate: StrictBool = False
     priority: Literal["high", "normal", "low"] = "normal"
 
