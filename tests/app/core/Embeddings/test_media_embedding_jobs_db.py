@@ -323,3 +323,33 @@ def test_engines_are_shared_and_sqlite_uses_wal(jobs_db_url: str) -> None:
         with first.engine.connect() as conn:
             assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
             assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30_000
+
+
+def test_a_jobs_table_of_an_earlier_version_gains_the_new_columns(tmp_path) -> None:   # type: ignore[no-untyped-def]
+    import sqlite3
+
+    path = tmp_path / "old_jobs.db"
+    with sqlite3.connect(path) as conn:   # the table as it was before `truncated_chunks`
+        conn.execute(
+            "CREATE TABLE embedding_jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id VARCHAR(64) NOT NULL UNIQUE,"
+            " user_id VARCHAR(64) NOT NULL, media_id INTEGER NOT NULL, status VARCHAR(16) NOT NULL,"
+            " priority VARCHAR(8) NOT NULL, progress FLOAT NOT NULL, total_chunks INTEGER NOT NULL,"
+            " processed_chunks INTEGER NOT NULL, stored_chunks INTEGER NOT NULL, embedding_model VARCHAR(255) NOT NULL,"
+            " embedding_provider VARCHAR(64) NOT NULL, chunk_method VARCHAR(32) NOT NULL, chunk_size INTEGER NOT NULL,"
+            " chunk_overlap INTEGER NOT NULL, content_hash VARCHAR(128), error TEXT, created_at DATETIME NOT NULL,"
+            " started_at DATETIME, updated_at DATETIME NOT NULL, completed_at DATETIME)")
+        conn.execute(
+            "INSERT INTO embedding_jobs (job_id, user_id, media_id, status, priority, progress, total_chunks,"
+            " processed_chunks, stored_chunks, embedding_model, embedding_provider, chunk_method, chunk_size,"
+            " chunk_overlap, created_at, updated_at) VALUES ('job_old', 'u', 1, 'completed', 'normal', 100, 3, 3, 3,"
+            " 'm', 'huggingface', 'words', 1000, 200, '2026-01-01 00:00:00', '2026-01-01 00:00:00')")
+    db = JobsDB(f"sqlite:///{path}")
+    old = db.get_job("u", "job_old")
+    assert old.truncated_chunks == 0 and old.warning is None and old.chunk_size == 1000
+    new = db.create_job("u", 2, embedding_model="m", embedding_provider="huggingface", chunk_method="words",
+                        chunk_size=10, chunk_overlap=0)
+    assert db.transition(new.job_id, JobStatus.CHUNKING) and db.transition(new.job_id, JobStatus.EMBEDDING,
+                                                                            total_chunks=4)
+    assert db.add_progress(new.job_id, processed=4, truncated=3)
+    record = db.get_job("u", new.job_id)
+    assert record.truncated_chunks == 3 and "3 of 4 chunks" in (record.warning or "")

@@ -103,3 +103,26 @@ def test_a_version_1_media_db_is_upgraded_with_its_sizes_counted(tmp_path: Path)
     assert db.stored_bytes() == len("héllo".encode())
     db.add_media("new", "abc", "text")
     assert db.stored_bytes() == len("héllo".encode()) + 3
+
+
+def test_a_version_2_media_db_with_chunks_gains_pages_and_keeps_its_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "media.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE media (id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT NOT NULL, content TEXT NOT NULL,
+            content_hash TEXT NOT NULL, content_bytes INTEGER NOT NULL DEFAULT 0, media_type TEXT NOT NULL,
+            source_filename TEXT, chunk_count INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL, deleted INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1)), deleted_at TEXT);
+        CREATE TABLE media_chunks (id INTEGER PRIMARY KEY, media_id INTEGER NOT NULL REFERENCES media (id)
+            ON DELETE CASCADE, chunk_index INTEGER NOT NULL, start_char INTEGER NOT NULL, end_char INTEGER NOT NULL,
+            text TEXT NOT NULL, UNIQUE (media_id, chunk_index));
+        INSERT INTO media (title, content, content_hash, content_bytes, media_type, chunk_count, created_at,
+            updated_at) VALUES ('old', 'hello world', 'x', 11, 'text', 1, '2025-01-01', '2025-01-01');
+        INSERT INTO media_chunks (media_id, chunk_index, start_char, end_char, text) VALUES (1, 0, 0, 11, 'hello world');
+        PRAGMA user_version=2;""")
+    conn.close()
+    db = MediaDB(path)
+    [chunk] = db.list_chunks(1)
+    assert (chunk.text, chunk.page) == ("hello world", None) and db.get_media(1).page_starts is None
+    paged = db.add_media("pdf", "page one\n\npage two", "pdf", page_starts=[0, 10])
+    assert db.get_media(paged.id).page_starts == (0, 10)
