@@ -118,7 +118,8 @@ def test_a_version_2_media_db_with_chunks_gains_pages_and_keeps_its_chunks(tmp_p
             text TEXT NOT NULL, UNIQUE (media_id, chunk_index));
         INSERT INTO media (title, content, content_hash, content_bytes, media_type, chunk_count, created_at,
             updated_at) VALUES ('old', 'hello world', 'x', 11, 'text', 1, '2025-01-01', '2025-01-01');
-        INSERT INTO media_chunks (media_id, chunk_index, start_char, end_char, text) VALUES (1, 0, 0, 11, 'hello world');
+        INSERT INTO media_chunks (media_id, chunk_index, start_char, end_char, text)
+            VALUES (1, 0, 0, 11, 'hello world');
         PRAGMA user_version=2;""")
     conn.close()
     db = MediaDB(path)
