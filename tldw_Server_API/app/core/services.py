@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
@@ -27,11 +26,11 @@ from tldw_Server_API.app.core.Embeddings.metrics_integration import EmbeddingsMe
 from tldw_Server_API.app.core.Embeddings.multi_tier_cache import create_embedding_cache
 from tldw_Server_API.app.core.Embeddings.policy import EmbeddingPolicy
 from tldw_Server_API.app.core.Embeddings.rate_limiter import create_rate_limiter
+from tldw_Server_API.app.core.Embeddings.stage_context import MediaQueryEmbedder, ServiceEmbedder, StageContext
 from tldw_Server_API.app.core.Embeddings.tokenization import TokenArrayDecoder
 from tldw_Server_API.app.core.Embeddings.vector_store_batches_db import VectorStoreBatchesDB
 from tldw_Server_API.app.core.Embeddings.vector_store_meta_db import VectorStoreMetaDB
 from tldw_Server_API.app.core.Embeddings.vector_store_service import VectorStoreService
-from tldw_Server_API.app.core.Embeddings.workers.base_worker import Embedded, StageContext, media_collection
 from tldw_Server_API.app.core.health import HealthService
 from tldw_Server_API.app.core.observability import HTTPMetrics
 from tldw_Server_API.app.core.RAG.search import RAGSearchService
@@ -115,21 +114,15 @@ def build_media_services(
     config = settings.storage_config()
     _, default_model = embeddings.resolve_model(None)
 
-    async def embed(user_id: str, provider: str, model: str, texts: list[str]) -> Embedded:  # noqa: ARG001
-        result = await embeddings.embed_texts(f"{provider}:{model}", texts, None)
-        return Embedded(result.vectors, result.provider, result.model_id, len(result.truncated))
-
-    async def embed_query(user_id: str, query: str) -> tuple[np.ndarray, str]:
-        result = await embeddings.embed_texts(default_model, [query], None)
-        return result.vectors[0], media_collection(user_id, result.model_id, default_model)
-
-    context = StageContext(storage.media_dbs, storage.vector_stores, embed, default_model=default_model,
+    context = StageContext(storage.media_dbs, storage.vector_stores, ServiceEmbedder(embeddings),
+                           default_model=default_model,
                            tokenizer_for=embeddings.tokenizer_for)
     manager = MediaEmbeddingJobManager(storage.jobs, context, concurrency=config.pipeline_concurrency,
                                        queue_size=config.pipeline_queue_size)
     manager.start()
     service = MediaEmbeddingService(embeddings, storage.media_dbs, storage.vector_stores, manager, config.chunking)
-    return service, RAGSearchService(storage.media_dbs, storage.vector_stores, embed_query)
+    return service, RAGSearchService(storage.media_dbs, storage.vector_stores,
+                                     MediaQueryEmbedder(embeddings, default_model))
 
 
 

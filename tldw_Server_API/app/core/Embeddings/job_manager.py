@@ -22,8 +22,8 @@ from tldw_Server_API.app.core.Embeddings.queue_schemas import (
     EmbeddingMessage,
     StorageMessage,
 )
+from tldw_Server_API.app.core.Embeddings.stage_context import StageContext
 from tldw_Server_API.app.core.Embeddings.workers import chunking_worker, embedding_worker, storage_worker
-from tldw_Server_API.app.core.Embeddings.workers.base_worker import StageContext
 from tldw_Server_API.app.core.errors import Overloaded, TLDWError
 
 

@@ -21,8 +21,8 @@ from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingServi
 from tldw_Server_API.app.core.Embeddings.job_manager import JobSpec, MediaEmbeddingJobManager
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobRecord, JobStatus
 from tldw_Server_API.app.core.Embeddings.queue_schemas import ChunkOptions
+from tldw_Server_API.app.core.Embeddings.stage_context import media_collection
 from tldw_Server_API.app.core.Embeddings.workers import chunking_worker
-from tldw_Server_API.app.core.Embeddings.workers.base_worker import media_collection
 from tldw_Server_API.app.core.errors import InvalidInput, NotFound, Overloaded, TLDWError
 from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory
 

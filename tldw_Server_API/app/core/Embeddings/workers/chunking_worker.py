@@ -15,7 +15,7 @@ from tldw_Server_API.app.core.Embeddings.queue_schemas import (
     EmbeddingMessage,
     split_into_batches,
 )
-from tldw_Server_API.app.core.Embeddings.workers.base_worker import StageContext
+from tldw_Server_API.app.core.Embeddings.stage_context import StageContext
 from tldw_Server_API.app.core.errors import InvalidInput
 
 

@@ -10,7 +10,7 @@ from tldw_Server_API.app.core.Embeddings.queue_schemas import (
     chunk_id,
     pack_vectors,
 )
-from tldw_Server_API.app.core.Embeddings.workers.base_worker import StageContext
+from tldw_Server_API.app.core.Embeddings.stage_context import StageContext
 
 
 async def handle(message: EmbeddingMessage, context: StageContext) -> StorageMessage:

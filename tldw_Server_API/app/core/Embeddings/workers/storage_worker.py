@@ -8,7 +8,7 @@ removed, and the job fails with NotFound. Synchronous; runs in a worker thread."
 from __future__ import annotations
 
 from tldw_Server_API.app.core.Embeddings.queue_schemas import StorageMessage
-from tldw_Server_API.app.core.Embeddings.workers.base_worker import StageContext, media_collection
+from tldw_Server_API.app.core.Embeddings.stage_context import StageContext, media_collection
 from tldw_Server_API.app.core.errors import NotFound
 
 
