@@ -50,3 +50,14 @@ def test_only_config_reads_the_environment() -> None:
             continue
         source = path.read_text(encoding="utf-8")
         assert "os.environ" not in source and "os.getenv" not in source, path.relative_to(ROOT)
+
+
+def test_engine_adapters_do_not_import_the_registry() -> None:
+    """The provider protocol and value types live in provider_types.py: an adapter (or the batcher)
+    importing Embeddings_Create would close the circle registry -> adapter -> registry again."""
+    engine = [*modules_under("app/core/Embeddings/Embeddings_Server"), ROOT / "app/core/Embeddings/request_batching.py"]
+    for path in engine:
+        if path.name == "Embeddings_Create.py":
+            continue
+        bad = {n for n in imports_of(path) if n.endswith("Embeddings_Server.Embeddings_Create")}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from tldw_Server_API.app.core.config import BatchingConfig
-from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import EmbeddingBatch
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_encoding import next_pass
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.provider_types import EmbeddingBatch
 from tldw_Server_API.app.core.errors import Overloaded, ServiceUnavailable
 
 Tokenize = Callable[[list[str]], Awaitable[list[list[int]]]]      # texts -> token ids per text

@@ -1,5 +1,7 @@
-"""Engine entry point: the provider protocol, the registry that maps `provider:model` names to a
-provider, and `create_provider_registry`, which builds the providers from config.
+"""Engine entry point: the registry that maps `provider:model` names to a provider, and
+`create_provider_registry`, which builds the providers from config. The provider protocol and its
+value types live in `provider_types.py` (adapters import them from there, not from here, so no
+adapter and this module import each other) and are re-exported here.
 
 Adapters live in sibling modules (one class each) and are imported lazily, so importing this
 module pulls in neither torch nor transformers. Adding a provider = one adapter class plus one
@@ -9,71 +11,20 @@ line in `_PROVIDER_FACTORIES`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
 
 from tldw_Server_API.app.core.config import EngineConfig
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.provider_types import (
+    EmbeddingBatch,
+    EmbeddingProvider,
+    ModelInfo,
+    ModelListing,
+    ResolvedModel,
+)
 from tldw_Server_API.app.core.Embeddings.input_processing import parse_model_name
 from tldw_Server_API.app.core.errors import ModelNotFound, ProviderNotImplemented, TLDWError, UnknownProvider
 
 # Every provider family the seeds document. Those without a factory answer 501 until built.
 KNOWN_PROVIDERS: tuple[str, ...] = ("huggingface", "onnx", "openai", "local_api")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a provider knows about one model without running it."""
-
-    provider: str
-    model_id: str
-    dimension: int | None
-    max_tokens: int | None
-    source: str = ""          # where the weights come from: package, path, cache, remote
-    revision: str = ""        # revision of the local copy ("" unknown); part of the cache key
-
-
-@dataclass(frozen=True)
-class EmbeddingBatch:
-    vectors: np.ndarray       # (n, d) float32, rows in input order; not yet normalised
-    token_counts: list[int]   # tokens the model processed, per input
-
-
-@runtime_checkable
-class EmbeddingProvider(Protocol):
-    """One provider family. `embed` gets texts already validated against `count_tokens`, and
-    their counts (capped at the model's max) when the provider could count them."""
-
-    name: str
-
-    def model_info(self, model_id: str) -> ModelInfo: ...
-
-    async def count_tokens(self, model_id: str, texts: Sequence[str]) -> list[int] | None: ...
-
-    async def embed(
-        self, model_id: str, texts: Sequence[str], token_counts: Sequence[int] | None = None
-    ) -> EmbeddingBatch: ...
-
-    def loaded_models(self) -> list[str]: ...
-
-    async def health(self) -> dict[str, Any]: ...
-
-    async def aclose(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    provider: EmbeddingProvider
-    info: ModelInfo
-
-
-@dataclass(frozen=True)
-class ModelListing:
-    info: ModelInfo
-    available: bool
-    loaded: bool
-    default: bool
 
 
 class ProviderRegistry:
@@ -218,6 +169,7 @@ __all__ = [
     "EmbeddingProvider",
     "ModelInfo",
     "ModelListing",
+    "ResolvedModel",
     "ModelNotFound",
     "ProviderRegistry",
     "ResolvedModel",

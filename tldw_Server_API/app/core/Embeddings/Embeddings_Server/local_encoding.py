@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import EmbeddingBatch
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.provider_types import EmbeddingBatch
 
 Forward = Callable[[dict[str, np.ndarray]], np.ndarray]  # encoded batch (numpy) -> pooled (n, d) float32
 

@@ -27,7 +27,6 @@ import numpy as np
 from loguru import logger
 
 from tldw_Server_API.app.core.config import BatchingConfig, ModelManagerConfig
-from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import EmbeddingBatch, ModelInfo
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_encoding import (
     BatchEncoder,
     Forward,
@@ -53,6 +52,7 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution impo
     trust_remote_code_allowed,
     weights_bytes,
 )
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.provider_types import EmbeddingBatch, ModelInfo
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.qwen3_instructions import (
     InstructionPrompts,
     format_texts,

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from tldw_Server_API.app.core.config import BatchingConfig, ModelManagerConfig, OnnxConfig
-from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import ModelInfo
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import Forward, LocalModelProvider
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_manager import Clock
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.provider_types import ModelInfo
 from tldw_Server_API.app.core.errors import InvalidInput
 
 VARIANTS = ("fp32", "int8")

@@ -26,7 +26,7 @@ from loguru import logger
 
 from tldw_Server_API.app.core.config import EngineConfig, RemoteAPIConfig
 from tldw_Server_API.app.core.Embeddings.connection_pool import HTTPSessionPool
-from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import EmbeddingBatch, ModelInfo
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.provider_types import EmbeddingBatch, ModelInfo
 from tldw_Server_API.app.core.errors import (
     InvalidInput,
     ProviderError,
