@@ -12,15 +12,11 @@ from prometheus_client import CollectorRegistry
 from tldw_Server_API.app.core.AuthNZ.api_keys import APIKeyStore, load_key_store
 from tldw_Server_API.app.core.Chunking import ExtractionLimits
 from tldw_Server_API.app.core.config import Settings
-from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory
-from tldw_Server_API.app.core.DB_Management.media_service import MediaService
-from tldw_Server_API.app.core.Embeddings._sql_engine import dispose_engine
 from tldw_Server_API.app.core.Embeddings.circuit_breaker import BreakerRegistry
 from tldw_Server_API.app.core.Embeddings.embedding_execution import HopExecutor
 from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingService
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import create_provider_registry
 from tldw_Server_API.app.core.Embeddings.job_manager import MediaEmbeddingJobManager
-from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobsDB
 from tldw_Server_API.app.core.Embeddings.media_embedding_service import MediaEmbeddingService
 from tldw_Server_API.app.core.Embeddings.metrics_integration import EmbeddingsMetrics
 from tldw_Server_API.app.core.Embeddings.multi_tier_cache import create_embedding_cache
@@ -28,42 +24,12 @@ from tldw_Server_API.app.core.Embeddings.policy import EmbeddingPolicy
 from tldw_Server_API.app.core.Embeddings.rate_limiter import create_rate_limiter
 from tldw_Server_API.app.core.Embeddings.stage_context import MediaQueryEmbedder, ServiceEmbedder, StageContext
 from tldw_Server_API.app.core.Embeddings.tokenization import TokenArrayDecoder
-from tldw_Server_API.app.core.Embeddings.vector_store_batches_db import VectorStoreBatchesDB
-from tldw_Server_API.app.core.Embeddings.vector_store_meta_db import VectorStoreMetaDB
 from tldw_Server_API.app.core.Embeddings.vector_store_service import VectorStoreService
 from tldw_Server_API.app.core.health import HealthService
+from tldw_Server_API.app.core.Media.media_service import MediaService
 from tldw_Server_API.app.core.observability import HTTPMetrics
 from tldw_Server_API.app.core.RAG.search import RAGSearchService
-from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory, create_vector_store_factory
-
-
-@dataclass
-class StorageServices:
-    """Per-user stores of the host and the plugin: media DBs, vector stores, job and store DBs."""
-
-    media_dbs: MediaDBFactory
-    vector_stores: VectorStoreFactory
-    jobs: JobsDB
-    vector_store_meta: VectorStoreMetaDB
-    vector_store_batches: VectorStoreBatchesDB
-    jobs_db_url: str
-
-    def close(self) -> None:
-        self.vector_stores.close()
-        self.media_dbs.close_all()
-        dispose_engine(self.jobs_db_url)
-
-
-def build_storage(settings: Settings) -> StorageServices:
-    config = settings.storage_config()
-    return StorageServices(
-        media_dbs=MediaDBFactory(config.data_dir),
-        vector_stores=create_vector_store_factory(config),
-        jobs=JobsDB(config.jobs_db_url),
-        vector_store_meta=VectorStoreMetaDB(config.jobs_db_url),
-        vector_store_batches=VectorStoreBatchesDB(config.jobs_db_url),
-        jobs_db_url=config.jobs_db_url,
-    )
+from tldw_Server_API.app.core.storage import StorageServices, build_storage
 
 
 @dataclass

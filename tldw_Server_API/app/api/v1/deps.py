@@ -11,12 +11,12 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import User
-from tldw_Server_API.app.core.DB_Management.media_service import MediaService
 from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingService
 from tldw_Server_API.app.core.Embeddings.media_embedding_service import MediaEmbeddingService
 from tldw_Server_API.app.core.Embeddings.vector_store_service import VectorStoreService
 from tldw_Server_API.app.core.errors import PermissionDenied
 from tldw_Server_API.app.core.health import HealthService
+from tldw_Server_API.app.core.Media.media_service import MediaService
 from tldw_Server_API.app.core.RAG.search import RAGSearchService
 from tldw_Server_API.app.core.services import Services
 

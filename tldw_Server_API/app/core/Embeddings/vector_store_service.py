@@ -54,7 +54,7 @@ from tldw_Server_API.app.core.errors import InvalidInput, NotFound, ProviderErro
 from tldw_Server_API.app.core.RAG.vector_stores.base import VectorHit, VectorRecord, VectorStore, validate_top_k
 
 if TYPE_CHECKING:
-    from tldw_Server_API.app.core.services import StorageServices
+    from tldw_Server_API.app.core.storage import StorageServices
 
 T = TypeVar("T")
 EMBED_BATCH = 64        # texts per embedding call, and records per batch step (progress granularity)

@@ -22,8 +22,8 @@ from tldw_Server_API.app.api.v1.schemas.media import (
     MediaItem,
     MediaList,
 )
-from tldw_Server_API.app.core.DB_Management.media_service import NewMedia
 from tldw_Server_API.app.core.errors import InvalidInput
+from tldw_Server_API.app.core.Media.media_service import NewMedia
 from tldw_Server_API.app.core.wire import JSONDecodeError, json_error_message, loads_json
 
 router = v1_router("media")
