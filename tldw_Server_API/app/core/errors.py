@@ -122,3 +122,29 @@ class ServiceUnavailable(RetryableError):
 
 class CircuitOpenError(ServiceUnavailable):
     code = "circuit_open"
+
+
+# --- what a pipeline worker does with an error (the HTTP table is `api/v1/errors.py`) ------------
+class WorkerOutcome:
+    """How a stage worker settles a message whose handler raised."""
+
+    RETRY = "retry"              # transient: deliver again after a backoff, dead-letter past max retries
+    DEAD_LETTER = "dead_letter"  # permanent: the job fails now, the message goes to the DLQ with its error
+
+
+# Most specific class first wins (by MRO); anything not a TLDWError (a store or driver fault) retries.
+WORKER_OUTCOMES: dict[type[TLDWError], str] = {
+    TLDWError: WorkerOutcome.DEAD_LETTER,
+    RetryableError: WorkerOutcome.RETRY,            # rate limited, overloaded, unavailable, circuit open
+    ProviderTransientError: WorkerOutcome.RETRY,    # upstream 5xx / 429 / timeout
+}
+
+
+def worker_outcome(exc: BaseException) -> str:
+    """The `WorkerOutcome` of an exception raised by a stage handler."""
+    if not isinstance(exc, TLDWError):
+        return WorkerOutcome.RETRY
+    for cls in type(exc).__mro__:
+        if cls in WORKER_OUTCOMES:
+            return WORKER_OUTCOMES[cls]  # type: ignore[index]
+    return WorkerOutcome.DEAD_LETTER

@@ -20,6 +20,7 @@ from tldw_Server_API.app.core.Embeddings.job_manager import MediaEmbeddingJobMan
 from tldw_Server_API.app.core.Embeddings.media_embedding_service import MediaEmbeddingService
 from tldw_Server_API.app.core.Embeddings.metrics_integration import EmbeddingsMetrics
 from tldw_Server_API.app.core.Embeddings.multi_tier_cache import create_embedding_cache
+from tldw_Server_API.app.core.Embeddings.pipeline_executor import EmbeddedExecutor
 from tldw_Server_API.app.core.Embeddings.policy import EmbeddingPolicy
 from tldw_Server_API.app.core.Embeddings.rate_limiter import create_rate_limiter
 from tldw_Server_API.app.core.Embeddings.stage_context import MediaQueryEmbedder, ServiceEmbedder, StageContext
@@ -64,6 +65,7 @@ async def build_services(settings: Settings) -> Services:
     storage = build_storage(settings)
     vector_store_api = VectorStoreService(embeddings, storage, settings.storage_config().chunking)
     media_embeddings, rag = build_media_services(settings, embeddings, storage)
+    await media_embeddings.manager.start()
     storage_config = settings.storage_config()
     media = MediaService(storage.media_dbs, media_embeddings, storage_config.max_upload_bytes,
                          storage_config.user_quota_bytes,
@@ -80,12 +82,11 @@ def build_media_services(
     config = settings.storage_config()
     _, default_model = embeddings.resolve_model(None)
 
-    context = StageContext(storage.media_dbs, storage.vector_stores, ServiceEmbedder(embeddings),
-                           default_model=default_model,
-                           tokenizer_for=embeddings.tokenizer_for)
-    manager = MediaEmbeddingJobManager(storage.jobs, context, concurrency=config.pipeline_concurrency,
-                                       queue_size=config.pipeline_queue_size)
-    manager.start()
+    context = StageContext(storage.media_dbs, storage.vector_stores, ServiceEmbedder(embeddings), storage.jobs,
+                           default_model=default_model, tokenizer_for=embeddings.tokenizer_for)
+    executor = EmbeddedExecutor(context, concurrency=config.pipeline_concurrency,
+                                queue_size=config.pipeline_queue_size)
+    manager = MediaEmbeddingJobManager(storage.jobs, executor)
     service = MediaEmbeddingService(embeddings, storage.media_dbs, storage.vector_stores, manager, config.chunking)
     return service, RAGSearchService(storage.media_dbs, storage.vector_stores,
                                      MediaQueryEmbedder(embeddings, default_model))

@@ -50,8 +50,9 @@ def storage_message(count: int = 2, dimension: int = 3) -> StorageMessage:
     vectors = np.arange(count * dimension, dtype=np.float32).reshape(count, dimension) / 7
     payload, dim = pack_vectors(vectors)
     metadata = [
-        ChunkMetadata(media_id=7, chunk_index=i, start_char=i * 10, end_char=i * 10 + 9, content_hash="h",
-                      embedding_model="m", embedding_provider="onnx", embedding_dimension=dim, created_at=NOW)
+        ChunkMetadata(media_id=7, job_id="job_1", chunk_index=i, start_char=i * 10, end_char=i * 10 + 9,
+                      content_hash="h", embedding_model="m", embedding_provider="onnx", embedding_dimension=dim,
+                      created_at=NOW)
         for i in range(count)
     ]
     return StorageMessage(job_id="job_1", user_id="alice", media_id=7, created_at=NOW, total_chunks=count,
@@ -97,13 +98,13 @@ def test_storage_messages_round_trip_vectors_bit_exactly(count: int, dimension: 
 
 def test_store_metadata_is_flat_and_complete() -> None:
     values = storage_message().metadatas[1].to_store_dict()
-    assert set(values) == {"media_id", "chunk_index", "start_char", "end_char", "content_hash", "embedding_model",
-                           "embedding_provider", "embedding_dimension", "title", "created_at"}
+    assert set(values) == {"media_id", "job_id", "chunk_index", "start_char", "end_char", "content_hash",
+                           "embedding_model", "embedding_provider", "embedding_dimension", "title", "created_at"}
     assert None not in values.values() and values["title"] == "" and values["chunk_index"] == 1
     assert datetime.fromisoformat(str(values["created_at"])) == NOW
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, "2", None])
+@pytest.mark.parametrize("version", [0, 1, 2, 4, "3", None])
 def test_other_schema_versions_are_refused_clearly(version: object) -> None:
     payload = orjson.loads(encode(chunking_message()))
     if version is None:

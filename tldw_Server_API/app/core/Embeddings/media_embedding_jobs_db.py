@@ -9,13 +9,28 @@ May import SQLAlchemy, `_sql_engine` and core errors; no HTTP, no queues, no env
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text, case, func, literal, select, update
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    case,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from tldw_Server_API.app.core.Embeddings._sql_engine import Clock, UTCDateTime, engine_for, new_id, transaction, utc_now
@@ -128,9 +143,24 @@ jobs_table = Table(
     Column("started_at", UTCDateTime, nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("completed_at", UTCDateTime, nullable=True),
+    # The job's chunking message (queue_schemas JSON): what resumes it after a crash and what the
+    # reconciler re-enqueues when Redis lost its streams. NULL for jobs of earlier versions.
+    Column("spec", Text, nullable=True),
+    Column("idempotency_key", String(128), nullable=True),
     Index("ix_embedding_jobs_user_created", "user_id", "created_at"),
     Index("ix_embedding_jobs_user_media", "user_id", "media_id"),
     Index("ix_embedding_jobs_status", "status"),
+    Index("ix_embedding_jobs_idempotency", "user_id", "idempotency_key"),
+)
+# One row per embedded sub-batch of a job: counts each batch once however often its message is
+# delivered (the processed and truncated counters are sums over these rows).
+parts_table = Table(
+    "embedding_job_parts",
+    _metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("batch_index", Integer, primary_key=True),
+    Column("chunks", Integer, nullable=False),
+    Column("truncated", Integer, nullable=False),
 )
 
 
@@ -157,6 +187,8 @@ class JobRecord:
     updated_at: datetime
     completed_at: datetime | None
     truncated_chunks: int = 0      # chunks longer than the model's window (their tail was not embedded)
+    spec: str | None = field(default=None, repr=False, compare=False)   # the encoded chunking message
+    idempotency_key: str | None = None
 
     @property
     def warning(self) -> str | None:
@@ -204,8 +236,8 @@ def _add_missing_columns(engine: Any) -> None:
     with transaction(engine) as conn:
         for column in missing:
             kind = column.type.compile(dialect=engine.dialect)
-            conn.execute(text(f"ALTER TABLE {jobs_table.name} ADD COLUMN {column.name} {kind} NOT NULL "
-                              f"DEFAULT {column.server_default.arg}"))  # type: ignore[union-attr]
+            rule = "NULL" if column.nullable else f"NOT NULL DEFAULT {column.server_default.arg}"  # type: ignore[union-attr]
+            conn.execute(text(f"ALTER TABLE {jobs_table.name} ADD COLUMN {column.name} {kind} {rule}"))
 
 
 class JobsDB:
@@ -221,20 +253,22 @@ class JobsDB:
     def create_job(
         self, user_id: str, media_id: int, *, embedding_model: str, embedding_provider: str, chunk_method: str,
         chunk_size: int, chunk_overlap: int, priority: str = "normal", content_hash: str | None = None,
+        job_id: str | None = None, spec: str | None = None, idempotency_key: str | None = None,
     ) -> JobRecord:
-        """A new job in state `queued`."""
+        """A new job in state `queued` (its id made here unless given: the spec may name it)."""
         if priority not in PRIORITIES:
             raise InvalidInput(f"priority must be one of {', '.join(PRIORITIES)}", param="priority")
         if chunk_size < 1 or not 0 <= chunk_overlap < chunk_size:
             raise InvalidInput("chunk size must be >= 1 and 0 <= overlap < size", param="chunk_size")
         now = self._clock()
-        job_id = new_id("job")
+        job_id = job_id or new_id("job")
         values = {
             "job_id": job_id, "user_id": user_id, "media_id": media_id, "status": JobStatus.QUEUED.value,
             "priority": priority, "progress": 0.0, "total_chunks": 0, "processed_chunks": 0,
             "stored_chunks": 0, "embedding_model": embedding_model, "embedding_provider": embedding_provider,
             "chunk_method": chunk_method, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap,
-            "content_hash": content_hash, "created_at": now, "updated_at": now,
+            "content_hash": content_hash, "created_at": now, "updated_at": now, "spec": spec,
+            "idempotency_key": idempotency_key,
         }
         with transaction(self.engine) as conn:
             conn.execute(jobs_table.insert().values(**values))
@@ -244,6 +278,14 @@ class JobsDB:
         """The caller's job; NotFound for a missing job or another user's."""
         with transaction(self.engine) as conn:
             return self._read(conn, job_id, user_id)
+
+    def get_by_id(self, job_id: str) -> JobRecord:
+        """Unscoped read for executors (no caller to scope by); NotFound for an unknown job."""
+        with transaction(self.engine) as conn:
+            row = conn.execute(select(jobs_table).where(jobs_table.c.job_id == job_id)).mappings().first()
+        if row is None:
+            raise NotFound(f"job {job_id!r} not found", param="job_id")
+        return JobRecord.from_row(row)
 
     def get_status(self, job_id: str) -> JobStatus:
         """Unscoped status read for workers (checking for a cancel between steps)."""
@@ -339,6 +381,87 @@ class JobsDB:
             "progress": _progress_sql(c.total_chunks, new_processed, new_stored),
         }
         return self._update_active(job_id, values)
+
+    def advance(self, job_id: str, stage: JobStatus, *, total_chunks: int | None = None) -> bool:
+        """Move a job forward to the running `stage` from any earlier active state (a resumed or
+        redelivered stage finds its job anywhere along the way). True while the job is active (it
+        is then at `stage` or past it); False once it is terminal: the caller drops its message."""
+        _check_counts(total_chunks=total_chunks)
+        order = [JobStatus.QUEUED, *sorted(RUNNING_STATES, key=list(JobStatus).index)]
+        earlier = [s.value for s in order[: order.index(JobStatus(stage)) + 1]]
+        values = self._transition_values(JobStatus(stage), total_chunks, None, None, None)
+        with transaction(self.engine) as conn:
+            query = update(jobs_table).where(jobs_table.c.job_id == job_id, jobs_table.c.status.in_(earlier))
+            moved = conn.execute(query.values(**values)).rowcount
+            return moved == 1 or self._status(conn, job_id) not in TERMINAL_STATES
+
+    def record_embedded(self, job_id: str, batch_index: int, *, chunks: int, truncated: int = 0) -> bool:
+        """Count one embedded sub-batch exactly once (its first delivery; later ones change
+        nothing). False once the job is terminal."""
+        _check_counts(batch_index=batch_index, chunks=chunks, truncated=truncated)
+        c = jobs_table.c
+        try:
+            with transaction(self.engine) as conn:
+                conn.execute(parts_table.insert().values(job_id=job_id, batch_index=batch_index, chunks=chunks,
+                                                         truncated=truncated))
+                processed = c.processed_chunks + chunks
+                conn.execute(update(jobs_table).where(c.job_id == job_id).values(
+                    processed_chunks=processed, truncated_chunks=c.truncated_chunks + truncated,
+                    progress=_progress_sql(c.total_chunks, processed, c.stored_chunks), updated_at=self._clock()))
+        except IntegrityError:
+            pass   # counted by an earlier delivery
+        return self.get_status(job_id) not in TERMINAL_STATES
+
+    def record_stored(self, job_id: str, stored: int) -> bool:
+        """Set the stored count read from the vector store and complete the job when it reaches
+        the total: one compare-and-set, so of concurrent storage steps exactly one completes it.
+        True when this call completed the job."""
+        _check_counts(stored=stored)
+        c = jobs_table.c
+        now = self._clock()
+        with transaction(self.engine) as conn:
+            conn.execute(update(jobs_table).where(c.job_id == job_id, c.status.in_([s.value for s in ACTIVE_STATES]))
+                         .values(stored_chunks=stored, updated_at=now,
+                                 progress=_progress_sql(c.total_chunks, c.processed_chunks, literal(stored))))
+            done = conn.execute(
+                update(jobs_table)
+                .where(c.job_id == job_id, c.status == JobStatus.STORING.value, c.total_chunks > 0,
+                       c.stored_chunks >= c.total_chunks)
+                .values(status=JobStatus.COMPLETED.value, progress=100.0, processed_chunks=c.total_chunks,
+                        updated_at=now, completed_at=now)
+            ).rowcount
+        return done == 1
+
+    def resumable_jobs(self) -> list[JobRecord]:
+        """Every job not yet terminal, oldest first, with its spec (start-up resume, reconciler)."""
+        query = (select(jobs_table).where(jobs_table.c.status.in_([s.value for s in ACTIVE_STATES]))
+                 .order_by(jobs_table.c.seq))
+        with transaction(self.engine) as conn:
+            return [JobRecord.from_row(row) for row in conn.execute(query).mappings().all()]
+
+    def find_active_by_key(self, user_id: str, idempotency_key: str) -> JobRecord | None:
+        """The caller's queued or running job with this idempotency key, if any."""
+        c = jobs_table.c
+        query = (select(jobs_table).where(c.user_id == user_id, c.idempotency_key == idempotency_key,
+                                          c.status.in_([s.value for s in ACTIVE_STATES]))
+                 .order_by(c.seq.desc()).limit(1))
+        with transaction(self.engine) as conn:
+            row = conn.execute(query).mappings().first()
+        return JobRecord.from_row(row) if row else None
+
+    def supersede(self, user_id: str, media_id: int) -> int:
+        """Cancel the media's queued and running jobs (a newer job replaces them: two jobs writing
+        the same chunk ids would race). Returns how many."""
+        now = self._clock()
+        c = jobs_table.c
+        with transaction(self.engine) as conn:
+            result = conn.execute(
+                update(jobs_table)
+                .where(c.user_id == user_id, c.media_id == media_id, c.status.in_([s.value for s in ACTIVE_STATES]))
+                .values(status=JobStatus.CANCELLED.value, error="superseded by a newer job", updated_at=now,
+                        completed_at=now)
+            )
+        return int(result.rowcount)
 
     def cancel(self, user_id: str, job_id: str) -> JobRecord:
         """Cancel the caller's job and return it. Cancelling a job that already reached a terminal

@@ -103,7 +103,7 @@ class MediaEmbeddingService:
                     return StartResult(latest, skipped=True)
         spec = JobSpec(user.id, media.id, media.title, media.content_hash, provider, model_id, chunking,
                        options.priority)
-        return StartResult(self.manager.submit(spec), skipped=False)
+        return StartResult(await self.manager.submit(spec, media.content, media.page_starts), skipped=False)
 
     async def _media(self, user: User, media_id: int) -> MediaRecord:
         db = self._media_dbs.get(user.id)

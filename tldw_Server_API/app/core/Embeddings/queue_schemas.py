@@ -20,7 +20,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from tldw_Server_API.app.core.Chunking import ChunkingOptions
 from tldw_Server_API.app.core.errors import InvalidInput
 
-SCHEMA_VERSION: Final = 2   # 2: chunk `page`
+# 2: chunk `page`; 3: job id on stored chunks, page starts, idempotency key, trace id, attempt
+SCHEMA_VERSION: Final = 3
 Priority = Literal["high", "normal", "low"]
 ChunkMethod = Literal["words", "sentences", "paragraphs", "tokens"]
 T = TypeVar("T")
@@ -98,9 +99,11 @@ class ChunkPayload(_Model):
 
 
 class ChunkMetadata(_Model):
-    """The metadata stored beside each chunk vector (ARCHITECTURE.md section 4)."""
+    """The metadata stored beside each chunk vector (ARCHITECTURE.md section 4). `job_id` names the
+    job that wrote it: a job's stored count is read from the store, never kept beside it."""
 
     media_id: int
+    job_id: str
     chunk_index: Annotated[int, Field(ge=0)]
     start_char: Annotated[int, Field(ge=0)]
     end_char: Annotated[int, Field(ge=0)]
@@ -123,16 +126,20 @@ class ChunkMetadata(_Model):
 
 
 class _StageMessage(_Model):
-    schema_version: Literal[2] = SCHEMA_VERSION
+    schema_version: Literal[3] = SCHEMA_VERSION
     job_id: str
     user_id: str
     media_id: int
     priority: Priority = "normal"
     created_at: AwareDatetime
+    idempotency_key: str = ""          # the job's: the same content and model never enqueue twice
+    trace_id: str | None = None        # carried from the request that created the job
+    attempt: Annotated[int, Field(ge=0)] = 0   # redeliveries so far (informative; the broker counts too)
 
 
 class ChunkingMessage(_StageMessage):
-    """Chunk one media item. `content` is set only when the text is not read from the media DB."""
+    """Chunk one media item. `content` (with its `page_starts`) travels in the message when the
+    worker may not reach the media DB (the Redis pipeline); otherwise the text is read there."""
 
     stage: Literal["chunking"] = "chunking"
     content_hash: str
@@ -141,6 +148,7 @@ class ChunkingMessage(_StageMessage):
     embedding_provider: str
     title: str | None = None
     content: str | None = None
+    page_starts: list[Annotated[int, Field(ge=0)]] | None = None
 
 
 class EmbeddingMessage(_StageMessage):

@@ -1,6 +1,6 @@
 """What every pipeline stage handler receives, and the adapters that give it the embedding engine.
 
-`StageContext` (stores, embedder, tokenizers, clock) is passed to each `handle(message, context)`;
+`StageContext` (stores, jobs DB, embedder, tokenizers, clock) is passed to each `handle(message, context)`;
 `ServiceEmbedder` embeds a stage's chunk texts with the job's model and `MediaQueryEmbedder` a
 search query with the default model, both through `EmbeddingService`. `media_collection` names a
 user's media collection per model. Imports core services only; no FastAPI, no delivery.
@@ -18,6 +18,7 @@ import numpy as np
 from tldw_Server_API.app.core.Chunking import OffsetsTokenizer
 from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory
 from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingService
+from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobsDB
 from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory
 
 
@@ -38,6 +39,7 @@ class StageContext:
     media_dbs: MediaDBFactory
     vector_stores: VectorStoreFactory
     embed: Embedder
+    jobs: JobsDB                          # job state: the stages advance, count and complete their job
     default_model: str | None = None      # its collection keeps the documented name
     # (provider, model) -> the tokenizer that cuts `tokens` chunks to the model's window (sync, may load)
     tokenizer_for: Callable[[str, str], OffsetsTokenizer] | None = None

@@ -17,7 +17,7 @@ from tldw_Server_API.app.core.Embeddings.media_embedding_service import (
     MediaEmbeddingService,
     StartResult,
 )
-from tldw_Server_API.app.core.errors import InvalidInput, Overloaded, PayloadTooLarge
+from tldw_Server_API.app.core.errors import InvalidInput, PayloadTooLarge
 
 MAX_TITLE = 512
 
@@ -62,8 +62,8 @@ class MediaService:
         if media.title is not None and len(media.title) > MAX_TITLE:
             raise InvalidInput(f"'title' is longer than {MAX_TITLE} characters", param="title")
         provider, model_id, chunking = await self._embeddings.prepare(user, options)  # every check before writing
-        if generate_embeddings and not self._embeddings.manager.has_capacity():
-            raise Overloaded("the embedding job queue is full; retry later", retry_after=5)
+        if generate_embeddings:
+            await self._embeddings.manager.check_capacity()
         chunks = await asyncio.to_thread(   # seconds for a 25 MB text, and a tokenizer may load
             self._embeddings.chunk, media.content, media.page_starts, provider, model_id, chunking)
         db = self._media_dbs.get(user.id)

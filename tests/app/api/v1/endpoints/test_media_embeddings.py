@@ -38,6 +38,7 @@ WORDS = " ".join(f"word{i}" for i in range(40))
 JOBS = "/api/v1/media/embeddings/jobs"
 RUNNING = ("queued", "chunking", "embedding", "storing")
 SLOW = 1.5   # seconds a "slow" upstream answer takes: long enough to act on a job while it runs
+PIPELINE_ATTEMPTS = 4   # a transient step failure is tried this often (EMBEDDINGS_PIPELINE_MAX_RETRIES 3, + 1)
 
 
 def vector_ids(caller: Caller, media_id: int) -> list[str]:
@@ -215,7 +216,7 @@ def test_list_jobs_pages_and_filters_by_status(caller: Caller, fake: FakeOpenAIS
     ids = [add_media(caller, f"{caller.user_id} document {i} " + WORDS)["media_id"] for i in range(3)]
     done = [start(caller, media_id, chunk_size=20, chunk_overlap=0)["job_id"] for media_id in ids]
     wait_for_jobs(caller.client)
-    fake.fail_next("500")
+    fake.fail_next("500", status=400)     # the upstream refuses the request: permanent, no retry
     failed = start(caller, ids[0], embedding_model=SMALL)["job_id"]
     wait_for_jobs(caller.client)
 
@@ -366,12 +367,13 @@ def test_cancel_running_and_queued_jobs_and_completed_is_a_no_op(caller: Caller,
 
 
 # --- failures -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("failure", ["500", "malformed_json"])
+# a transient failure (500) fails the job once its retries run out; a malformed answer at once
+@pytest.mark.parametrize(("failure", "times"), [("500", PIPELINE_ATTEMPTS), ("malformed_json", 1)])
 def test_failing_upstream_fails_the_job_with_a_sanitised_error(
-    caller: Caller, fake: FakeOpenAIServer, failure: Any
+    caller: Caller, fake: FakeOpenAIServer, failure: Any, times: int
 ) -> None:
     media_id = add_media(caller)["media_id"]
-    fake.fail_next(failure)
+    fake.fail_next(failure, times=times)
     job_id = start(caller, media_id, embedding_model=SMALL)["job_id"]
     wait_for_jobs(caller.client)
     failed = job(caller, job_id)
@@ -390,11 +392,21 @@ def test_failing_upstream_fails_the_job_with_a_sanitised_error(
     assert job(caller, retry["job_id"])["status"] == "completed" and len(vector_ids(caller, media_id)) == 1
 
 
+def test_a_transient_upstream_failure_is_retried_and_the_job_completes(caller: Caller, fake: FakeOpenAIServer) -> None:
+    media_id = add_media(caller)["media_id"]
+    fake.fail_next("500", times=PIPELINE_ATTEMPTS - 1)
+    job_id = start(caller, media_id, embedding_model=SMALL)["job_id"]
+    wait_for_jobs(caller.client)
+    done = job(caller, job_id)
+    assert done["status"] == "completed" and done["stored_chunks"] == done["total_chunks"] == 1, done
+    assert len(vector_ids(caller, media_id)) == 1 and len(fake.requests) >= PIPELINE_ATTEMPTS
+
+
 def test_failed_reembed_keeps_reporting_the_stored_vectors(caller: Caller, fake: FakeOpenAIServer) -> None:
     media_id = add_media(caller)["media_id"]
     start(caller, media_id, chunk_size=10, chunk_overlap=0)
     wait_for_jobs(caller.client)
-    fake.fail_next("500")
+    fake.fail_next("500", status=400)
     start(caller, media_id, embedding_model=SMALL)
     wait_for_jobs(caller.client)
     status = caller.get(f"/api/v1/media/{media_id}/embeddings/status").json()

@@ -1,13 +1,16 @@
-"""Chunking stage: read the media text, cut it into chunks (character offsets, page numbers of
-paged sources; `tokens` chunks in the job model's own tokens, sized to its window) and emit bounded
-embedding sub-batches (the media's FTS chunks are swapped only when the job completes). Pure apart
-from the media DB read and a tokenizer load; runs in a worker thread (synchronous)."""
+"""Chunking stage: read the media text (from the message, else the media DB), cut it into chunks
+(character offsets, page numbers of paged sources; `tokens` chunks in the job model's own tokens,
+sized to its window) and emit bounded embedding sub-batches. Advances the job to `chunking`, then
+to `embedding` with its total. Deterministic: a redelivered or resumed message cuts the same
+chunks, so downstream ids and counts do not change. Blocking work runs in a thread."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 
 from tldw_Server_API.app.core.Chunking import Chunk, OffsetsTokenizer, chunk_document
+from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobStatus
 from tldw_Server_API.app.core.Embeddings.queue_schemas import (
     ChunkingMessage,
     ChunkOptions,
@@ -27,11 +30,13 @@ def cut(content: str, page_starts: Sequence[int] | None, chunk_options: ChunkOpt
     return chunk_document(content, options, tokenizer, page_starts)
 
 
-def handle(message: ChunkingMessage, context: StageContext) -> list[EmbeddingMessage]:
-    media_db = context.media_dbs.get(message.user_id)
-    media = media_db.get_media(message.media_id)
-    content = message.content if message.content is not None else media.content
-    pages = media.page_starts if message.content is None else None
+def split(message: ChunkingMessage, context: StageContext) -> list[EmbeddingMessage]:
+    """The embedding messages of a chunking message (synchronous: a media read, a tokenizer load)."""
+    if message.content is not None:
+        content, pages, title = message.content, message.page_starts, message.title
+    else:
+        media = context.media_dbs.get(message.user_id).get_media(message.media_id)
+        content, pages, title = media.content, media.page_starts, message.title or media.title
     chunks = cut(content, pages, message.chunk_options, message.embedding_provider, message.embedding_model,
                  context.tokenizer_for)
     if not chunks:
@@ -46,8 +51,18 @@ def handle(message: ChunkingMessage, context: StageContext) -> list[EmbeddingMes
             job_id=message.job_id, user_id=message.user_id, media_id=message.media_id,
             priority=message.priority, created_at=context.clock(), content_hash=message.content_hash,
             embedding_model=message.embedding_model, embedding_provider=message.embedding_provider,
-            title=message.title or media.title, chunks=batch, batch_index=i, batch_count=len(batches),
-            total_chunks=len(payloads),
+            title=title, chunks=batch, batch_index=i, batch_count=len(batches), total_chunks=len(payloads),
+            idempotency_key=message.idempotency_key, trace_id=message.trace_id,
         )
         for i, batch in enumerate(batches)
     ]
+
+
+async def handle(message: ChunkingMessage, context: StageContext) -> list[EmbeddingMessage]:
+    if not await asyncio.to_thread(context.jobs.advance, message.job_id, JobStatus.CHUNKING):
+        return []   # cancelled or finished: drop
+    batches = await asyncio.to_thread(split, message, context)
+    total = batches[0].total_chunks
+    if not await asyncio.to_thread(context.jobs.advance, message.job_id, JobStatus.EMBEDDING, total_chunks=total):
+        return []
+    return batches

@@ -1,21 +1,23 @@
 """Storage stage: upsert one sub-batch of chunk vectors into the user's media collection under
-deterministic ids (a re-run overwrites, never duplicates), then drop chunks of an earlier, longer
-version (index >= the new chunk count) and the media's vectors in the user's other media
-collections (an earlier embedding with another model), so search never serves two versions.
-A media item deleted while its job ran gets no vectors: they are checked for after the upsert and
-removed, and the job fails with NotFound. Synchronous; runs in a worker thread."""
+deterministic ids (a redelivery overwrites, never duplicates), then settle the job: its stored
+count is read from the store, and the step that sees it reach the total completes the job
+(`job_steps.settle`). A media item deleted while its job ran gets no vectors: they are checked for
+after the upsert and removed, and the job fails with NotFound. Blocking work runs in a thread."""
 
 from __future__ import annotations
 
+import asyncio
+
+from tldw_Server_API.app.core.Embeddings.job_steps import settle
+from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobStatus
 from tldw_Server_API.app.core.Embeddings.queue_schemas import StorageMessage
 from tldw_Server_API.app.core.Embeddings.stage_context import StageContext, media_collection
 from tldw_Server_API.app.core.errors import NotFound
 
 
-def handle(message: StorageMessage, context: StageContext) -> int:
-    """Stores the batch; returns how many stale chunks of the media were removed."""
+def write(message: StorageMessage, context: StageContext) -> None:
     if not message.metadatas:
-        return 0
+        return
     model_id = message.metadatas[0].embedding_model
     store = context.vector_stores.for_user(message.user_id)
     name = media_collection(message.user_id, model_id, context.default_model)
@@ -25,12 +27,13 @@ def handle(message: StorageMessage, context: StageContext) -> int:
         metadatas=[m.to_store_dict() for m in message.metadatas],
     )
     if message.media_id not in context.media_dbs.get(message.user_id).live_media_ids([message.media_id]):
-        store.delete_where(name, {"media_id": message.media_id})
+        store.delete_where(name, {"job_id": message.job_id})
         raise NotFound(f"media {message.media_id} not found", param="media_id")
-    stale = {"$and": [{"media_id": message.media_id}, {"chunk_index": {"$gte": message.total_chunks}}]}
-    removed = store.delete_where(name, stale)
-    prefix = media_collection(message.user_id, "", None)
-    for other in store.list_collections():
-        if other != name and other.startswith(prefix):
-            removed += store.delete_where(other, {"media_id": message.media_id})
-    return removed
+
+
+async def handle(message: StorageMessage, context: StageContext) -> list[StorageMessage]:
+    if not await asyncio.to_thread(context.jobs.advance, message.job_id, JobStatus.STORING):
+        return []   # cancelled or finished: drop
+    await asyncio.to_thread(write, message, context)
+    await settle(context, message)
+    return []
