@@ -66,6 +66,7 @@ async def build_services(settings: Settings) -> Services:
     vector_store_api = VectorStoreService(embeddings, storage, settings.storage_config().chunking)
     media_embeddings, rag = build_media_services(settings, embeddings, storage)
     await media_embeddings.manager.start()
+    await vector_store_api.start()
     storage_config = settings.storage_config()
     media = MediaService(storage.media_dbs, media_embeddings, storage_config.max_upload_bytes,
                          storage_config.user_quota_bytes,

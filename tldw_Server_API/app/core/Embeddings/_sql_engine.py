@@ -192,3 +192,19 @@ def keyset_page(
     if backwards:
         rows.reverse()
     return rows, has_more
+
+
+def add_missing_columns(engine: Engine, table: Any) -> None:
+    """Upgrade a table made by an earlier version in place: add the columns it lacks (each new
+    column is nullable or has a server default, so existing rows stay valid)."""
+    from sqlalchemy import inspect, text
+
+    present = {column["name"] for column in inspect(engine).get_columns(table.name)}
+    missing = [column for column in table.columns if column.name not in present]
+    if not missing:
+        return
+    with transaction(engine) as conn:
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            rule = "NULL" if column.nullable else f"NOT NULL DEFAULT {column.server_default.arg}"
+            conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind} {rule}"))

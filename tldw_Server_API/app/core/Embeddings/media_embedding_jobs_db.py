@@ -33,7 +33,15 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
-from tldw_Server_API.app.core.Embeddings._sql_engine import Clock, UTCDateTime, engine_for, new_id, transaction, utc_now
+from tldw_Server_API.app.core.Embeddings._sql_engine import (
+    Clock,
+    UTCDateTime,
+    add_missing_columns,
+    engine_for,
+    new_id,
+    transaction,
+    utc_now,
+)
 from tldw_Server_API.app.core.errors import InvalidInput, NotFound, TLDWError
 
 
@@ -224,22 +232,6 @@ def _error_text(error: str | BaseException | None) -> str | None:
     return sanitize_error(error) if isinstance(error, BaseException) else sanitize_message(error)
 
 
-def _add_missing_columns(engine: Any) -> None:
-    """Upgrade a jobs table made by an earlier version in place: add the columns it lacks (each
-    new column has a server default, so existing rows stay valid)."""
-    from sqlalchemy import inspect, text
-
-    present = {column["name"] for column in inspect(engine).get_columns(jobs_table.name)}
-    missing = [column for column in jobs_table.columns if column.name not in present]
-    if not missing:
-        return
-    with transaction(engine) as conn:
-        for column in missing:
-            kind = column.type.compile(dialect=engine.dialect)
-            rule = "NULL" if column.nullable else f"NOT NULL DEFAULT {column.server_default.arg}"  # type: ignore[union-attr]
-            conn.execute(text(f"ALTER TABLE {jobs_table.name} ADD COLUMN {column.name} {kind} {rule}"))
-
-
 class JobsDB:
     """Media embedding jobs, scoped per user. Thread-safe; one shared engine per URL."""
 
@@ -247,7 +239,7 @@ class JobsDB:
         self.engine = engine_for(url)
         self._clock = clock
         _metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        add_missing_columns(self.engine, jobs_table)
 
     # --- creation and reads -----------------------------------------------------------------
     def create_job(

@@ -8,7 +8,7 @@ May import SQLAlchemy, `_sql_engine` and core errors; no HTTP, no vector store c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from tldw_Server_API.app.core.Embeddings._sql_engine import (
     Order,
     PageQuery,
     UTCDateTime,
+    add_missing_columns,
     check_limit,
     engine_for,
     keyset_page,
@@ -56,6 +57,8 @@ batches_table = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("completed_at", UTCDateTime, nullable=True),
+    # What the batch writes (JSON, `vector_store_service`): a restarted server resumes it from here.
+    Column("spec", Text, nullable=True),
     Index("ix_vector_store_batches_store", "user_id", "store_id", "created_at", "id"),
 )
 
@@ -73,6 +76,7 @@ class BatchRecord:
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    spec: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def in_progress(self) -> int:
@@ -97,15 +101,16 @@ class VectorStoreBatchesDB:
         self.engine = engine_for(url)
         self._clock = clock
         _metadata.create_all(self.engine)
+        add_missing_columns(self.engine, batches_table)
 
-    def create(self, user_id: str, store_id: str, *, total: int = 0) -> BatchRecord:
-        """A new `in_progress` batch of `total` items."""
+    def create(self, user_id: str, store_id: str, *, total: int = 0, spec: str | None = None) -> BatchRecord:
+        """A new `in_progress` batch of `total` items (`spec`: what resumes it after a restart)."""
         _check_counts(total=total)
         now = self._clock()
         batch_id = new_id("vsb")
         values = {
             "id": batch_id, "user_id": user_id, "store_id": store_id, "status": IN_PROGRESS, "total": total,
-            "completed": 0, "failed": 0, "created_at": now, "updated_at": now,
+            "completed": 0, "failed": 0, "created_at": now, "updated_at": now, "spec": spec,
         }
         with transaction(self.engine) as conn:
             conn.execute(batches_table.insert().values(**values))
@@ -184,15 +189,24 @@ class VectorStoreBatchesDB:
         return [BatchRecord.from_row(row) for row in rows], has_more
 
     def fail_interrupted(self) -> int:
-        """Startup recovery: batches a stopped or crashed process left `in_progress` (their asyncio
-        tasks died with it) become `failed` ("interrupted"), so pollers stop waiting. Returns how many."""
+        """Startup recovery of batches that cannot resume: those a stopped or crashed process left
+        `in_progress` without a spec (made by an earlier version) become `failed` ("interrupted"),
+        so pollers stop waiting. Returns how many."""
         now = self._clock()
+        c = batches_table.c
         with transaction(self.engine) as conn:
             result = conn.execute(
-                update(batches_table).where(batches_table.c.status == IN_PROGRESS)
+                update(batches_table).where(c.status == IN_PROGRESS, c.spec.is_(None))
                 .values(status="failed", error="interrupted", updated_at=now, completed_at=now)
             )
         return int(result.rowcount)
+
+    def resumable(self) -> list[BatchRecord]:
+        """Batches left `in_progress` with a spec, oldest first (start-up resume)."""
+        c = batches_table.c
+        query = select(batches_table).where(c.status == IN_PROGRESS, c.spec.is_not(None)).order_by(c.created_at)
+        with transaction(self.engine) as conn:
+            return [BatchRecord.from_row(row) for row in conn.execute(query).mappings().all()]
 
     def delete_for_store(self, user_id: str, store_id: str) -> int:
         """Forget every batch of a deleted store; returns how many there were."""

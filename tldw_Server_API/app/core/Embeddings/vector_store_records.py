@@ -7,6 +7,7 @@ Imports numpy, core errors, chunk types and the vector-store checks; no I/O, cli
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -59,6 +60,31 @@ class PreparedRecord:
     values: np.ndarray | None  # float32 of the store's width; None: embed `content`
     content: str
     metadata: Metadata
+
+
+def encode_record(record: VectorInput) -> dict[str, Any]:
+    """A batch record as JSON for the batch's spec: values as base64 float32 when they are a
+    vector of numbers, else as given (a bad record must fail the same way after a resume)."""
+    values: Any = record.values
+    if values is not None:
+        try:
+            array = np.asarray(values, dtype="<f4")
+            if array.ndim == 1 and np.isfinite(array).all() and not isinstance(values, str | bytes):
+                values = {"f32": base64.b64encode(array.tobytes()).decode("ascii")}
+        except (TypeError, ValueError):
+            pass
+    if values is not None and not isinstance(values, dict):
+        values = list(values) if isinstance(values, list | tuple) else values
+    return {"id": record.id, "content": record.content, "metadata": dict(record.metadata or {}) if
+            isinstance(record.metadata, Mapping) else record.metadata, "values": values}
+
+
+def decode_record(item: Mapping[str, Any]) -> VectorInput:
+    """The `VectorInput` of `encode_record`."""
+    values = item.get("values")
+    if isinstance(values, dict) and "f32" in values:
+        values = np.frombuffer(base64.b64decode(values["f32"]), dtype="<f4").astype(np.float32).tolist()
+    return VectorInput(id=item.get("id"), values=values, content=item.get("content"), metadata=item.get("metadata"))
 
 
 def new_vector_id() -> str:

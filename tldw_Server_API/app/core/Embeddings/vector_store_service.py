@@ -3,19 +3,23 @@
 Store records live in `VectorStoreMetaDB`, vectors in the user's `VectorStore` under a collection
 named after the store id (`vs_<hex>`), batches in `VectorStoreBatchesDB`; content is embedded with
 the store's model. Every blocking call runs in a worker thread; batches run as asyncio tasks
-(`BatchTasks`), cancelled in `aclose()`. Pure checks live in `vector_store_records`. Raises
-domain errors only; imports no web framework.
+(`BatchTasks`), cancelled in `aclose()`. A batch records its spec (its records, or its media and
+chunking) when it starts, and `start()` resumes those a stopped or killed process left running:
+their counts are recounted from zero, records already in the store as written are not written
+again, so counts end equal to what the store holds. Pure checks live in `vector_store_records`.
+Raises domain errors only; imports no web framework.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+import orjson
 from loguru import logger
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import User
@@ -41,8 +45,11 @@ from tldw_Server_API.app.core.Embeddings.vector_store_records import (
     check_record_count,
     check_unique_ids,
     checked_where,
+    decode_record,
+    encode_record,
     media_chunk_records,
     merge_hits,
+    new_vector_id,
     openai_filter_to_where,
     prepare_records,
     query_vector,
@@ -50,7 +57,7 @@ from tldw_Server_API.app.core.Embeddings.vector_store_records import (
     triage_records,
     usage_bytes,
 )
-from tldw_Server_API.app.core.errors import InvalidInput, NotFound, ProviderError, ServiceUnavailable
+from tldw_Server_API.app.core.errors import InvalidInput, NotFound, ProviderError, ServiceUnavailable, TLDWError
 from tldw_Server_API.app.core.RAG.vector_stores.base import VectorHit, VectorRecord, VectorStore, validate_top_k
 
 if TYPE_CHECKING:
@@ -92,6 +99,12 @@ class MediaStoreCall:
         return self.chunk_method is None and self.chunk_size is None and self.chunk_overlap is None
 
 
+def _same(row: VectorRecord | None, record: PreparedRecord) -> bool:
+    """A stored row already holds this record's content and metadata (its vector: the same
+    content with the store's model, or given values, written in the same step)."""
+    return row is not None and row.document == record.content and dict(row.metadata) == dict(record.metadata)
+
+
 async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking store/database call off the event loop."""
     return await asyncio.to_thread(partial(fn, *args, **kwargs))
@@ -106,9 +119,39 @@ class VectorStoreService:
         self._chunking = chunking
         self._tasks = BatchTasks(storage.vector_store_batches)
         self._closed = False
-        interrupted = self._batches.fail_interrupted()   # their tasks died with the last process
+
+    async def start(self) -> None:
+        """Resume the batches a stopped or killed process left `in_progress` (their tasks died
+        with it); those of an earlier version, without a spec, are marked failed."""
+        interrupted = await _call(self._batches.fail_interrupted)
         if interrupted:
-            logger.warning("vector stores: {} interrupted batch(es) marked failed", interrupted)
+            logger.warning("vector stores: {} interrupted batch(es) of an earlier version marked failed", interrupted)
+        batches = await _call(self._batches.resumable)
+        for batch in batches:
+            try:
+                await self._resume(batch)
+            except TLDWError as exc:   # its store or media are gone
+                await _call(self._batches.update, batch.user_id, batch.id, status="failed", error=exc)
+        if batches:
+            logger.warning("vector stores: resuming {} interrupted batch(es)", len(batches))
+
+    async def _resume(self, batch: BatchRecord) -> None:
+        user = User(batch.user_id)
+        store = await self.get_store(user, batch.store_id)
+        spec = orjson.loads(batch.spec or "{}")
+        await _call(self._batches.update, user.id, batch.id, completed=0, failed=0)
+        if spec.get("kind") == "media":
+            model = f"{store.embedding_provider}:{store.embedding_model}"
+            window = await _call(self._embeddings.window, model)
+            media_db = self._storage.media_dbs.get(user.id)
+            media = [await _call(media_db.get_media, media_id) for media_id in spec["media_ids"]]
+            options = ChunkingOptions(**spec["chunking"])
+            job = partial(self._media_job, user, store, batch.id, media, options, window.tokenizer, spec["reuse"])
+            self._tasks.start(user.id, store.id, batch.id, job, partial(self._refresh, user, store.id, "completed"))
+        else:
+            records = [decode_record(item) for item in spec["records"]]
+            self._tasks.start(user.id, store.id, batch.id, partial(self._records_job, user, store, batch.id, records),
+                              partial(self._refresh, user, store.id))
 
     def _vectors(self, user: User) -> VectorStore:
         return self._storage.vector_stores.for_user(user.id)
@@ -221,8 +264,10 @@ class VectorStoreService:
         check_unique_ids(records)
         store = await self.get_store(user, store_id)
         self._check_open()
-        batch = await _call(self._batches.create, user.id, store.id, total=len(records))
-        self._tasks.start(user.id, store.id, batch.id, partial(self._records_job, user, store, batch.id, list(records)),
+        named = [r if r.id is not None else replace(r, id=new_vector_id()) for r in records]  # fixed before a resume
+        spec = orjson.dumps({"kind": "records", "records": [encode_record(r) for r in named]}).decode()
+        batch = await _call(self._batches.create, user.id, store.id, total=len(named), spec=spec)
+        self._tasks.start(user.id, store.id, batch.id, partial(self._records_job, user, store, batch.id, named),
                           partial(self._refresh, user, store.id))
         return batch
 
@@ -264,7 +309,10 @@ class VectorStoreService:
         store = await self.create_store(user, name=call.name, metadata=call.metadata,
                                         embedding_model=call.embedding_model, dimensions=call.dimensions,
                                         status="in_progress")
-        batch = await _call(self._batches.create, user.id, store.id, total=len(media))
+        spec = {"kind": "media", "media_ids": list(ids), "reuse": call.reuse_chunks,
+                "chunking": {"method": options.method, "max_size": options.max_size, "overlap": options.overlap,
+                             "max_chunks": options.max_chunks}}
+        batch = await _call(self._batches.create, user.id, store.id, total=len(media), spec=orjson.dumps(spec).decode())
         job = partial(self._media_job, user, store, batch.id, media, options, window.tokenizer, call.reuse_chunks)
         self._tasks.start(user.id, store.id, batch.id, job, partial(self._refresh, user, store.id, "completed"))
         return store, batch
@@ -297,7 +345,16 @@ class VectorStoreService:
             parts.append(result.vectors)
         return np.concatenate(parts, axis=0)
 
-    async def _write(self, user: User, store: VectorStoreRecord, records: Sequence[PreparedRecord]) -> None:
+    async def _write(self, user: User, store: VectorStoreRecord, records: Sequence[PreparedRecord],
+                     *, skip_stored: bool = False) -> None:
+        """Embed what has no values and upsert. `skip_stored` (batches): records already in the
+        store with this content and metadata are left as they are (a resumed batch)."""
+        if skip_stored:
+            rows = await _call(self._vectors(user).get, store.id, ids=[r.id for r in records])
+            stored = {row.id: row for row in rows}
+            records = [r for r in records if not _same(stored.get(r.id), r)]
+            if not records:
+                return
         to_embed = [r for r in records if r.values is None]
         embedded = await self._embed(user, store, [r.content for r in to_embed]) if to_embed else None
         rows = {r.id: embedded[i] for i, r in enumerate(to_embed)} if embedded is not None else {}
@@ -322,7 +379,7 @@ class VectorStoreService:
             step = BatchTally(failed=len(bad), error=bad[0].message if bad else None)
             if good:
                 try:
-                    await self._write(user, store, good)
+                    await self._write(user, store, good, skip_stored=True)
                     step.completed = len(good)
                 except (InvalidInput, ProviderError, ServiceUnavailable) as exc:
                     step.fail(len(good), exc)
@@ -348,7 +405,7 @@ class VectorStoreService:
                     if stop.is_set():
                         return tally  # this media item stays uncounted: cancelled
                     await self._write(user, store, prepare_records(inputs[start:start + EMBED_BATCH],
-                                                                   self._width(store), EMBED_BATCH))
+                                                                   self._width(store), EMBED_BATCH), skip_stored=True)
                 step.completed = 1
             except (InvalidInput, NotFound, ProviderError, ServiceUnavailable) as exc:
                 step.fail(1, exc)
