@@ -63,6 +63,7 @@ class LiveServer:
     """uvicorn serving an app on 127.0.0.1:<free port> in a background thread."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.port = free_port()
         config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port,
                                 log_level="warning", access_log=False, lifespan="on")

@@ -206,6 +206,19 @@ class StorageConfig:
     max_unpacked_bytes: int = 256 * 2**20   # inflated members of one DOCX / EPUB / ODT
 
 
+@dataclass(frozen=True)
+class PipelineConfig:
+    mode: Literal["embedded", "redis"]
+    redis_url: str
+    prefix: str                      # of every pipeline key
+    max_retries: int
+    lease_seconds: float
+    workers_min: int
+    workers_max: int
+    backpressure_depth: int
+    backpressure_age_seconds: float
+
+
 class PgvectorSettings(BaseModel):
     dsn: str | None = Field(None, description="PostgreSQL DSN of the pgvector store (`postgresql://...`).")
     ef_search: int = Field(200, ge=1, description="`hnsw.ef_search` per query (recall vs speed; 100 gave recall@10 "
@@ -495,6 +508,34 @@ class Settings(BaseSettings):
     embeddings_pipeline_queue_size: int = Field(
         1000, ge=1, description="Queued media embedding jobs before new ones get 429."
     )
+    embeddings_pipeline: Literal["embedded", "redis"] = Field(
+        "embedded", description="Who runs media embedding jobs: `embedded` (asyncio workers in the server "
+        "process, no Redis) or `redis` (the server enqueues to Redis Streams at `REDIS_URL`; worker processes "
+        "started by `worker_orchestrator` run the stages; needs pgvector and a jobs DB every process reaches)."
+    )
+    embeddings_stream_prefix: str = Field(
+        "", description="Prefix of the pipeline's Redis keys (`<prefix>embeddings:<stage>`); one per deployment "
+        "sharing a Redis."
+    )
+    embeddings_pipeline_max_retries: int = Field(
+        3, ge=0, description="Retries of a pipeline step that failed transiently (exponential backoff with "
+        "jitter); past them, or on a permanent error, the job fails and the message is dead-lettered."
+    )
+    embeddings_worker_lease_seconds: float = Field(
+        30.0, gt=0, description="A worker's heartbeat lease: its pending messages are reclaimed by another worker "
+        "only once they are idle this long and its heartbeat expired (a slow but live worker is never robbed)."
+    )
+    embeddings_workers_min: int = Field(1, ge=0, description="Worker processes per stage the orchestrator keeps.")
+    embeddings_workers_max: int = Field(4, ge=1, description="Most worker processes per stage (scaled by lag + "
+                                        "pending).")
+    emb_backpressure_max_depth: int = Field(
+        10_000, ge=1, description="Redis pipeline: a stage's lag + pending above this makes the media embedding "
+        "routes answer 429 with Retry-After."
+    )
+    emb_backpressure_max_age_seconds: float = Field(
+        600.0, gt=0, description="Redis pipeline: a stage's oldest waiting entry older than this makes the media "
+        "embedding routes answer 429 with Retry-After."
+    )
     tiktoken_cache_dir: Path | None = Field(
         None,
         description="Directory holding tiktoken's cl100k_base file, used to decode token-array inputs. "
@@ -652,6 +693,15 @@ class Settings(BaseSettings):
                 redis_url=redis_url if self.embeddings_rate_limit_redis else None,
                 redis_prefix=f"{self.redis_key_prefix}:emb:rl",
             ),
+        )
+
+    def pipeline_config(self) -> PipelineConfig:
+        return PipelineConfig(
+            mode=self.embeddings_pipeline, redis_url=self.redis_url or "redis://127.0.0.1:6379/0",
+            prefix=self.embeddings_stream_prefix, max_retries=self.embeddings_pipeline_max_retries,
+            lease_seconds=self.embeddings_worker_lease_seconds, workers_min=self.embeddings_workers_min,
+            workers_max=self.embeddings_workers_max, backpressure_depth=self.emb_backpressure_max_depth,
+            backpressure_age_seconds=self.emb_backpressure_max_age_seconds,
         )
 
     def storage_config(self) -> StorageConfig:

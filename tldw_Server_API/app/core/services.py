@@ -4,6 +4,7 @@ them on shutdown. Endpoints reach them through dependencies reading `app.state.s
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from loguru import logger
@@ -20,12 +21,13 @@ from tldw_Server_API.app.core.Embeddings.job_manager import MediaEmbeddingJobMan
 from tldw_Server_API.app.core.Embeddings.media_embedding_service import MediaEmbeddingService
 from tldw_Server_API.app.core.Embeddings.metrics_integration import EmbeddingsMetrics
 from tldw_Server_API.app.core.Embeddings.multi_tier_cache import create_embedding_cache
-from tldw_Server_API.app.core.Embeddings.pipeline_executor import EmbeddedExecutor
+from tldw_Server_API.app.core.Embeddings.pipeline_executor import EmbeddedExecutor, PipelineExecutor
 from tldw_Server_API.app.core.Embeddings.policy import EmbeddingPolicy
 from tldw_Server_API.app.core.Embeddings.rate_limiter import create_rate_limiter
 from tldw_Server_API.app.core.Embeddings.stage_context import MediaQueryEmbedder, ServiceEmbedder, StageContext
 from tldw_Server_API.app.core.Embeddings.tokenization import TokenArrayDecoder
 from tldw_Server_API.app.core.Embeddings.vector_store_service import VectorStoreService
+from tldw_Server_API.app.core.Embeddings.workers.redis_executor import RedisExecutor
 from tldw_Server_API.app.core.health import HealthService
 from tldw_Server_API.app.core.Media.media_service import MediaService
 from tldw_Server_API.app.core.observability import HTTPMetrics
@@ -83,15 +85,55 @@ def build_media_services(
     config = settings.storage_config()
     _, default_model = embeddings.resolve_model(None)
 
-    context = StageContext(storage.media_dbs, storage.vector_stores, ServiceEmbedder(embeddings), storage.jobs,
-                           default_model=default_model, tokenizer_for=embeddings.tokenizer_for)
-    executor = EmbeddedExecutor(context, concurrency=config.pipeline_concurrency,
-                                queue_size=config.pipeline_queue_size)
+    pipeline = settings.pipeline_config()
+    executor: PipelineExecutor
+    if pipeline.mode == "redis":
+        import redis.asyncio as aioredis
+
+        check_shared_state(settings)
+        executor = RedisExecutor(aioredis.Redis.from_url(pipeline.redis_url), pipeline, storage.jobs)
+    else:
+        executor = EmbeddedExecutor(stage_context(embeddings, storage, default_model),
+                                    concurrency=config.pipeline_concurrency, queue_size=config.pipeline_queue_size,
+                                    max_retries=pipeline.max_retries)
     manager = MediaEmbeddingJobManager(storage.jobs, executor)
     service = MediaEmbeddingService(embeddings, storage.media_dbs, storage.vector_stores, manager, config.chunking)
     return service, RAGSearchService(storage.media_dbs, storage.vector_stores,
                                      MediaQueryEmbedder(embeddings, default_model))
 
+
+
+def stage_context(embeddings: EmbeddingService, storage: StorageServices, default_model: str) -> StageContext:
+    """What the stage handlers run with, in the server (embedded) or a worker process (Redis)."""
+    return StageContext(storage.media_dbs, storage.vector_stores, ServiceEmbedder(embeddings), storage.jobs,
+                        default_model=default_model, tokenizer_for=embeddings.tokenizer_for)
+
+
+def check_shared_state(settings: Settings) -> None:
+    """Redis mode runs the stages in other processes, maybe on other machines: the vector store
+    must be a service every process reaches. Embedded Chroma (or the in-memory stub) is refused."""
+    if settings.storage_config().vector_store_type != "pgvector":
+        raise RuntimeError("EMBEDDINGS_PIPELINE=redis runs the stages in worker processes that must share the "
+                           "vector store: set RAG__VECTOR_STORE_TYPE=pgvector and RAG__PGVECTOR__DSN (embedded "
+                           "Chroma is one process's files)")
+
+
+async def build_worker_context(settings: Settings, *, preload: bool = True
+                               ) -> tuple[StageContext, Callable[[], Awaitable[None]]]:
+    """A worker process's stage context and the coroutine that closes what it opened (`preload`:
+    load the configured models now; chunking and storage workers only need a tokenizer)."""
+    check_shared_state(settings)
+    embeddings = build_embedding_service(settings, CollectorRegistry())
+    if preload:
+        await embeddings.preload(settings.engine_config().models.preload)
+    storage = build_storage(settings)
+    _, default_model = embeddings.resolve_model(None)
+
+    async def close() -> None:
+        await embeddings.aclose()
+        storage.close()
+
+    return stage_context(embeddings, storage, default_model), close
 
 
 def build_embedding_service(settings: Settings, registry: CollectorRegistry) -> EmbeddingService:

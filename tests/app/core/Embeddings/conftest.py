@@ -4,7 +4,6 @@ PostgreSQL (pgserver), shared by the jobs, vector-store metadata and batches DB 
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,14 +53,10 @@ def jobs_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
 
 
 @pytest.fixture
-def redis_prefix() -> Iterator[tuple[str, str]]:
+def redis_prefix(redis_url: str) -> Iterator[tuple[str, str]]:
     """(Redis URL, a unique key prefix); every key under the prefix is deleted afterwards."""
-    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    url = redis_url
     client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError:
-        require_service(f"Redis at {url}")
     prefix = f"test:{uuid.uuid4().hex}"
     yield url, prefix
     keys = list(client.scan_iter(match=f"{prefix}:*"))

@@ -1,0 +1,192 @@
+"""The Redis Streams pipeline end to end: the server enqueues (`EMBEDDINGS_PIPELINE=redis`), real
+worker processes (`workers/base_worker.py --stage ...`) run the stages, pgvector holds the vectors
+and every process shares the jobs DB. Real Redis, a unique key prefix per test, a fresh database.
+
+- 20 documents complete and are found, with an embedding worker SIGKILLed while it holds pending
+  messages: another worker reclaims them after the lease; every chunk is stored exactly once
+  (vectors per media = the job's total = its stored count); nothing stays pending.
+- A payload that does not decode goes to the stage's DLQ with its reason; the workers go on.
+- Redis loses every pipeline key mid-run: the reconciler re-enqueues from the jobs DB and every
+  job completes, nothing duplicated.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.support import ADMIN_KEY, LiveServer, make_settings, real_texts
+from tldw_Server_API.app.core.Embeddings.worker_config import StreamNames
+
+LEASE = 2.0
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+def document(i: int, words: int) -> str:
+    pool = " ".join(real_texts()).split()
+    start = 2000 + i * words
+    return f"Document number {i} is about the subject zeta{i}. " + " ".join(pool[start:start + words])
+
+
+@dataclass
+class Pipeline:
+    server: LiveServer
+    env: dict[str, str]
+    names: StreamNames
+    redis: redis.Redis
+    client: httpx.Client
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def worker(self, stage: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen([sys.executable, "-m", "tldw_Server_API.app.core.Embeddings.workers.base_worker",
+                                    "--stage", stage], env=self.env)
+        self.workers.append(process)
+        return process
+
+    def upload(self, text: str, title: str) -> dict[str, Any]:
+        response = self.client.post("/api/v1/media/add", json={"title": title, "content": text})
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def jobs(self) -> list[dict[str, Any]]:
+        response = self.client.get("/api/v1/media/embeddings/jobs", params={"limit": 100})
+        assert response.status_code == 200, response.text
+        return list(response.json()["items"])
+
+    def wait_done(self, count: int, timeout: float = 240) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            jobs = self.jobs()
+            if len(jobs) == count and all(j["status"] in TERMINAL for j in jobs):
+                return jobs
+            for process in self.workers:
+                assert process.poll() in (None, -signal.SIGKILL), "a worker exited on its own"
+            assert time.monotonic() < deadline, [(j["status"], j["stored_chunks"], j["total_chunks"]) for j in jobs]
+            time.sleep(0.3)
+
+    def pending(self, stage: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for stream in self.names.streams(stage):
+            if self.redis.exists(stream):
+                rows += self.redis.xpending_range(stream, self.names.group(stage), min="-", max="+", count=1000)
+        return rows
+
+    def assert_exactly_once(self, jobs: list[dict[str, Any]]) -> None:
+        assert {j["status"] for j in jobs} == {"completed"}, jobs
+        for job in jobs:
+            status = self.client.get(f"/api/v1/media/{job['media_id']}/embeddings/status").json()
+            assert status["chunk_count"] == job["total_chunks"] == job["stored_chunks"] > 0, (status, job)
+            assert job["processed_chunks"] == job["total_chunks"], job
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path, redis_url: str, pg_database: str, tiktoken_dir: Path) -> Iterator[Pipeline]:
+    prefix = f"test:{uuid.uuid4().hex}:"
+    data = tmp_path / "data"
+    env = {**os.environ, "TLDW_DATA_DIR": str(data), "RAG__VECTOR_STORE_TYPE": "pgvector",
+           "RAG__PGVECTOR__DSN": pg_database, "EMBEDDINGS_PIPELINE": "redis", "REDIS_URL": redis_url,
+           "EMBEDDINGS_STREAM_PREFIX": prefix, "EMBEDDINGS_WORKER_LEASE_SECONDS": str(LEASE),
+           "TIKTOKEN_CACHE_DIR": str(tiktoken_dir), "LOG_LEVEL": "WARNING", "SINGLE_USER_API_KEY": ADMIN_KEY}
+    settings = make_settings(data, tiktoken_dir, embeddings_pipeline="redis", redis_url=redis_url,
+                             embeddings_stream_prefix=prefix, embeddings_worker_lease_seconds=LEASE,
+                             rag={"vector_store_type": "pgvector", "pgvector": {"dsn": pg_database}})
+    client = redis.Redis.from_url(redis_url)
+    with LiveServer(settings) as server:
+        http = httpx.Client(base_url=server.base_url, timeout=60, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        running = Pipeline(server, env, StreamNames(prefix), client, http)
+        try:
+            yield running
+        finally:
+            for process in running.workers:
+                if process.poll() is None:
+                    process.terminate()
+            for process in running.workers:
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            http.close()
+            keys = list(client.scan_iter(match=f"{prefix}*"))
+            if keys:
+                client.delete(*keys)
+            client.close()
+
+
+def test_twenty_documents_complete_with_an_embedding_worker_killed_holding_messages(pipeline: Pipeline) -> None:
+    pipeline.worker("chunking")
+    pipeline.worker("storage")
+    victim = pipeline.worker("embedding")
+    pipeline.worker("embedding")
+    docs = {pipeline.upload(document(i, 1500), f"doc {i}")["media_id"]: i for i in range(20)}
+
+    deadline = time.monotonic() + 120
+    while not any(f"-{victim.pid}-" in str(row["consumer"]) for row in pipeline.pending("embedding")):
+        assert time.monotonic() < deadline, "the victim never held a message"
+        assert not all(j["status"] in TERMINAL for j in pipeline.jobs()), "everything finished first"
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+
+    jobs = pipeline.wait_done(len(docs))
+    pipeline.assert_exactly_once(jobs)
+    assert not any(pipeline.pending(stage) for stage in ("chunking", "embedding", "storage"))
+    for media_id, i in docs.items():
+        query = " ".join(document(i, 1500).split()[400:416])   # a passage from the middle of it
+        response = pipeline.client.post("/api/v1/rag/search", json={"query": query, "mode": "hybrid", "top_k": 3})
+        assert response.status_code == 200, response.text
+        assert media_id in [hit["media_id"] for hit in response.json()["data"]], (i, response.json())
+
+    # A payload that does not decode: dead-lettered with its reason, and the workers go on.
+    pipeline.redis.xadd(pipeline.names.stream("embedding"), {"job": "job_x", "stage": "embedding", "data": b"{nope"})
+    deadline = time.monotonic() + 30
+    while not pipeline.redis.xlen(pipeline.names.dlq("embedding")):
+        assert time.monotonic() < deadline, "the poison message was not dead-lettered"
+        time.sleep(0.1)
+    (_, entry), = pipeline.redis.xrange(pipeline.names.dlq("embedding"))
+    assert entry[b"code"] == b"invalid_message" and b"not valid JSON" in entry[b"error"], entry
+    pipeline.upload(document(40, 300), "after the poison")
+    pipeline.assert_exactly_once(pipeline.wait_done(len(docs) + 1))
+
+
+def test_redis_losing_its_data_mid_run_is_healed_by_the_reconciler(pipeline: Pipeline) -> None:
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory
+    from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobsDB
+    from tldw_Server_API.app.core.Embeddings.workers.base_worker import ensure_groups
+    from tldw_Server_API.app.core.Embeddings.workers.redis_executor import reconcile
+
+    for i in range(6):   # enqueued with no worker running yet
+        pipeline.upload(document(i, 800), f"doc {i}")
+    keys = list(pipeline.redis.scan_iter(match=f"{pipeline.names.prefix}*"))
+    pipeline.redis.delete(*keys)            # Redis restarted empty / flushed
+
+    storage = pipeline.server.settings.storage_config()
+
+    async def heal() -> int:
+        client = aioredis.Redis.from_url(pipeline.env["REDIS_URL"])
+        try:
+            await ensure_groups(client, pipeline.names, ("chunking", "embedding", "storage"))
+            return await reconcile(client, pipeline.names, JobsDB(storage.jobs_db_url),
+                                   MediaDBFactory(storage.data_dir), grace_seconds=0)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(heal()) == 6
+    assert asyncio.run(heal()) == 0          # each job has its message now: nothing enqueued twice
+    pipeline.worker("all")
+    pipeline.assert_exactly_once(pipeline.wait_done(6))

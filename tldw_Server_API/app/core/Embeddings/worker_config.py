@@ -1,0 +1,76 @@
+"""The Redis Streams pipeline's names and settings, one place for workers, the executor, the
+orchestrator and admin routes: `embeddings:{stage}` (normal priority), `embeddings:{stage}:high`
+and `:low`, consumer group `{stage}-workers`, dead letters `embeddings:{stage}:dlq`, the delayed
+retry set `embeddings:{stage}:delayed`, heartbeats `embeddings:workers:{consumer}`, the pause flag
+`embeddings:{stage}:paused`. Every key carries the deployment's prefix. Pure: no Redis calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tldw_Server_API.app.core.config import PipelineConfig
+
+STAGES = ("chunking", "embedding", "storage")
+PRIORITIES = ("high", "normal", "low")
+# Reads per cycle by priority (weighted round robin: high is read first most often, low never starves).
+PRIORITY_WEIGHTS = {"high": 4, "normal": 2, "low": 1}
+
+
+@dataclass(frozen=True)
+class StreamNames:
+    prefix: str = ""
+
+    def stream(self, stage: str, priority: str = "normal") -> str:
+        base = f"{self.prefix}embeddings:{stage}"
+        return base if priority == "normal" else f"{base}:{priority}"
+
+    def streams(self, stage: str) -> list[str]:
+        return [self.stream(stage, p) for p in PRIORITIES]
+
+    def group(self, stage: str) -> str:
+        return f"{stage}-workers"
+
+    def dlq(self, stage: str) -> str:
+        return f"{self.prefix}embeddings:{stage}:dlq"
+
+    def dlq_index(self, stage: str) -> str:
+        return f"{self.prefix}embeddings:{stage}:dlq:index"
+
+    def delayed(self, stage: str) -> str:
+        return f"{self.prefix}embeddings:{stage}:delayed"
+
+    def paused(self, stage: str) -> str:
+        return f"{self.prefix}embeddings:{stage}:paused"
+
+    def heartbeat(self, consumer: str) -> str:
+        return f"{self.prefix}embeddings:workers:{consumer}"
+
+    def heartbeat_pattern(self) -> str:
+        return f"{self.prefix}embeddings:workers:*"
+
+    def stats(self, stage: str) -> str:
+        return f"{self.prefix}embeddings:{stage}:stats"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """One worker process: its stages, its Redis, its lease and retry rules."""
+
+    redis_url: str
+    names: StreamNames
+    stages: tuple[str, ...] = STAGES
+    lease_seconds: float = 30.0
+    max_retries: int = 3            # transient failures retried (delayed set) before dead-lettering
+    max_deliveries: int = 5         # deliveries of one entry (crashes mid-handler) before dead-lettering
+    block_ms: int = 500
+    retry_base: float = 0.5
+    retry_cap: float = 30.0
+    burst: bool = False             # exit once every stage's streams are empty
+
+    @classmethod
+    def from_pipeline(cls, config: PipelineConfig, stages: tuple[str, ...] = STAGES, *,
+                      burst: bool = False) -> WorkerConfig:
+        return cls(redis_url=config.redis_url, names=StreamNames(config.prefix), stages=stages,
+                   lease_seconds=config.lease_seconds, max_retries=config.max_retries,
+                   max_deliveries=config.max_retries + 2, burst=burst)

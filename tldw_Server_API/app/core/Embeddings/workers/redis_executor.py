@@ -1,0 +1,143 @@
+"""The Redis Streams executor (`EMBEDDINGS_PIPELINE=redis`) seen from the server process, and
+the pipeline's operational reads shared with the orchestrator and admin routes.
+
+`RedisExecutor` enqueues a job's chunking message (with the text: workers never read files of
+another machine) and answers capacity from the streams: backpressure (Overloaded, 429 with
+Retry-After) when a stage's lag + pending passes the configured depth or its oldest waiting entry
+passes the configured age. `stage_stats` reads lag (`XINFO GROUPS`), pending, oldest pending idle
+time, DLQ depth, retries waiting and live workers per stage; `reconcile` re-enqueues, from the
+jobs DB, every unfinished job that has no message in any stream or delayed set (Redis restarted
+empty or was flushed), so no job is ever stuck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from loguru import logger
+
+from tldw_Server_API.app.core.config import PipelineConfig
+from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory
+from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobsDB
+from tldw_Server_API.app.core.Embeddings.messages import job_of, to_fields
+from tldw_Server_API.app.core.Embeddings.pipeline_executor import spec_message
+from tldw_Server_API.app.core.Embeddings.queue_schemas import ChunkingMessage
+from tldw_Server_API.app.core.Embeddings.worker_config import STAGES, StreamNames
+from tldw_Server_API.app.core.Embeddings.workers.base_worker import ensure_groups
+from tldw_Server_API.app.core.errors import NotFound, Overloaded
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def stage_stats(redis: Any, names: StreamNames, stage: str) -> dict[str, Any]:
+    """Lag + pending (the autoscaling signal), oldest pending idle, oldest waiting age, DLQ depth,
+    retries waiting, live workers and messages handled, for one stage."""
+    lag = pending = 0
+    oldest_idle_ms = 0
+    oldest_age_s = 0.0
+    now_ms = time.time() * 1000
+    for stream in names.streams(stage):
+        groups = await redis.xinfo_groups(stream) if await redis.exists(stream) else []
+        for group in groups:
+            if _s(group["name"]) == names.group(stage):
+                lag += int(group.get("lag") or 0)
+                pending += int(group.get("pending") or 0)
+        first = await redis.xrange(stream, count=1)
+        if first:
+            oldest_age_s = max(oldest_age_s, (now_ms - int(_s(first[0][0]).split("-")[0])) / 1000)
+        if pending:
+            rows = await redis.xpending_range(stream, names.group(stage), min="-", max="+", count=1)
+            if rows:
+                oldest_idle_ms = max(oldest_idle_ms, int(rows[0]["time_since_delivered"]))
+    workers = 0
+    async for key in redis.scan_iter(match=names.heartbeat_pattern(), count=200):
+        value = await redis.get(key)
+        if value and stage in orjson.loads(value).get("stages", []):
+            workers += 1
+    handled = await redis.hget(names.stats(stage), "handled")
+    return {
+        "stage": stage, "lag": lag, "pending": pending, "backlog": lag + pending,
+        "oldest_pending_idle_seconds": oldest_idle_ms / 1000, "oldest_waiting_seconds": round(oldest_age_s, 3),
+        "dlq_depth": int(await redis.xlen(names.dlq(stage))),
+        "retries_waiting": int(await redis.zcard(names.delayed(stage))),
+        "workers": workers, "handled": int(handled or 0), "paused": bool(await redis.exists(names.paused(stage))),
+    }
+
+
+async def reconcile(redis: Any, names: StreamNames, jobs: JobsDB, media_dbs: MediaDBFactory | None,
+                    grace_seconds: float = 30.0) -> int:
+    """Re-enqueue every unfinished job (untouched for `grace_seconds`) that has no message in any
+    stream or delayed set. Returns how many were re-enqueued."""
+    present: set[str] = set()
+    for stage in STAGES:
+        for stream in names.streams(stage):
+            for _, fields in await redis.xrange(stream):
+                present.add(job_of(fields))
+        for member in await redis.zrange(names.delayed(stage), 0, -1):
+            present.add(str(orjson.loads(member).get("job", "")))
+    cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
+    enqueued = 0
+    for job in await asyncio.to_thread(jobs.resumable_jobs):
+        if job.job_id in present or job.updated_at > cutoff:
+            continue
+        message = spec_message(job)
+        if message is None:
+            continue
+        message = await asyncio.to_thread(_with_content, message, media_dbs)
+        await redis.xadd(names.stream("chunking", message.priority), to_fields(message))
+        enqueued += 1
+    if enqueued:
+        logger.warning("pipeline reconciler: re-enqueued {} job(s) that had no message in Redis", enqueued)
+    return enqueued
+
+
+def _with_content(message: ChunkingMessage, media_dbs: MediaDBFactory | None) -> ChunkingMessage:
+    if media_dbs is None:
+        return message
+    try:
+        media = media_dbs.get(message.user_id).get_media(message.media_id)
+    except NotFound:
+        return message   # deleted: the chunking step fails the job
+    return message.model_copy(update={"content": media.content, "page_starts": media.page_starts})
+
+
+class RedisExecutor:
+    """Jobs go to `embeddings:chunking`; worker processes run them. Job state is in the jobs DB."""
+
+    carries_content = True
+
+    def __init__(self, redis: Any, config: PipelineConfig, jobs: JobsDB) -> None:
+        self.redis = redis
+        self.names = StreamNames(config.prefix)
+        self._config = config
+        self._jobs = jobs
+
+    async def start(self) -> None:
+        await ensure_groups(self.redis, self.names, STAGES)
+
+    async def enqueue(self, message: ChunkingMessage) -> None:
+        await self.redis.xadd(self.names.stream("chunking", message.priority), to_fields(message))
+
+    async def check_capacity(self, jobs: int = 1) -> None:  # noqa: ARG002 - backpressure is per stage
+        for stage in STAGES:
+            stats = await stage_stats(self.redis, self.names, stage)
+            if stats["backlog"] > self._config.backpressure_depth:
+                raise Overloaded(f"the {stage} stage has {stats['backlog']} messages waiting; retry later",
+                                 retry_after=30)
+            if stats["oldest_waiting_seconds"] > self._config.backpressure_age_seconds:
+                raise Overloaded(f"the {stage} stage's oldest message waits {stats['oldest_waiting_seconds']:.0f}s; "
+                                 "retry later", retry_after=30)
+
+    async def wait_idle(self) -> None:
+        """Until no job is queued or running (tests; the workers are other processes)."""
+        while await asyncio.to_thread(self._jobs.resumable_jobs):
+            await asyncio.sleep(0.2)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
