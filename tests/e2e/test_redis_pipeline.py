@@ -2,16 +2,19 @@
 worker processes (`workers/base_worker.py --stage ...`) run the stages, pgvector holds the vectors
 and every process shares the jobs DB. Real Redis, a unique key prefix per test, a fresh database.
 
-- 20 documents complete and are found, with an embedding worker SIGKILLed while it holds pending
-  messages: another worker reclaims them after the lease; every chunk is stored exactly once
-  (vectors per media = the job's total = its stored count); nothing stays pending.
+- 20 documents complete and are found, with an embedding worker and then a storage worker
+  SIGKILLed while they hold pending messages: other workers reclaim them after the lease; every
+  chunk is stored exactly once (vectors per media = the job's total = its stored count); nothing
+  stays pending; the admin summary shows the DLQ entry and only the live workers.
 - A payload that does not decode goes to the stage's DLQ with its reason; the workers go on.
 - Redis loses every pipeline key mid-run: the reconciler re-enqueues from the jobs DB and every
-  job completes, nothing duplicated.
+  job completes, nothing duplicated; the orchestrator runs one process per stage, each naming its
+  stage on its command line, and restarts one that was killed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -126,18 +129,18 @@ def pipeline(tmp_path: Path, redis_url: str, pg_database: str, tiktoken_dir: Pat
 
 def test_twenty_documents_complete_with_an_embedding_worker_killed_holding_messages(pipeline: Pipeline) -> None:
     pipeline.worker("chunking")
+    storer = pipeline.worker("storage")
     pipeline.worker("storage")
     victim = pipeline.worker("embedding")
     pipeline.worker("embedding")
     docs = {pipeline.upload(document(i, 1500), f"doc {i}")["media_id"]: i for i in range(20)}
-
-    deadline = time.monotonic() + 120
-    while not any(f"-{victim.pid}-" in str(row["consumer"]) for row in pipeline.pending("embedding")):
-        assert time.monotonic() < deadline, "the victim never held a message"
-        assert not all(j["status"] in TERMINAL for j in pipeline.jobs()), "everything finished first"
-        time.sleep(0.01)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
+    for stage, process in (("embedding", victim), ("storage", storer)):   # SIGKILL each while it holds a message
+        deadline = time.monotonic() + 120
+        while not any(f"-{process.pid}-" in str(row["consumer"]) for row in pipeline.pending(stage)):
+            assert time.monotonic() < deadline, f"the {stage} victim never held a message"
+            assert not all(j["status"] in TERMINAL for j in pipeline.jobs()), "everything finished first"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
 
     jobs = pipeline.wait_done(len(docs))
     pipeline.assert_exactly_once(jobs)
@@ -158,6 +161,11 @@ def test_twenty_documents_complete_with_an_embedding_worker_killed_holding_messa
     assert entry[b"code"] == b"invalid_message" and b"not valid JSON" in entry[b"error"], entry
     pipeline.upload(document(40, 300), "after the poison")
     pipeline.assert_exactly_once(pipeline.wait_done(len(docs) + 1))
+    summary = pipeline.client.get("/api/v1/embeddings/orchestrator/summary").json()
+    stages = {s["stage"]: s for s in summary["stages"]}
+    assert summary["mode"] == "redis" and stages["embedding"]["dlq_depth"] == 1, summary
+    assert stages["embedding"]["workers"] == 1 and stages["storage"]["workers"] == 1, summary   # the killed are gone
+    assert all(s["backlog"] == 0 for s in stages.values()), summary
 
 
 def test_redis_losing_its_data_mid_run_is_healed_by_the_reconciler(pipeline: Pipeline) -> None:
@@ -188,5 +196,38 @@ def test_redis_losing_its_data_mid_run_is_healed_by_the_reconciler(pipeline: Pip
 
     assert asyncio.run(heal()) == 6
     assert asyncio.run(heal()) == 0          # each job has its message now: nothing enqueued twice
-    pipeline.worker("all")
+
+    # The orchestrator runs a pool per stage (each process names its stage) and restarts the dead.
+    orchestrator = subprocess.Popen([sys.executable, "-m", "tldw_Server_API.app.core.Embeddings.worker_orchestrator",
+                                     "--stage", "all", "--interval", "0.5"], env=pipeline.env)
+    pipeline.workers.append(orchestrator)
+    deadline = time.monotonic() + 60
+    while len(children := _children(orchestrator.pid)) < 3:
+        assert time.monotonic() < deadline, children
+        time.sleep(0.2)
+    assert sorted(args.split("--stage ")[1] for args in children.values()) == ["chunking", "embedding", "storage"]
+    os.kill(next(pid for pid, args in children.items() if args.endswith("storage")), signal.SIGKILL)
     pipeline.assert_exactly_once(pipeline.wait_done(6))
+    deadline = time.monotonic() + 30
+    while True:
+        raw = pipeline.redis.get(f"{pipeline.names.prefix}embeddings:orchestrator:summary")
+        report = json.loads(raw)["stages"] if raw else {}
+        if report and report["storage"]["restarts"] == 1 and report["storage"]["processes"] == 1:
+            break
+        assert time.monotonic() < deadline, report
+        time.sleep(0.2)
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The command lines of a process's children (from /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except (OSError, ValueError, IndexError):
+            continue
+    return found

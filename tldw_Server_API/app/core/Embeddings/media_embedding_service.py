@@ -167,6 +167,10 @@ class MediaEmbeddingService:
 
         return await asyncio.to_thread(purge)
 
+    async def pipeline_summary(self) -> dict[str, Any]:
+        """The executor's view for operators (admin): mode, per-stage lag, pending, DLQ, workers."""
+        return await self.manager.executor.summary()
+
     def get_job(self, user: User, job_id: str) -> JobRecord:
         return self.manager.jobs.get_job(user.id, job_id)
 

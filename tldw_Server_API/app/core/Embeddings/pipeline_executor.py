@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
@@ -47,6 +48,9 @@ class PipelineExecutor(Protocol):
         """Raise Overloaded (with `retry_after`) when `jobs` more would not be taken now."""
 
     async def wait_idle(self) -> None: ...
+
+    async def summary(self) -> dict[str, object]:
+        """What an operator watches: the mode and, per stage, what waits and who works on it."""
 
     async def aclose(self) -> None: ...
 
@@ -78,6 +82,7 @@ class EmbeddedExecutor:
         self._seq = itertools.count()
         self._outstanding: dict[str, int] = {}     # job id -> its messages queued, running or waiting a retry
         self._reruns: dict[str, int] = {}
+        self._waiting: Counter[str] = Counter()    # queued messages per stage
         self._workers: list[asyncio.Task[None]] = []
         self._timers: set[asyncio.TimerHandle] = set()
         self._checks: set[asyncio.Task[None]] = set()
@@ -109,6 +114,11 @@ class EmbeddedExecutor:
         await self.check_capacity()
         self._put(message)
 
+    async def summary(self) -> dict[str, object]:
+        stages = {stage: self._waiting[stage] for stage in STAGES}
+        return {"mode": "embedded", "jobs_in_flight": len(self._outstanding), "workers": len(self._workers),
+                "retries_waiting": len(self._timers), "stages": [{"stage": k, "lag": v} for k, v in stages.items()]}
+
     async def wait_idle(self) -> None:
         """Until no job has a message left (tests and graceful drains)."""
         while self._outstanding:
@@ -131,6 +141,7 @@ class EmbeddedExecutor:
             self._outstanding[message.job_id] = self._outstanding.get(message.job_id, 0) + 1
             self._idle.clear()
         key = (PRIORITY_RANK[message.priority], STAGE_RANK[message.stage], next(self._seq))
+        self._waiting[message.stage] += 1
         self._queue.put_nowait((*key, message))
 
     def _done(self, message: PipelineMessage) -> None:
@@ -167,6 +178,7 @@ class EmbeddedExecutor:
     async def _worker(self) -> None:
         while True:
             *_, message = await self._queue.get()
+            self._waiting[message.stage] -= 1
             try:
                 for following in await run_stage(message, self._context):
                     self._put(following)

@@ -494,3 +494,37 @@ def test_reembedding_with_a_model_of_another_window_rechunks_for_it(caller: Call
     # configured default size (1,000 here) fits and is used: fewer, longer chunks.
     assert (mini["chunk_size"], remote["chunk_size"]) == (254, 1000)
     assert remote["total_chunks"] < mini["total_chunks"] and remote["truncated_chunks"] == 0
+
+
+# --- the embedded executor: priority, supersede, summary -----------------------------------------------------
+def test_high_priority_jobs_start_before_earlier_normal_and_low_ones(caller: Caller, fake: FakeOpenAIServer) -> None:
+    busy, low, normal, high = (add_media(caller, f"{caller.user_id} {i} {WORDS}")["media_id"] for i in range(4))
+    fake.fail_next("slow", delay=SLOW)
+    start(caller, busy, embedding_model=SMALL)           # holds the one worker (concurrency 1)
+    ids = {name: start(caller, media_id, priority=name)["job_id"]
+           for name, media_id in (("low", low), ("normal", normal), ("high", high))}
+    wait_for_jobs(caller.client)
+    started = {name: job(caller, job_id)["started_at"] for name, job_id in ids.items()}
+    assert started["high"] < started["normal"] < started["low"], started
+
+
+def test_a_forced_reembed_supersedes_the_media_job_still_queued(caller: Caller, fake: FakeOpenAIServer) -> None:
+    busy, media_id = (add_media(caller, f"{caller.user_id} {i} {WORDS}")["media_id"] for i in range(2))
+    fake.fail_next("slow", delay=SLOW)
+    start(caller, busy, embedding_model=SMALL)
+    first = start(caller, media_id, chunk_size=10, chunk_overlap=0)["job_id"]
+    assert start(caller, media_id, chunk_size=10, chunk_overlap=0)["job_id"] == first    # the same job, once
+    second = start(caller, media_id, chunk_size=20, chunk_overlap=0, force_regenerate=True)["job_id"]
+    wait_for_jobs(caller.client)
+    old = job(caller, first)
+    assert old["status"] == "cancelled" and "superseded" in old["error"], old
+    done = job(caller, second)
+    assert done["status"] == "completed" and len(vector_ids(caller, media_id)) == done["total_chunks"] == 3
+
+
+def test_the_pipeline_summary_is_for_admins(caller: Caller, app_client: TestClient) -> None:
+    assert caller.get("/api/v1/embeddings/orchestrator/summary").status_code == 403
+    response = app_client.get("/api/v1/embeddings/orchestrator/summary")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["mode"] == "embedded" and [s["stage"] for s in body["stages"]] == ["chunking", "embedding", "storage"]

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import Body, Query
 
-from tldw_Server_API.app.api.v1.deps import CurrentUser, MediaEmbeddingServiceDep, RAGServiceDep
+from tldw_Server_API.app.api.v1.deps import AdminUser, CurrentUser, MediaEmbeddingServiceDep, RAGServiceDep
 from tldw_Server_API.app.api.v1.routing import v1_router
 from tldw_Server_API.app.api.v1.schemas.common import MediaIdPath, Offset
 from tldw_Server_API.app.api.v1.schemas.media import EmbeddingOptionsModel
@@ -81,3 +81,10 @@ async def search_embeddings(body: MediaSearchRequest, user: CurrentUser, rag: RA
                             filters=body.filters)
     results = await rag.search(user.id, request)
     return RAGSearchResponse(query=body.query, mode="vector", data=[RAGResult.of(r) for r in results])
+
+
+@router.get("/embeddings/orchestrator/summary")
+async def pipeline_summary(_: AdminUser, service: MediaEmbeddingServiceDep) -> dict[str, Any]:
+    """Admin: the pipeline per stage (lag, pending, oldest pending idle, DLQ depth, workers,
+    handled) and the orchestrator's last report (Redis mode)."""
+    return await service.pipeline_summary()

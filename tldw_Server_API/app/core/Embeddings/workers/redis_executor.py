@@ -134,6 +134,11 @@ class RedisExecutor:
                 raise Overloaded(f"the {stage} stage's oldest message waits {stats['oldest_waiting_seconds']:.0f}s; "
                                  "retry later", retry_after=30)
 
+    async def summary(self) -> dict[str, object]:
+        stages = [await stage_stats(self.redis, self.names, stage) for stage in STAGES]
+        last = await self.redis.get(f"{self.names.prefix}embeddings:orchestrator:summary")
+        return {"mode": "redis", "stages": stages, "orchestrator": orjson.loads(last) if last else None}
+
     async def wait_idle(self) -> None:
         """Until no job is queued or running (tests; the workers are other processes)."""
         while await asyncio.to_thread(self._jobs.resumable_jobs):
