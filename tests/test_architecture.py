@@ -17,6 +17,7 @@ def imports_of(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)   # `from package import module`
     return names
 
 
@@ -37,11 +38,19 @@ def test_endpoints_do_not_import_each_other() -> None:
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
-def test_workers_do_not_import_each_other() -> None:
+STAGE_HANDLERS = {"chunking_worker", "embedding_worker", "storage_worker"}
+
+
+def test_stage_handlers_do_not_import_each_other_and_only_the_table_names_them() -> None:
+    """A stage handler imports no other worker module; only `stages.py` (the stage table) imports
+    the handlers; the delivery loop and the executors reach them through that table."""
+    package = "tldw_Server_API.app.core.Embeddings.workers"
     for path in modules_under("app/core/Embeddings/workers"):
-        siblings = {n for n in imports_of(path) if n.startswith("tldw_Server_API.app.core.Embeddings.workers.")}
-        bad = {n for n in siblings if not n.endswith(".base_worker")}
-        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+        siblings = {n.rsplit(".", 1)[1] for n in imports_of(path) if n.startswith(package + ".")}
+        if path.stem in STAGE_HANDLERS:
+            assert not siblings, f"{path.relative_to(ROOT)} imports {siblings}"
+        elif path.stem != "stages":
+            assert not siblings & STAGE_HANDLERS, f"{path.relative_to(ROOT)} imports {siblings & STAGE_HANDLERS}"
 
 
 def test_only_config_reads_the_environment() -> None:

@@ -201,6 +201,18 @@ class VectorStoreBatchesDB:
             )
         return int(result.rowcount)
 
+    def claim_for_resume(self, batch: BatchRecord) -> bool:
+        """Take a left-over batch to run it again, counts from zero: one compare-and-set on its
+        `updated_at`, so of server processes starting together exactly one resumes it."""
+        c = batches_table.c
+        with transaction(self.engine) as conn:
+            result = conn.execute(
+                update(batches_table)
+                .where(c.id == batch.id, c.status == IN_PROGRESS, c.updated_at == batch.updated_at)
+                .values(completed=0, failed=0, updated_at=self._clock())
+            )
+        return result.rowcount == 1
+
     def resumable(self) -> list[BatchRecord]:
         """Batches left `in_progress` with a spec, oldest first (start-up resume)."""
         c = batches_table.c

@@ -139,7 +139,8 @@ class VectorStoreService:
         user = User(batch.user_id)
         store = await self.get_store(user, batch.store_id)
         spec = orjson.loads(batch.spec or "{}")
-        await _call(self._batches.update, user.id, batch.id, completed=0, failed=0)
+        if not await _call(self._batches.claim_for_resume, batch):
+            return   # another process starting with us took it
         if spec.get("kind") == "media":
             model = f"{store.embedding_provider}:{store.embedding_model}"
             window = await _call(self._embeddings.window, model)
