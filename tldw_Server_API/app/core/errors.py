@@ -146,5 +146,5 @@ def worker_outcome(exc: BaseException) -> str:
         return WorkerOutcome.RETRY
     for cls in type(exc).__mro__:
         if cls in WORKER_OUTCOMES:
-            return WORKER_OUTCOMES[cls]  # type: ignore[index]
+            return WORKER_OUTCOMES[cls]
     return WorkerOutcome.DEAD_LETTER

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -60,7 +60,7 @@ class MediaEmbeddingJobManager:
         await self.executor.check_capacity(jobs)
 
     async def submit(self, spec: JobSpec, content: str | None = None,
-                     page_starts: list[int] | None = None) -> JobRecord:
+                     page_starts: Sequence[int] | None = None) -> JobRecord:
         """The job for `spec`: the one already queued or running with the same key, else a new one
         (older active jobs of the same media are cancelled: the newest wins). `content` travels in
         the message to executors whose workers may not reach the media DB."""
@@ -88,7 +88,8 @@ class MediaEmbeddingJobManager:
 
         job = await asyncio.to_thread(create)
         if getattr(self.executor, "carries_content", False) and content is not None:
-            message = message.model_copy(update={"content": content, "page_starts": page_starts})
+            pages = list(page_starts) if page_starts is not None else None
+            message = message.model_copy(update={"content": content, "page_starts": pages})
         try:
             await self.executor.enqueue(message)
         except BaseException as exc:

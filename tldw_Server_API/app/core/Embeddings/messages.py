@@ -40,5 +40,5 @@ def dead_letter_fields(original_id: str, stage: str, fields: Fields, error: str,
     return {
         "original_id": original_id, "stage": stage, "job": job_of(fields), "error": error, "code": code,
         "attempts": str(attempts), "failed_at": failed_at.isoformat(), "state": "new",
-        "data": fields.get(b"data", fields.get("data")) or b"",
+        "data": fields.get(b"data") or fields.get("data") or b"",
     }

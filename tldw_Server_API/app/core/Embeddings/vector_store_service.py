@@ -351,8 +351,8 @@ class VectorStoreService:
         """Embed what has no values and upsert. `skip_stored` (batches): records already in the
         store with this content and metadata are left as they are (a resumed batch)."""
         if skip_stored:
-            rows = await _call(self._vectors(user).get, store.id, ids=[r.id for r in records])
-            stored = {row.id: row for row in rows}
+            found = await _call(self._vectors(user).get, store.id, ids=[r.id for r in records])
+            stored = {row.id: row for row in found}
             records = [r for r in records if not _same(stored.get(r.id), r)]
             if not records:
                 return

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between looks at the streams")
     parser.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics here (0: off)")
     args = parser.parse_args(argv)
-    settings = Settings()
+    settings = Settings()  # type: ignore[call-arg]  # every field has a default or comes from the environment
     configure_logging(settings.logging_config())
     stages = STAGES if args.stage == "all" else (args.stage,)
     orchestrator = Orchestrator(settings, stages, interval=args.interval)

@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage", choices=[*STAGES, "all"], default="all", help="the stage it consumes")
     parser.add_argument("--burst", action="store_true", help="exit once the stage's streams are empty")
     args = parser.parse_args(argv)
-    settings = Settings()
+    settings = Settings()  # type: ignore[call-arg]  # every field has a default or comes from the environment
     configure_logging(settings.logging_config())
     stages = STAGES if args.stage == "all" else (args.stage,)
     asyncio.run(_serve(settings, stages, args.burst))

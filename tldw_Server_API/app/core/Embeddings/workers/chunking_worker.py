@@ -32,6 +32,7 @@ def cut(content: str, page_starts: Sequence[int] | None, chunk_options: ChunkOpt
 
 def split(message: ChunkingMessage, context: StageContext) -> list[EmbeddingMessage]:
     """The embedding messages of a chunking message (synchronous: a media read, a tokenizer load)."""
+    pages: Sequence[int] | None
     if message.content is not None:
         content, pages, title = message.content, message.page_starts, message.title
     else:
