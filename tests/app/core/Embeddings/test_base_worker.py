@@ -145,8 +145,28 @@ def test_dead_lettering_is_idempotent_by_original_id(redis_prefix: tuple[str, st
         dlq = await redis.xrange(names.dlq(STAGE))
         assert len(dlq) == 1
         assert _s(dlq[0][1][b"original_id"]) == entry_id
-        assert _s(await redis.hget(names.dlq_index(STAGE), entry_id)) == _s(dlq[0][0])
+        assert _s(await redis.hget(names.dlq_index(STAGE), f"{stream}|{entry_id}")) == _s(dlq[0][0])
         assert await pel_count(redis, names, stream) == 0 and await redis.xlen(stream) == 0
+
+    run_scenario(redis_prefix, scenario)
+
+
+def test_equal_entry_ids_in_two_priority_streams_are_both_dead_lettered(redis_prefix: tuple[str, str]) -> None:
+    """Entry ids are unique per stream only: the same id in the high and normal sub-streams (added in
+    the same millisecond) are two messages, and both must reach the DLQ rather than one being dropped."""
+
+    async def scenario(redis: Any, names: StreamNames, url: str) -> None:
+        await ensure_groups(redis, names, [STAGE])
+        worker = make_worker(redis, url, names, "W")
+        for priority, job in (("high", "job_high"), ("normal", "job_normal")):
+            await redis.xadd(names.stream(STAGE, priority), {**BAD_FIELDS, "job": job}, id="7-0")
+        for _ in range(2):
+            [(stream, entry_id, fields)] = await worker._read()
+            await worker._process(stream, entry_id, fields)
+        for priority in ("high", "normal"):
+            assert await redis.xlen(names.stream(STAGE, priority)) == 0      # both were acked and deleted
+        dlq = await dlq_entries(redis, names)
+        assert sorted(e["job"] for e in dlq) == ["job_high", "job_normal"]   # ... so both must be in the DLQ
 
     run_scenario(redis_prefix, scenario)
 
@@ -313,7 +333,9 @@ def test_a_burst_worker_drains_undecodable_entries_then_returns(redis_prefix: tu
 
     async def scenario(redis: Any, names: StreamNames, url: str) -> None:
         await ensure_groups(redis, names, [STAGE])
-        ids = [_s(await redis.xadd(names.stream(STAGE, p), BAD_FIELDS)) for p in ("low", "normal")]
+        ids = ["5-1", "5-2"]                     # distinct: ids are unique per stream only
+        for priority, entry_id in zip(("low", "normal"), ids, strict=True):
+            await redis.xadd(names.stream(STAGE, priority), BAD_FIELDS, id=entry_id)
         worker = make_worker(redis, url, names, "burst", burst=True)
         await asyncio.wait_for(worker.run(), timeout=5)
         assert sorted(e["original_id"] for e in await dlq_entries(redis, names)) == sorted(ids)

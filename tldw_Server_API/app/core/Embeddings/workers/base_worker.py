@@ -54,11 +54,13 @@ for _, member in ipairs(due) do
 end
 return #due
 """
-# Dead-letter once per original id, then ack and delete the entry.
+# Dead-letter once per original entry (stream + id: ids repeat across priority sub-streams),
+# then ack and delete the entry.
 _DEAD_LETTER = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], '1') == 1 then
+local key = KEYS[3] .. '|' .. ARGV[1]
+if redis.call('HSETNX', KEYS[1], key, '1') == 1 then
   local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
-  redis.call('HSET', KEYS[1], ARGV[1], id)
+  redis.call('HSET', KEYS[1], key, id)
 end
 redis.call('XACK', KEYS[3], ARGV[2], ARGV[1])
 redis.call('XDEL', KEYS[3], ARGV[1])

@@ -46,8 +46,12 @@ async def stage_stats(redis: Any, names: StreamNames, stage: str) -> dict[str, A
         groups = await redis.xinfo_groups(stream) if await redis.exists(stream) else []
         for group in groups:
             if _s(group["name"]) == names.group(stage):
-                lag += int(group.get("lag") or 0)
-                pending += int(group.get("pending") or 0)
+                waiting = int(group.get("pending") or 0)
+                pending += waiting
+                # Redis reports no lag after an out-of-order delete; acked entries are deleted,
+                # so the stream's length less its pending entries is what waits.
+                reported = group.get("lag")
+                lag += int(reported) if reported is not None else max(0, int(await redis.xlen(stream)) - waiting)
         first = await redis.xrange(stream, count=1)
         if first:
             oldest_age_s = max(oldest_age_s, (now_ms - int(_s(first[0][0]).split("-")[0])) / 1000)
