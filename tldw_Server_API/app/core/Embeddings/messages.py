@@ -14,7 +14,8 @@ from tldw_Server_API.app.core.Embeddings.queue_schemas import MessageSchemaError
 Fields = Mapping[bytes | str, bytes | str]
 
 
-def _text(value: bytes | str | None) -> str:
+def text_of(value: bytes | str | None) -> str:
+    """A Redis reply value as text (replies are bytes unless the client decodes them)."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else (value or "")
 
 
@@ -31,7 +32,7 @@ def from_fields(fields: Fields) -> PipelineMessage:
 
 
 def job_of(fields: Fields) -> str:
-    return _text(fields.get(b"job", fields.get("job")))
+    return text_of(fields.get(b"job", fields.get("job")))
 
 
 def dead_letter_fields(original_id: str, stage: str, fields: Fields, error: str, code: str, attempts: int,

@@ -18,15 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import random
 from collections import Counter
-from collections.abc import Callable
 from typing import Protocol
 
 from loguru import logger
 
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import TERMINAL_STATES, JobRecord, JobStatus
 from tldw_Server_API.app.core.Embeddings.queue_schemas import ChunkingMessage, PipelineMessage, decode
+from tldw_Server_API.app.core.Embeddings.retries import step_retry_delay
 from tldw_Server_API.app.core.Embeddings.stage_context import StageContext
 from tldw_Server_API.app.core.Embeddings.workers.stages import STAGES, run_stage
 from tldw_Server_API.app.core.errors import Overloaded, TLDWError, WorkerOutcome, worker_outcome
@@ -53,11 +52,6 @@ class PipelineExecutor(Protocol):
         """What an operator watches: the mode and, per stage, what waits and who works on it."""
 
     async def aclose(self) -> None: ...
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
-    return rand() * min(cap, base * 2 ** max(0, attempt))
 
 
 def spec_message(job: JobRecord) -> ChunkingMessage | None:
@@ -193,10 +187,7 @@ class EmbeddedExecutor:
     def _retry_later(self, message: PipelineMessage, exc: BaseException) -> bool:
         if worker_outcome(exc) != WorkerOutcome.RETRY or message.attempt >= self._max_retries:
             return False
-        delay = backoff_delay(message.attempt, self._retry_base, self._retry_cap)
-        hint = getattr(exc, "retry_after", None)
-        if isinstance(hint, int | float):
-            delay = max(delay, min(float(hint), self._retry_cap))
+        delay = step_retry_delay(message.attempt + 1, exc, self._retry_base, self._retry_cap)
         logger.info("media embeddings: job {} {} step failed ({}); retry {} in {:.1f}s", message.job_id,
                     message.stage, type(exc).__name__, message.attempt + 1, delay)
         retry = message.model_copy(update={"attempt": message.attempt + 1})

@@ -51,6 +51,14 @@ def backoff_delay(
     return min(delay, cap)
 
 
+def step_retry_delay(failures: int, error: BaseException, base_delay_s: float, max_delay_s: float) -> float:
+    """Seconds before a pipeline step that has failed `failures` times runs again: the same rule
+    as `backoff_delay`, honouring the error's own `retry_after` hint when it has one."""
+    hint = getattr(error, "retry_after", None)
+    retry_after = float(hint) if isinstance(hint, int | float) and not isinstance(hint, bool) else None
+    return backoff_delay(failures, RetryConfig(0, base_delay_s, max_delay_s), retry_after, _JITTER)
+
+
 def retry_after_too_long(retry_after: float | None, config: RetryConfig) -> bool:
     """True when the upstream asks for a longer wait than we ever sleep: retrying sooner is futile."""
     hint = _clean_retry_after(retry_after)

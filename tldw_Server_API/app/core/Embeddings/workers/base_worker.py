@@ -22,7 +22,6 @@ import asyncio
 import itertools
 import math
 import os
-import random
 import signal
 import socket
 import time
@@ -35,8 +34,9 @@ import orjson
 from loguru import logger
 
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobStatus
-from tldw_Server_API.app.core.Embeddings.messages import Fields, dead_letter_fields, from_fields, to_fields
+from tldw_Server_API.app.core.Embeddings.messages import Fields, dead_letter_fields, from_fields, text_of, to_fields
 from tldw_Server_API.app.core.Embeddings.queue_schemas import MessageSchemaError, PipelineMessage, encode
+from tldw_Server_API.app.core.Embeddings.retries import step_retry_delay
 from tldw_Server_API.app.core.Embeddings.stage_context import Embedded, Embedder, StageContext, media_collection
 from tldw_Server_API.app.core.Embeddings.worker_config import PRIORITIES, PRIORITY_WEIGHTS, StreamNames, WorkerConfig
 from tldw_Server_API.app.core.Embeddings.workers.stages import run_stage
@@ -79,10 +79,6 @@ async def ensure_groups(redis: Any, names: StreamNames, stages: Sequence[str]) -
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class StageWorker:
@@ -174,7 +170,7 @@ class StageWorker:
 
     @staticmethod
     def _entries(found: Any) -> list[tuple[str, str, Fields]]:
-        return [(_s(stream), _s(entry_id), fields) for stream, items in found for entry_id, fields in items]
+        return [(text_of(stream), text_of(entry_id), fields) for stream, items in found for entry_id, fields in items]
 
     def _stage_of(self, stream: str) -> str:
         for stage in self.config.stages:
@@ -232,10 +228,7 @@ class StageWorker:
     async def _retry_later(self, stream: str, stage: str, entry_id: str, message: PipelineMessage,
                            exc: BaseException) -> None:
         attempt = message.attempt
-        delay = random.random() * min(self.config.retry_cap, self.config.retry_base * 2 ** attempt)
-        hint = getattr(exc, "retry_after", None)
-        if isinstance(hint, int | float):
-            delay = max(delay, min(float(hint), self.config.retry_cap))
+        delay = step_retry_delay(attempt + 1, exc, self.config.retry_base, self.config.retry_cap)
         retry = message.model_copy(update={"attempt": attempt + 1})
         member = orjson.dumps({"stream": stream, "job": retry.job_id, "stage": retry.stage,
                                "data": encode(retry).decode()})
@@ -272,16 +265,16 @@ class StageWorker:
         group = self.names.group(stage)
         for stream in self.names.streams(stage):
             rows = await self.redis.xpending_range(stream, group, min="-", max="+", count=100, idle=lease_ms)
-            owners = {_s(row["consumer"]) for row in rows} - {self.consumer}
+            owners = {text_of(row["consumer"]) for row in rows} - {self.consumer}
             alive = {owner for owner in owners if await self.redis.exists(self.names.heartbeat(owner))}
-            ids = [row["message_id"] for row in rows if _s(row["consumer"]) in owners - alive]
+            ids = [row["message_id"] for row in rows if text_of(row["consumer"]) in owners - alive]
             if not ids:
                 continue
             claimed = await self.redis.xclaim(stream, group, self.consumer, min_idle_time=lease_ms, message_ids=ids)
             logger.warning("pipeline worker {}: reclaimed {} {} entr(ies) of dead workers", self.consumer,
                            len(claimed), stage)
             for entry_id, fields in claimed:
-                await self._process(stream, _s(entry_id), fields or {})
+                await self._process(stream, text_of(entry_id), fields or {})
 
     async def _empty(self) -> bool:
         """No entry waiting or pending in any stage stream, and no retry scheduled (burst mode)."""

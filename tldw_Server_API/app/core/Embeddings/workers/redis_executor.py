@@ -23,16 +23,12 @@ from loguru import logger
 from tldw_Server_API.app.core.config import PipelineConfig
 from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobsDB
-from tldw_Server_API.app.core.Embeddings.messages import job_of, to_fields
+from tldw_Server_API.app.core.Embeddings.messages import job_of, text_of, to_fields
 from tldw_Server_API.app.core.Embeddings.pipeline_executor import spec_message
 from tldw_Server_API.app.core.Embeddings.queue_schemas import ChunkingMessage
 from tldw_Server_API.app.core.Embeddings.worker_config import STAGES, StreamNames
 from tldw_Server_API.app.core.Embeddings.workers.base_worker import ensure_groups
 from tldw_Server_API.app.core.errors import NotFound, Overloaded
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 async def stage_stats(redis: Any, names: StreamNames, stage: str) -> dict[str, Any]:
@@ -45,7 +41,7 @@ async def stage_stats(redis: Any, names: StreamNames, stage: str) -> dict[str, A
     for stream in names.streams(stage):
         groups = await redis.xinfo_groups(stream) if await redis.exists(stream) else []
         for group in groups:
-            if _s(group["name"]) == names.group(stage):
+            if text_of(group["name"]) == names.group(stage):
                 waiting = int(group.get("pending") or 0)
                 pending += waiting
                 # Redis reports no lag after an out-of-order delete; acked entries are deleted,
@@ -54,7 +50,7 @@ async def stage_stats(redis: Any, names: StreamNames, stage: str) -> dict[str, A
                 lag += int(reported) if reported is not None else max(0, int(await redis.xlen(stream)) - waiting)
         first = await redis.xrange(stream, count=1)
         if first:
-            oldest_age_s = max(oldest_age_s, (now_ms - int(_s(first[0][0]).split("-")[0])) / 1000)
+            oldest_age_s = max(oldest_age_s, (now_ms - int(text_of(first[0][0]).split("-")[0])) / 1000)
         if pending:
             rows = await redis.xpending_range(stream, names.group(stage), min="-", max="+", count=1)
             if rows:
