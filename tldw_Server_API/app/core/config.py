@@ -42,6 +42,23 @@ class AuthConfig:
     single_user_api_key: str | None
     api_keys_file: Path | None
     data_dir: Path
+    default_tier: str = "enterprise"
+    tiers: frozenset[str] = frozenset({"free", "premium", "enterprise"})
+
+
+@dataclass(frozen=True)
+class TierLimits:
+    """A user tier's allowance for media embedding jobs; 0 means no limit."""
+
+    daily_chunks: int = 0       # chunks embedded per UTC day, over the jobs created that day
+    concurrent_jobs: int = 0    # queued or running jobs at once
+
+
+DEFAULT_TIER_LIMITS: dict[str, dict[str, int]] = {
+    "free": {"daily_chunks": 1000, "concurrent_jobs": 2},
+    "premium": {"daily_chunks": 10000, "concurrent_jobs": 8},
+    "enterprise": {"daily_chunks": 0, "concurrent_jobs": 0},
+}
 
 
 @dataclass(frozen=True)
@@ -287,7 +304,16 @@ class Settings(BaseSettings):
         "into `$TLDW_DATA_DIR/single_user_api_key` on first start.",
     )
     api_keys_file: Path | None = Field(
-        None, description="YAML file of API keys -> user id + roles (multi-user mode)."
+        None, description="YAML file of API keys -> user id + roles (+ optional tier) (multi-user mode)."
+    )
+    embeddings_tier_limits: JsonDict = Field(
+        DEFAULT_TIER_LIMITS, description="JSON: tier -> `{daily_chunks, concurrent_jobs}` allowance of media "
+        "embedding jobs (0: no limit). A job past the daily chunk quota fails with `quota_exceeded`; a start "
+        "past the concurrent-job cap is a 429 with Retry-After."
+    )
+    embeddings_default_tier: str = Field(
+        "enterprise", description="Tier of the single-user key and of API_KEYS_FILE entries that name none "
+        "(`enterprise` has no limits by default)."
     )
 
     # --- embeddings API ---------------------------------------------------------------------
@@ -558,8 +584,21 @@ class Settings(BaseSettings):
                              f"'{self.chunking_method}'")
         return self
 
+    @model_validator(mode="after")
+    def _tiers(self) -> Settings:
+        for tier, limits in self.embeddings_tier_limits.items():
+            if (not isinstance(limits, dict) or set(limits) - {"daily_chunks", "concurrent_jobs"}
+                    or not all(isinstance(v, int) and v >= 0 for v in limits.values())):
+                raise ValueError(f"EMBEDDINGS_TIER_LIMITS[{tier!r}] must map daily_chunks and/or concurrent_jobs "
+                                 "to integers >= 0")
+        if self.embeddings_default_tier not in self.embeddings_tier_limits:
+            raise ValueError(f"EMBEDDINGS_DEFAULT_TIER {self.embeddings_default_tier!r} is not a tier of "
+                             f"EMBEDDINGS_TIER_LIMITS ({', '.join(self.embeddings_tier_limits)})")
+        return self
+
     @field_validator(
-        "embeddings_model_revisions", "embeddings_fallback_chain", "embeddings_fallback_model_map", mode="before"
+        "embeddings_model_revisions", "embeddings_fallback_chain", "embeddings_fallback_model_map",
+        "embeddings_tier_limits", mode="before"
     )
     @classmethod
     def _json_dicts(cls, value: Any) -> Any:
@@ -587,7 +626,11 @@ class Settings(BaseSettings):
 
     def auth_config(self) -> AuthConfig:
         key = self.single_user_api_key.get_secret_value() if self.single_user_api_key else None
-        return AuthConfig(single_user_api_key=key, api_keys_file=self.api_keys_file, data_dir=self.data_dir)
+        return AuthConfig(single_user_api_key=key, api_keys_file=self.api_keys_file, data_dir=self.data_dir,
+                          default_tier=self.embeddings_default_tier, tiers=frozenset(self.embeddings_tier_limits))
+
+    def tier_limits(self) -> dict[str, TierLimits]:
+        return {tier: TierLimits(**limits) for tier, limits in self.embeddings_tier_limits.items()}
 
     def logging_config(self) -> LoggingConfig:
         return LoggingConfig(level=self.log_level.upper(), json=self.log_json)

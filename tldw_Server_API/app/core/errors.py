@@ -130,6 +130,7 @@ class WorkerOutcome:
 
     RETRY = "retry"              # transient: deliver again after a backoff, dead-letter past max retries
     DEAD_LETTER = "dead_letter"  # permanent: the job fails now, the message goes to the DLQ with its error
+    FAIL_JOB = "fail_job"        # refused by a rule (a quota): the job fails, the message is dropped
 
 
 # Most specific class first wins (by MRO); anything not a TLDWError (a store or driver fault) retries.
@@ -137,6 +138,7 @@ WORKER_OUTCOMES: dict[type[TLDWError], str] = {
     TLDWError: WorkerOutcome.DEAD_LETTER,
     RetryableError: WorkerOutcome.RETRY,            # rate limited, overloaded, unavailable, circuit open
     ProviderTransientError: WorkerOutcome.RETRY,    # upstream 5xx / 429 / timeout
+    QuotaExceeded: WorkerOutcome.FAIL_JOB,          # nothing wrong with the message: no dead letter
 }
 
 

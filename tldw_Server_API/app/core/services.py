@@ -97,7 +97,8 @@ def build_media_services(
                                     concurrency=config.pipeline_concurrency, queue_size=config.pipeline_queue_size,
                                     max_retries=pipeline.max_retries)
     manager = MediaEmbeddingJobManager(storage.jobs, executor)
-    service = MediaEmbeddingService(embeddings, storage.media_dbs, storage.vector_stores, manager, config.chunking)
+    service = MediaEmbeddingService(embeddings, storage.media_dbs, storage.vector_stores, manager, config.chunking,
+                                    tiers=settings.tier_limits())
     return service, RAGSearchService(storage.media_dbs, storage.vector_stores,
                                      MediaQueryEmbedder(embeddings, default_model))
 

@@ -104,7 +104,7 @@ def test_store_metadata_is_flat_and_complete() -> None:
     assert datetime.fromisoformat(str(values["created_at"])) == NOW
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 4, "3", None])
+@pytest.mark.parametrize("version", [0, 1, 2, 5, "3", "4", 3.0, True, None])
 def test_other_schema_versions_are_refused_clearly(version: object) -> None:
     payload = orjson.loads(encode(chunking_message()))
     if version is None:
@@ -113,6 +113,16 @@ def test_other_schema_versions_are_refused_clearly(version: object) -> None:
         payload["schema_version"] = version
     with pytest.raises(UnsupportedSchemaVersion, match="schema_version"):
         decode(orjson.dumps(payload))
+
+
+def test_messages_of_the_previous_version_are_read_with_the_new_fields_defaulted() -> None:
+    """Jobs queued (or stored as specs) before an upgrade to v4 go on after it."""
+    payload = orjson.loads(encode(chunking_message()))
+    del payload["daily_chunk_quota"]
+    payload["schema_version"] = 3
+    message = decode(orjson.dumps(payload))
+    assert isinstance(message, ChunkingMessage)
+    assert message.schema_version == SCHEMA_VERSION == 4 and message.daily_chunk_quota == 0
 
 
 def test_malformed_payloads_are_schema_errors_without_echoing_inputs() -> None:

@@ -1,7 +1,8 @@
 """API-key authentication of the host.
 
 Two modes: single-user (one admin key from SINGLE_USER_API_KEY, or generated once into the data
-dir) and multi-user (API_KEYS_FILE: YAML list of keys -> user id + roles). Keys are held as SHA-256
+dir) and multi-user (API_KEYS_FILE: YAML list of keys -> user id + roles, and a tier naming the
+user's allowance of embedding jobs). Keys are held as SHA-256
 digests, compared in constant time, and never logged. `load_key_store` does the I/O; `APIKeyStore`
 is the pure lookup.
 """
@@ -41,6 +42,7 @@ def validate_user_id(user_id: object) -> str:
 class User:
     id: str
     roles: frozenset[str] = field(default_factory=lambda: frozenset({"user"}))
+    tier: str = "enterprise"    # the allowance of media embedding jobs (`TierLimits`)
 
     @property
     def is_admin(self) -> bool:
@@ -75,7 +77,7 @@ class APIKeyStore:
         return len(self._users)
 
 
-def _parse_entry(i: int, entry: Any) -> tuple[bytes, User]:
+def _parse_entry(i: int, entry: Any, config: AuthConfig) -> tuple[bytes, User]:
     if not isinstance(entry, dict):
         raise InvalidInput(f"API_KEYS_FILE entry {i} must be a mapping")
     user_id, roles = entry.get("user_id"), entry.get("roles", ["user"])
@@ -83,6 +85,9 @@ def _parse_entry(i: int, entry: Any) -> tuple[bytes, User]:
         raise InvalidInput(f"API_KEYS_FILE entry {i}: user_id must match {USER_ID_PATTERN.pattern}")
     if not isinstance(roles, list) or not roles or not all(isinstance(r, str) and r in ROLES for r in roles):
         raise InvalidInput(f"API_KEYS_FILE entry {i}: roles must be a non-empty list among {sorted(ROLES)}")
+    tier = entry.get("tier", config.default_tier)
+    if tier not in config.tiers:
+        raise InvalidInput(f"API_KEYS_FILE entry {i}: tier must be one of {sorted(config.tiers)}")
     key_hash, key = entry.get("key_sha256"), entry.get("key")
     if key_hash is not None:
         if not isinstance(key_hash, str) or not _SHA256_HEX.fullmatch(key_hash):
@@ -92,10 +97,10 @@ def _parse_entry(i: int, entry: Any) -> tuple[bytes, User]:
         digest = _digest(key)
     else:
         raise InvalidInput(f"API_KEYS_FILE entry {i} needs 'key' or 'key_sha256'")
-    return digest, User(id=user_id, roles=frozenset(roles))
+    return digest, User(id=user_id, roles=frozenset(roles), tier=tier)
 
 
-def _parse_keys_file(path: Path) -> dict[bytes, User]:
+def _parse_keys_file(path: Path, config: AuthConfig) -> dict[bytes, User]:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -103,7 +108,7 @@ def _parse_keys_file(path: Path) -> dict[bytes, User]:
     entries = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
         raise InvalidInput(f"API_KEYS_FILE {path} must hold a non-empty 'keys' list")
-    return dict(_parse_entry(i, entry) for i, entry in enumerate(entries))
+    return dict(_parse_entry(i, entry, config) for i, entry in enumerate(entries))
 
 
 def _single_user_key(config: AuthConfig) -> tuple[str, str]:
@@ -122,9 +127,9 @@ def _single_user_key(config: AuthConfig) -> tuple[str, str]:
 
 
 def load_key_store(config: AuthConfig) -> APIKeyStore:
-    admin = User(id=SINGLE_USER_ID, roles=frozenset({"user", "admin"}))
+    admin = User(id=SINGLE_USER_ID, roles=frozenset({"user", "admin"}), tier=config.default_tier)
     if config.api_keys_file is not None:
-        users = _parse_keys_file(config.api_keys_file)
+        users = _parse_keys_file(config.api_keys_file, config)
         source = f"multi-user: {len(users)} keys from {config.api_keys_file}"
         if config.single_user_api_key:
             users[_digest(config.single_user_api_key)] = admin

@@ -3,6 +3,11 @@ executor). What runs a job is an executor (`pipeline_executor.PipelineExecutor`)
 asyncio one by default, the Redis Streams one with `EMBEDDINGS_PIPELINE=redis`. The stage order
 is not known here; job state after creation is written by the stages (`job_steps.py`).
 
+Tier allowances (`TierLimits`, carried by the spec): a start past the user's concurrent-job cap is
+refused when the job row would be written (RateLimited); the daily chunk quota is checked here
+(used up: QuotaExceeded, no job) and decided exactly by the chunking stage once the job's chunk
+count is known (`JobsDB.advance` with a `ChunkQuota`).
+
 A job row is written with its spec (the encoded chunking message, without the text) before the
 message is handed over, so a crash between the two leaves a job that start-up resume (embedded)
 or the reconciler (Redis) runs; the idempotency key (user, media, content, model, chunking) makes
@@ -18,9 +23,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from tldw_Server_API.app.core.Embeddings._sql_engine import new_id
-from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobRecord, JobsDB, JobStatus
+from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobRecord, JobsDB, JobStatus, day_start
 from tldw_Server_API.app.core.Embeddings.pipeline_executor import PipelineExecutor
 from tldw_Server_API.app.core.Embeddings.queue_schemas import ChunkingMessage, ChunkOptions, encode
+from tldw_Server_API.app.core.errors import QuotaExceeded
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,8 @@ class JobSpec:
     chunk_options: ChunkOptions
     priority: str = "normal"
     trace_id: str | None = None
+    daily_chunk_quota: int = 0       # the user's tier allowance (`TierLimits`); 0: none
+    max_active_jobs: int = 0
 
     def idempotency_key(self) -> str:
         """Same user, media, content, model and chunking: the same job."""
@@ -69,12 +77,17 @@ class MediaEmbeddingJobManager:
         if existing is not None:
             return existing
         await self.executor.check_capacity()
+        if spec.daily_chunk_quota > 0:
+            used = await asyncio.to_thread(self.jobs.chunks_used_since, spec.user_id, day_start(self._clock()))
+            if used >= spec.daily_chunk_quota:
+                raise QuotaExceeded(f"today's {spec.daily_chunk_quota} chunks are used up; the daily chunk quota "
+                                    "resets at 00:00 UTC", param="daily_chunks")
         job_id = new_id("job")
         message = ChunkingMessage(
             job_id=job_id, user_id=spec.user_id, media_id=spec.media_id, priority=spec.priority,  # type: ignore[arg-type]
             created_at=self._clock(), content_hash=spec.content_hash, chunk_options=spec.chunk_options,
             embedding_model=spec.model, embedding_provider=spec.provider, title=spec.title,
-            idempotency_key=key, trace_id=spec.trace_id,
+            idempotency_key=key, trace_id=spec.trace_id, daily_chunk_quota=spec.daily_chunk_quota,
         )
 
         def create() -> JobRecord:
@@ -83,7 +96,7 @@ class MediaEmbeddingJobManager:
                 spec.user_id, spec.media_id, embedding_model=spec.model, embedding_provider=spec.provider,
                 chunk_method=spec.chunk_options.method, chunk_size=spec.chunk_options.size,
                 chunk_overlap=spec.chunk_options.overlap, priority=spec.priority, content_hash=spec.content_hash,
-                job_id=job_id, spec=encode(message).decode(), idempotency_key=key,
+                job_id=job_id, spec=encode(message).decode(), idempotency_key=key, max_active=spec.max_active_jobs,
             )
 
         job = await asyncio.to_thread(create)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -42,7 +42,7 @@ from tldw_Server_API.app.core.Embeddings._sql_engine import (
     transaction,
     utc_now,
 )
-from tldw_Server_API.app.core.errors import InvalidInput, NotFound, TLDWError
+from tldw_Server_API.app.core.errors import InvalidInput, NotFound, QuotaExceeded, RateLimited, TLDWError
 
 
 class JobStatus(StrEnum):
@@ -214,6 +214,38 @@ class JobRecord:
         return cls(**values)
 
 
+def day_start(now: datetime) -> datetime:
+    """The UTC midnight that starts `now`'s quota day."""
+    return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+@dataclass(frozen=True)
+class ChunkQuota:
+    """A user's daily chunk allowance, counted over the jobs created since `since` (a UTC midnight)."""
+
+    user_id: str
+    daily_chunks: int
+    since: datetime
+
+
+def _chunks_used(user_id: str, since: datetime, exclude_job: str | None = None) -> Any:
+    """SELECT of the chunks a user's jobs created since `since` count against a daily quota."""
+    c = jobs_table.c
+    ended = c.status.in_([JobStatus.FAILED.value, JobStatus.CANCELLED.value])
+    used = func.coalesce(func.sum(case((ended, c.processed_chunks), else_=c.total_chunks)), 0)
+    conditions = [c.user_id == user_id, c.created_at >= since]
+    if exclude_job is not None:
+        conditions.append(c.job_id != exclude_job)
+    return select(used).where(*conditions)
+
+
+def _lock_user(conn: Connection, user_id: str) -> None:
+    """Serialise a user's quota decisions until the transaction ends. SQLite needs nothing: its
+    writers take turns (`transaction`), and the deciding UPDATE holds the write lock throughout."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(literal(f"jobs-quota:{user_id}")))))
+
+
 def _progress_sql(total: Any, processed: Any, stored: Any) -> ColumnElement[Any]:
     """`compute_progress` in SQL (same formula; CASE guards the division)."""
     raw = (processed + stored) * literal(50.0) / total
@@ -246,8 +278,11 @@ class JobsDB:
         self, user_id: str, media_id: int, *, embedding_model: str, embedding_provider: str, chunk_method: str,
         chunk_size: int, chunk_overlap: int, priority: str = "normal", content_hash: str | None = None,
         job_id: str | None = None, spec: str | None = None, idempotency_key: str | None = None,
+        max_active: int = 0,
     ) -> JobRecord:
-        """A new job in state `queued` (its id made here unless given: the spec may name it)."""
+        """A new job in state `queued` (its id made here unless given: the spec may name it).
+        `max_active` > 0: RateLimited when the user already has that many queued or running jobs
+        (counted in the same transaction as the insert)."""
         if priority not in PRIORITIES:
             raise InvalidInput(f"priority must be one of {', '.join(PRIORITIES)}", param="priority")
         if chunk_size < 1 or not 0 <= chunk_overlap < chunk_size:
@@ -263,6 +298,15 @@ class JobsDB:
             "idempotency_key": idempotency_key,
         }
         with transaction(self.engine) as conn:
+            if max_active > 0:
+                _lock_user(conn, user_id)
+                active = conn.execute(select(func.count()).select_from(jobs_table).where(
+                    jobs_table.c.user_id == user_id,
+                    jobs_table.c.status.in_([s.value for s in ACTIVE_STATES]))).scalar_one()
+                if active >= max_active:
+                    raise RateLimited(f"{active} embedding jobs are already queued or running, the most this "
+                                      f"account may run at once ({max_active}); retry when one finishes",
+                                      retry_after=5)
             conn.execute(jobs_table.insert().values(**values))
             return self._read(conn, job_id, user_id)
 
@@ -318,8 +362,14 @@ class JobsDB:
         return self._count(user_id, jobs_table.c.status.in_([s.value for s in ACTIVE_STATES]))
 
     def count_created_since(self, user_id: str, since: datetime) -> int:
-        """Jobs the caller created at or after `since` (daily quotas)."""
+        """Jobs the caller created at or after `since`."""
         return self._count(user_id, jobs_table.c.created_at >= since)
+
+    def chunks_used_since(self, user_id: str, since: datetime) -> int:
+        """Chunks the caller's jobs created at or after `since` take from a daily quota: a live or
+        completed job its total, a failed or cancelled one what it embedded before it ended."""
+        with transaction(self.engine) as conn:
+            return int(conn.execute(_chunks_used(user_id, since)).scalar_one())
 
     # --- state changes ------------------------------------------------------------------------
     def transition(
@@ -374,18 +424,37 @@ class JobsDB:
         }
         return self._update_active(job_id, values)
 
-    def advance(self, job_id: str, stage: JobStatus, *, total_chunks: int | None = None) -> bool:
+    def advance(self, job_id: str, stage: JobStatus, *, total_chunks: int | None = None,
+                quota: ChunkQuota | None = None) -> bool:
         """Move a job forward to the running `stage` from any earlier active state (a resumed or
         redelivered stage finds its job anywhere along the way). True while the job is active (it
-        is then at `stage` or past it); False once it is terminal: the caller drops its message."""
+        is then at `stage` or past it); False once it is terminal: the caller drops its message.
+
+        With a `quota`, the move (which sets `total_chunks`) happens only if the user's other jobs
+        of the quota's day plus this total stay within it, decided in the same UPDATE (per-user
+        lock on PostgreSQL); else QuotaExceeded."""
         _check_counts(total_chunks=total_chunks)
         order = [JobStatus.QUEUED, *sorted(RUNNING_STATES, key=list(JobStatus).index)]
         earlier = [s.value for s in order[: order.index(JobStatus(stage)) + 1]]
         values = self._transition_values(JobStatus(stage), total_chunks, None, None, None)
+        c = jobs_table.c
         with transaction(self.engine) as conn:
-            query = update(jobs_table).where(jobs_table.c.job_id == job_id, jobs_table.c.status.in_(earlier))
-            moved = conn.execute(query.values(**values)).rowcount
-            return moved == 1 or self._status(conn, job_id) not in TERMINAL_STATES
+            conditions: list[ColumnElement[bool]] = [c.job_id == job_id, c.status.in_(earlier)]
+            if quota is not None and quota.daily_chunks > 0 and total_chunks is not None:
+                _lock_user(conn, quota.user_id)
+                used = _chunks_used(quota.user_id, quota.since, exclude_job=job_id).scalar_subquery()
+                conditions.append(used + literal(total_chunks) <= literal(quota.daily_chunks))
+            moved = conn.execute(update(jobs_table).where(*conditions).values(**values)).rowcount
+            if moved == 1:
+                return True
+            status = self._status(conn, job_id)
+            if status in TERMINAL_STATES:
+                return False
+            if status.value not in earlier or quota is None or total_chunks is None:
+                return True
+            used_now = int(conn.execute(_chunks_used(quota.user_id, quota.since, exclude_job=job_id)).scalar_one())
+        raise QuotaExceeded(f"this job has {total_chunks} chunks and {used_now} of today's {quota.daily_chunks} "
+                            "are already used: the daily chunk quota would be exceeded", param="daily_chunks")
 
     def record_embedded(self, job_id: str, batch_index: int, *, chunks: int, truncated: int = 0) -> bool:
         """Count one embedded sub-batch exactly once (its first delivery; later ones change

@@ -1,6 +1,7 @@
 """Media embeddings (the logic behind `media_embeddings.py`): start a job for a media item (with
 validated chunking options and an authorized model), skip unchanged content, report status,
-delete a media item's vectors, batch starts, and job reads/cancel. Jobs run in the job manager.
+delete a media item's vectors, batch starts, job reads/cancel, and the caller's tier usage
+(each job carries its user's tier limits: daily chunk quota, concurrent-job cap). Jobs run in the job manager.
 
 Imports core stores and services only; never FastAPI. Synchronous store calls go to a thread.
 """
@@ -8,20 +9,22 @@ Imports core stores and services only; never FastAPI. Synchronous store calls go
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import User
 from tldw_Server_API.app.core.Chunking import Chunk
-from tldw_Server_API.app.core.config import ChunkingDefaults
+from tldw_Server_API.app.core.config import ChunkingDefaults, TierLimits
 from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory, MediaRecord
 from tldw_Server_API.app.core.Embeddings.chunk_windows import resolve_chunking
 from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingService
 from tldw_Server_API.app.core.Embeddings.job_manager import JobSpec, MediaEmbeddingJobManager
-from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobRecord, JobStatus
+from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobRecord, JobStatus, day_start
 from tldw_Server_API.app.core.Embeddings.queue_schemas import ChunkOptions
 from tldw_Server_API.app.core.Embeddings.stage_context import media_collection
+from tldw_Server_API.app.core.Embeddings.worker_config import STAGE_ACTIONS, STAGES
 from tldw_Server_API.app.core.Embeddings.workers import chunking_worker
 from tldw_Server_API.app.core.errors import InvalidInput, NotFound, Overloaded, TLDWError
 from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory
@@ -52,12 +55,28 @@ class MediaEmbeddingService:
     def __init__(
         self, embeddings: EmbeddingService, media_dbs: MediaDBFactory, vector_stores: VectorStoreFactory,
         manager: MediaEmbeddingJobManager, chunking: ChunkingDefaults,
+        tiers: Mapping[str, TierLimits] | None = None,
     ) -> None:
         self._embeddings = embeddings
         self._media_dbs = media_dbs
         self._vector_stores = vector_stores
         self.manager = manager
         self._chunking = chunking
+        self._tiers = dict(tiers or {})
+
+    def limits(self, user: User) -> TierLimits:
+        """The user's tier allowance (no limits for a tier not configured)."""
+        return self._tiers.get(user.tier, TierLimits())
+
+    async def usage(self, user: User) -> dict[str, Any]:
+        """The caller's tier, its limits, and what today (UTC) and now take of them."""
+        limits = self.limits(user)
+        jobs = self.manager.jobs
+        used = await asyncio.to_thread(jobs.chunks_used_since, user.id, day_start(datetime.now(UTC)))
+        active = await asyncio.to_thread(jobs.count_active, user.id)
+        return {"object": "embedding.usage", "tier": user.tier, "daily_chunk_quota": limits.daily_chunks or None,
+                "chunks_used_today": used, "concurrent_jobs_limit": limits.concurrent_jobs or None,
+                "active_jobs": active}
 
     def _model_name(self, options: EmbeddingOptions) -> str | None:
         if options.embedding_provider and options.embedding_model and ":" not in options.embedding_model:
@@ -101,8 +120,10 @@ class MediaEmbeddingService:
                     return StartResult(latest, skipped=False)     # the same job is already on its way
                 if await self._stored_count(user.id, media.id, model_id):   # not deleted since
                     return StartResult(latest, skipped=True)
+        limits = self.limits(user)
         spec = JobSpec(user.id, media.id, media.title, media.content_hash, provider, model_id, chunking,
-                       options.priority)
+                       options.priority, daily_chunk_quota=limits.daily_chunks,
+                       max_active_jobs=limits.concurrent_jobs)
         return StartResult(await self.manager.submit(spec, media.content, media.page_starts), skipped=False)
 
     async def _media(self, user: User, media_id: int) -> MediaRecord:
@@ -166,6 +187,15 @@ class MediaEmbeddingService:
             return sum(store.delete_where(name, {"media_id": media_id}) for name in names)
 
         return await asyncio.to_thread(purge)
+
+    async def control_stage(self, stage: str, action: str) -> dict[str, Any]:
+        """Admin: pause, drain or resume a pipeline stage (whichever executor runs it)."""
+        if stage not in STAGES:
+            raise InvalidInput(f"stage must be one of {', '.join(STAGES)}", param="stage")
+        if action not in STAGE_ACTIONS:
+            raise InvalidInput(f"action must be one of {', '.join(STAGE_ACTIONS)}", param="action")
+        state = await self.manager.executor.control(stage, action)
+        return {"object": "pipeline.stage", "stage": stage, "state": state}
 
     async def pipeline_summary(self) -> dict[str, Any]:
         """The executor's view for operators (admin): mode, per-stage lag, pending, DLQ, workers."""

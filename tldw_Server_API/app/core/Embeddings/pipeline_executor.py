@@ -9,7 +9,8 @@ DB, written by the stages themselves, so the API reads it the same way whichever
 low; later stages first, so started jobs finish before new ones start), retries transient errors
 with exponential backoff and jitter, fails the job on a permanent error or when retries run out
 (`core/errors.py`'s worker outcome table), and on start resumes every job a stopped or killed
-process left unfinished from its stored spec. A job whose messages are all handled but which is
+process left unfinished from its stored spec. An operator may pause, drain or resume a stage (its
+messages are held, never dropped). A job whose messages are all handled but which is
 not finished (a chunk overwritten by a superseding job) is run again, a bounded number of times.
 """
 
@@ -48,6 +49,11 @@ class PipelineExecutor(Protocol):
 
     async def wait_idle(self) -> None: ...
 
+    async def control(self, stage: str, action: str) -> str:
+        """Pause, drain or resume a stage (`worker_config.STAGE_ACTIONS`); returns its new state:
+        `paused` (nothing new is taken, messages wait), `draining` (work goes on until the stage has
+        nothing waiting, then it is paused), `running`."""
+
     async def summary(self) -> dict[str, object]:
         """What an operator watches: the mode and, per stage, what waits and who works on it."""
 
@@ -82,6 +88,8 @@ class EmbeddedExecutor:
         self._checks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._states: dict[str, str] = dict.fromkeys(STAGES, "running")
+        self._held: dict[str, list[PipelineMessage]] = {stage: [] for stage in STAGES}   # of paused stages
 
     async def start(self) -> None:
         """Resume the jobs a stopped or killed process left unfinished, then start the workers."""
@@ -108,10 +116,27 @@ class EmbeddedExecutor:
         await self.check_capacity()
         self._put(message)
 
+    async def control(self, stage: str, action: str) -> str:
+        if stage not in self._states:
+            raise ValueError(f"unknown stage {stage!r}")
+        if action == "pause" or (action == "drain" and not self._waiting[stage]):
+            self._states[stage] = "paused"
+        elif action == "drain":
+            self._states[stage] = "draining"
+        elif action == "resume":
+            self._states[stage] = "running"
+            held, self._held[stage] = self._held[stage], []
+            for message in held:
+                self._put(message, new=False)
+        else:
+            raise ValueError(f"unknown stage action {action!r}")
+        return self._states[stage]
+
     async def summary(self) -> dict[str, object]:
-        stages = {stage: self._waiting[stage] for stage in STAGES}
+        stages = [{"stage": stage, "lag": self._waiting[stage] + len(self._held[stage]), "state": self._states[stage]}
+                  for stage in STAGES]
         return {"mode": "embedded", "jobs_in_flight": len(self._outstanding), "workers": len(self._workers),
-                "retries_waiting": len(self._timers), "stages": [{"stage": k, "lag": v} for k, v in stages.items()]}
+                "retries_waiting": len(self._timers), "stages": stages}
 
     async def wait_idle(self) -> None:
         """Until no job has a message left (tests and graceful drains)."""
@@ -172,7 +197,13 @@ class EmbeddedExecutor:
     async def _worker(self) -> None:
         while True:
             *_, message = await self._queue.get()
-            self._waiting[message.stage] -= 1
+            stage = message.stage
+            self._waiting[stage] -= 1
+            if self._states[stage] == "paused":
+                self._held[stage].append(message)    # back in the queue on resume
+                continue
+            if self._states[stage] == "draining" and not self._waiting[stage]:
+                self._states[stage] = "paused"       # this was the last one waiting
             try:
                 for following in await run_stage(message, self._context):
                     self._put(following)

@@ -20,8 +20,11 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from tldw_Server_API.app.core.Chunking import ChunkingOptions
 from tldw_Server_API.app.core.errors import InvalidInput
 
-# 2: chunk `page`; 3: job id on stored chunks, page starts, idempotency key, trace id, attempt
-SCHEMA_VERSION: Final = 3
+# 2: chunk `page`; 3: job id on stored chunks, page starts, idempotency key, trace id, attempt;
+# 4: the daily chunk quota on chunking messages
+SCHEMA_VERSION: Final = 4
+# Older versions still read: what they lack has a default (jobs queued before an upgrade go on).
+UPGRADABLE_VERSIONS: Final = frozenset({3})
 Priority = Literal["high", "normal", "low"]
 ChunkMethod = Literal["words", "sentences", "paragraphs", "tokens"]
 T = TypeVar("T")
@@ -126,7 +129,7 @@ class ChunkMetadata(_Model):
 
 
 class _StageMessage(_Model):
-    schema_version: Literal[3] = SCHEMA_VERSION
+    schema_version: Literal[4] = SCHEMA_VERSION
     job_id: str
     user_id: str
     media_id: int
@@ -149,6 +152,7 @@ class ChunkingMessage(_StageMessage):
     title: str | None = None
     content: str | None = None
     page_starts: list[Annotated[int, Field(ge=0)]] | None = None
+    daily_chunk_quota: Annotated[int, Field(ge=0)] = 0   # the user's tier allowance when created; 0: none
 
 
 class EmbeddingMessage(_StageMessage):
@@ -232,6 +236,8 @@ def decode(data: bytes | str) -> PipelineMessage:
     if not isinstance(payload, dict):
         raise MessageSchemaError("message must be a JSON object")
     version = payload.get("schema_version")
+    if version in UPGRADABLE_VERSIONS and type(version) is int:
+        payload["schema_version"] = version = SCHEMA_VERSION
     if version != SCHEMA_VERSION:
         raise UnsupportedSchemaVersion(
             f"unsupported message schema_version {repr(version)[:32]} (this worker reads {SCHEMA_VERSION})",

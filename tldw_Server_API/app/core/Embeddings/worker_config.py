@@ -1,8 +1,9 @@
 """The Redis Streams pipeline's names and settings, one place for workers, the executor, the
 orchestrator and admin routes: `embeddings:{stage}` (normal priority), `embeddings:{stage}:high`
 and `:low`, consumer group `{stage}-workers`, dead letters `embeddings:{stage}:dlq`, the delayed
-retry set `embeddings:{stage}:delayed`, heartbeats `embeddings:workers:{consumer}`, the pause flag
-`embeddings:{stage}:paused`. Every key carries the deployment's prefix. Pure: no Redis calls.
+retry set `embeddings:{stage}:delayed`, heartbeats `embeddings:workers:{consumer}`, the operator's
+stage flags `embeddings:{stage}:paused` and `:draining`. Every key carries the deployment's
+prefix. Pure: no Redis calls.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ STAGES = ("chunking", "embedding", "storage")
 PRIORITIES = ("high", "normal", "low")
 # Reads per cycle by priority (weighted round robin: high is read first most often, low never starves).
 PRIORITY_WEIGHTS = {"high": 4, "normal": 2, "low": 1}
+# What an operator does to a stage: pause (workers take nothing new; messages wait), drain (work
+# until the stage has nothing waiting, then stop: Redis workers exit and are not restarted), resume.
+STAGE_ACTIONS = ("pause", "drain", "resume")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,9 @@ class StreamNames:
 
     def paused(self, stage: str) -> str:
         return f"{self.prefix}embeddings:{stage}:paused"
+
+    def draining(self, stage: str) -> str:
+        return f"{self.prefix}embeddings:{stage}:draining"
 
     def heartbeat(self, consumer: str) -> str:
         return f"{self.prefix}embeddings:workers:{consumer}"

@@ -3,7 +3,8 @@
 
 Per stage it keeps between `EMBEDDINGS_WORKERS_MIN` and `EMBEDDINGS_WORKERS_MAX` worker processes
 (`workers/base_worker.py --stage <stage>`: `ps` shows which stage each one serves), sized by the
-stage's backlog (lag + pending, never stream length), restarts workers that died, runs the
+stage's backlog (lag + pending, never stream length), restarts workers that died (not while the
+operator drains the stage: its workers exit once it is empty), runs the
 reconciler on start and on an interval (jobs the jobs DB says are unfinished but Redis has no
 message for are re-enqueued), and publishes per stage lag, pending, oldest pending idle time, DLQ
 depth, live workers and throughput as Prometheus gauges (`--metrics-port`; usable by KEDA) and as a
@@ -130,6 +131,8 @@ class Orchestrator:
             logger.warning("orchestrator: {} {} worker(s) died; restarting", dead, pool.stage)
             pool.restarts += dead
         pool.processes = alive
+        if stats["state"] == "draining":
+            return     # its workers exit once the stage is empty; none is started until a resume
         stalled = (stats["backlog"] and stats["oldest_pending_idle_seconds"] > self.config.lease_seconds
                    and stats["handled"] == pool.last_handled)
         if stalled:

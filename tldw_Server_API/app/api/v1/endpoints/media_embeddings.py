@@ -1,5 +1,6 @@
 """Media embeddings routes: start a job for a media item (202 + job id), its status, delete its
-vectors, batch starts, job reads/list/cancel, and vector search over the caller's media.
+vectors, batch starts, job reads/list/cancel, the caller's tier usage, vector search over the
+caller's media; admin: the pipeline summary and stage pause/drain/resume.
 Thin: one service call per handler; errors go through the shared table.
 """
 
@@ -66,6 +67,12 @@ async def cancel_job(job_id: str, user: CurrentUser, service: MediaEmbeddingServ
     return JobView.of(service.cancel_job(user, job_id))
 
 
+@router.get("/media/embeddings/usage")
+async def embedding_usage(user: CurrentUser, service: MediaEmbeddingServiceDep) -> dict[str, Any]:
+    """The caller's tier, its daily chunk quota and concurrent-job cap, and what is used of them."""
+    return await service.usage(user)
+
+
 @router.get("/media/embeddings/jobs", response_model=JobPage)
 async def list_jobs(
     user: CurrentUser, service: MediaEmbeddingServiceDep, status: str | None = None,
@@ -88,3 +95,10 @@ async def pipeline_summary(_: AdminUser, service: MediaEmbeddingServiceDep) -> d
     """Admin: the pipeline per stage (lag, pending, oldest pending idle, DLQ depth, workers,
     handled) and the orchestrator's last report (Redis mode)."""
     return await service.pipeline_summary()
+
+
+@router.post("/embeddings/orchestrator/stages/{stage}/{action}")
+async def control_stage(stage: str, action: str, _: AdminUser, service: MediaEmbeddingServiceDep) -> dict[str, Any]:
+    """Admin: `pause` a stage (nothing new is taken; messages wait), `drain` it (work until nothing
+    waits, then stop; Redis workers exit), or `resume` it. Holds for every worker of the deployment."""
+    return await service.control_stage(stage, action)

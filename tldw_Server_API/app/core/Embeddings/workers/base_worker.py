@@ -5,11 +5,13 @@ stage handler (`stages.run_stage`); `XADD` the next stage's messages, `XACK` and
 in one MULTI, so a crash never loses a message and acked entries never pile up.
 
 Failures follow `core/errors.py`'s worker outcome table: a transient one is retried through the
-stage's delayed set (exponential backoff with jitter, moved back by an atomic script); a permanent
-one, too many retries, too many deliveries (a message that kills its worker), or a payload that
-does not decode, fail the job and go to `embeddings:{stage}:dlq` keyed by the original id
-(idempotent), then are acked. Leases, not locks: each worker renews a heartbeat key with a TTL;
-its reaper claims only entries idle past the lease whose owner's heartbeat has expired.
+stage's delayed set (exponential backoff with jitter, moved back by an atomic script); a refusal
+by rule (a quota) fails the job and drops the message; a permanent one, too many retries, too
+many deliveries (a message that kills its worker), or a payload that does not decode, fail the
+job and go to `embeddings:{stage}:dlq` keyed by the original id (idempotent), then are acked. Leases, not locks: each worker renews a heartbeat key with a TTL;
+its reaper claims only entries idle past the lease whose owner's heartbeat has expired. An
+operator's pause stops reads of a stage (messages wait); a drain lets its workers finish what waits
+and then exit.
 
 `python -m tldw_Server_API.app.core.Embeddings.workers.base_worker --stage embedding` runs one
 worker process (the orchestrator starts them); SIGTERM drains (the current message finishes).
@@ -42,7 +44,8 @@ from tldw_Server_API.app.core.Embeddings.worker_config import PRIORITIES, PRIORI
 from tldw_Server_API.app.core.Embeddings.workers.stages import run_stage
 from tldw_Server_API.app.core.errors import TLDWError, WorkerOutcome, worker_outcome
 
-__all__ = ["Embedded", "Embedder", "StageContext", "StageWorker", "ensure_groups", "media_collection"]
+__all__ = ["Embedded", "Embedder", "StageContext", "StageWorker", "control_stage", "ensure_groups",
+           "media_collection", "stage_state"]
 
 # Move due retries back to their streams: ZREM then XADD per member, atomically.
 _MOVE_DUE = """
@@ -66,6 +69,30 @@ redis.call('XACK', KEYS[3], ARGV[2], ARGV[1])
 redis.call('XDEL', KEYS[3], ARGV[1])
 return 1
 """
+
+
+async def stage_state(redis: Any, names: StreamNames, stage: str) -> str:
+    """`paused`, `draining` or `running`: what the operator set for the stage."""
+    if await redis.exists(names.paused(stage)):
+        return "paused"
+    return "draining" if await redis.exists(names.draining(stage)) else "running"
+
+
+async def control_stage(redis: Any, names: StreamNames, stage: str, action: str) -> str:
+    """Apply an operator's `STAGE_ACTIONS` entry to a stage; returns its new state. Workers read
+    the flags before every read, so the change holds for every worker on every machine."""
+    if action == "pause":
+        await redis.set(names.paused(stage), "1")
+    elif action == "drain":
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.delete(names.paused(stage))
+            pipe.set(names.draining(stage), "1")
+            await pipe.execute()
+    elif action == "resume":
+        await redis.delete(names.paused(stage), names.draining(stage))
+    else:
+        raise ValueError(f"unknown stage action {action!r}")
+    return await stage_state(redis, names, stage)
 
 
 async def ensure_groups(redis: Any, names: StreamNames, stages: Sequence[str]) -> None:
@@ -142,8 +169,19 @@ class StageWorker:
                 logger.warning("pipeline worker {}: heartbeat failed: {}", self.consumer, exc)
 
     async def _active_stages(self) -> list[str]:
-        paused = await asyncio.gather(*(self.redis.exists(self.names.paused(s)) for s in self.config.stages))
-        return [stage for stage, is_paused in zip(self.config.stages, paused, strict=True) if not is_paused]
+        """The stages to read now: not paused, and not drained (draining with nothing waiting).
+        Once every stage of this worker is drained, the worker stops (its drain is done)."""
+        active, drained = [], 0
+        for stage in self.config.stages:
+            state = await stage_state(self.redis, self.names, stage)
+            if state == "draining" and await self._empty((stage,)):
+                drained += 1
+            elif state != "paused":
+                active.append(stage)
+        if drained == len(self.config.stages):
+            logger.info("pipeline worker {}: drained; stopping", self.consumer)
+            self.stop()
+        return active
 
     async def _read(self) -> list[tuple[str, str, Fields]]:
         """One entry: the first priority of this cycle's turn that has one (later stages first),
@@ -210,6 +248,10 @@ class StageWorker:
             if not isinstance(exc, TLDWError):
                 logger.opt(exception=exc).error("pipeline: job {} {} step failed", message.job_id, stage)
             await self._fail_job(message, exc)
+            if worker_outcome(exc) == WorkerOutcome.FAIL_JOB:
+                logger.info("pipeline: job {} refused at {}: {}", message.job_id, stage, exc)
+                await self._forward(stream, stage, entry_id, [])
+                return
             await self._dead_letter(stream, stage, entry_id, fields, exc, message.attempt + 1)
             return
         await self._forward(stream, stage, entry_id, following)
@@ -276,9 +318,10 @@ class StageWorker:
             for entry_id, fields in claimed:
                 await self._process(stream, text_of(entry_id), fields or {})
 
-    async def _empty(self) -> bool:
-        """No entry waiting or pending in any stage stream, and no retry scheduled (burst mode)."""
-        for stage in self.config.stages:
+    async def _empty(self, stages: Sequence[str] | None = None) -> bool:
+        """No entry waiting or pending in the stages' streams (all of this worker's by default),
+        and no retry scheduled (burst mode, drains)."""
+        for stage in stages or self.config.stages:
             if await self.redis.zcard(self.names.delayed(stage)):
                 return False
             for stream in self.names.streams(stage):

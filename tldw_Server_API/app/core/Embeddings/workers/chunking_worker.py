@@ -1,8 +1,9 @@
 """Chunking stage: read the media text (from the message, else the media DB), cut it into chunks
 (character offsets, page numbers of paged sources; `tokens` chunks in the job model's own tokens,
 sized to its window) and emit bounded embedding sub-batches. Advances the job to `chunking`, then
-to `embedding` with its total. Deterministic: a redelivered or resumed message cuts the same
-chunks, so downstream ids and counts do not change. Blocking work runs in a thread."""
+to `embedding` with its total, within the user's daily chunk quota (QuotaExceeded otherwise).
+Deterministic: a redelivered or resumed message cuts the same chunks, so downstream ids and
+counts do not change. Blocking work runs in a thread."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from tldw_Server_API.app.core.Chunking import Chunk, OffsetsTokenizer, chunk_document
-from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobStatus
+from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import ChunkQuota, JobStatus, day_start
 from tldw_Server_API.app.core.Embeddings.queue_schemas import (
     ChunkingMessage,
     ChunkOptions,
@@ -64,6 +65,10 @@ async def handle(message: ChunkingMessage, context: StageContext) -> list[Embedd
         return []   # cancelled or finished: drop
     batches = await asyncio.to_thread(split, message, context)
     total = batches[0].total_chunks
-    if not await asyncio.to_thread(context.jobs.advance, message.job_id, JobStatus.EMBEDDING, total_chunks=total):
+    quota = None
+    if message.daily_chunk_quota:
+        quota = ChunkQuota(message.user_id, message.daily_chunk_quota, day_start(context.clock()))
+    if not await asyncio.to_thread(context.jobs.advance, message.job_id, JobStatus.EMBEDDING, total_chunks=total,
+                                   quota=quota):
         return []
     return batches

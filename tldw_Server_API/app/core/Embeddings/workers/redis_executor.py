@@ -5,7 +5,8 @@ the pipeline's operational reads shared with the orchestrator and admin routes.
 another machine) and answers capacity from the streams: backpressure (Overloaded, 429 with
 Retry-After) when a stage's lag + pending passes the configured depth or its oldest waiting entry
 passes the configured age. `stage_stats` reads lag (`XINFO GROUPS`), pending, oldest pending idle
-time, DLQ depth, retries waiting and live workers per stage; `reconcile` re-enqueues, from the
+time, DLQ depth, retries waiting, live workers and the operator's state (running, paused,
+draining) per stage; `control` pauses, drains or resumes a stage; `reconcile` re-enqueues, from the
 jobs DB, every unfinished job that has no message in any stream or delayed set (Redis restarted
 empty or was flushed), so no job is ever stuck.
 """
@@ -27,7 +28,7 @@ from tldw_Server_API.app.core.Embeddings.messages import job_of, text_of, to_fie
 from tldw_Server_API.app.core.Embeddings.pipeline_executor import spec_message
 from tldw_Server_API.app.core.Embeddings.queue_schemas import ChunkingMessage
 from tldw_Server_API.app.core.Embeddings.worker_config import STAGES, StreamNames
-from tldw_Server_API.app.core.Embeddings.workers.base_worker import ensure_groups
+from tldw_Server_API.app.core.Embeddings.workers.base_worker import control_stage, ensure_groups, stage_state
 from tldw_Server_API.app.core.errors import NotFound, Overloaded
 
 
@@ -66,7 +67,7 @@ async def stage_stats(redis: Any, names: StreamNames, stage: str) -> dict[str, A
         "oldest_pending_idle_seconds": oldest_idle_ms / 1000, "oldest_waiting_seconds": round(oldest_age_s, 3),
         "dlq_depth": int(await redis.xlen(names.dlq(stage))),
         "retries_waiting": int(await redis.zcard(names.delayed(stage))),
-        "workers": workers, "handled": int(handled or 0), "paused": bool(await redis.exists(names.paused(stage))),
+        "workers": workers, "handled": int(handled or 0), "state": await stage_state(redis, names, stage),
     }
 
 
@@ -133,6 +134,9 @@ class RedisExecutor:
             if stats["oldest_waiting_seconds"] > self._config.backpressure_age_seconds:
                 raise Overloaded(f"the {stage} stage's oldest message waits {stats['oldest_waiting_seconds']:.0f}s; "
                                  "retry later", retry_after=30)
+
+    async def control(self, stage: str, action: str) -> str:
+        return await control_stage(self.redis, self.names, stage, action)
 
     async def summary(self) -> dict[str, object]:
         stages = [await stage_stats(self.redis, self.names, stage) for stage in STAGES]
