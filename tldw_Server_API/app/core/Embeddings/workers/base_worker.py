@@ -8,10 +8,10 @@ Failures follow `core/errors.py`'s worker outcome table: a transient one is retr
 stage's delayed set (exponential backoff with jitter, moved back by an atomic script); a refusal
 by rule (a quota) fails the job and drops the message; a permanent one, too many retries, too
 many deliveries (a message that kills its worker), or a payload that does not decode, fail the
-job and go to `embeddings:{stage}:dlq` keyed by the original id (idempotent), then are acked. Leases, not locks: each worker renews a heartbeat key with a TTL;
-its reaper claims only entries idle past the lease whose owner's heartbeat has expired. An
-operator's pause stops reads of a stage (messages wait); a drain lets its workers finish what waits
-and then exit.
+job and go to `embeddings:{stage}:dlq` keyed by the original id (idempotent), then are acked.
+Leases, not locks: each worker renews a heartbeat key with a TTL; its reaper claims only entries
+idle past the lease whose owner's heartbeat has expired. An operator's pause stops reads of a
+stage (messages wait); a drain lets its workers finish what waits and then exit.
 
 `python -m tldw_Server_API.app.core.Embeddings.workers.base_worker --stage embedding` runs one
 worker process (the orchestrator starts them); SIGTERM drains (the current message finishes).
