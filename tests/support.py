@@ -107,9 +107,14 @@ class SteppingClock:
         self.now += timedelta(seconds=seconds)
 
 
-def write_keys_file(directory: Path, users: Mapping[str, str], admins: Mapping[str, str] | None = None) -> Path:
-    """An `API_KEYS_FILE` in `directory`: user id -> key, plain users and admins."""
-    entries = [{"key": key, "user_id": uid, "roles": ["user"]} for uid, key in users.items()]
+def write_keys_file(directory: Path, users: Mapping[str, str], admins: Mapping[str, str] | None = None,
+                    tiers: Mapping[str, str] | None = None) -> Path:
+    """An `API_KEYS_FILE` in `directory`: user id -> key, plain users and admins; `tiers` names
+    some users' tier (the others get the default tier)."""
+    entries: list[dict[str, Any]] = [{"key": key, "user_id": uid, "roles": ["user"]} for uid, key in users.items()]
+    for entry in entries:
+        if tiers and entry["user_id"] in tiers:
+            entry["tier"] = tiers[entry["user_id"]]
     entries += [{"key": key, "user_id": uid, "roles": ["user", "admin"]} for uid, key in (admins or {}).items()]
     path = directory / "keys.yaml"
     path.write_text(yaml.safe_dump({"keys": entries}), encoding="utf-8")

@@ -1,7 +1,7 @@
 """The Redis Streams delivery loop (`StageWorker`) over a real Redis with a unique key prefix: leases
 (a live slow worker keeps its entries, a dead one's are reclaimed), dead-lettering (undecodable
 payloads, idempotent by original id, too many deliveries failing the job without running the
-handler), the delayed retry set, the pause flag, burst mode, priority reads, the executor's
+handler), the delayed retry set, the pause and drain flags, burst mode, priority reads, the executor's
 backpressure, and the worker outcome table of `core/errors.py`."""
 
 from __future__ import annotations
@@ -24,7 +24,12 @@ from tldw_Server_API.app.core.Embeddings.messages import to_fields
 from tldw_Server_API.app.core.Embeddings.queue_schemas import ChunkOptions, ChunkPayload, EmbeddingMessage, encode
 from tldw_Server_API.app.core.Embeddings.stage_context import StageContext
 from tldw_Server_API.app.core.Embeddings.worker_config import StreamNames, WorkerConfig
-from tldw_Server_API.app.core.Embeddings.workers.base_worker import StageWorker, ensure_groups
+from tldw_Server_API.app.core.Embeddings.workers.base_worker import (
+    StageWorker,
+    control_stage,
+    ensure_groups,
+    stage_state,
+)
 from tldw_Server_API.app.core.Embeddings.workers.redis_executor import RedisExecutor
 from tldw_Server_API.app.core.errors import (
     InvalidInput,
@@ -51,7 +56,7 @@ def _s(value: bytes | str) -> str:
 
 
 def worker_config(url: str, names: StreamNames, **overrides: Any) -> WorkerConfig:
-    values: dict[str, Any] = {"redis_url": url, "names": names, "stages": (STAGE,), "lease_seconds": 1.0,
+    values: dict[str, Any] = {"names": names, "stages": (STAGE,), "lease_seconds": 1.0,
                               "block_ms": 50, "max_deliveries": 5}
     values.update(overrides)
     return WorkerConfig(**values)
@@ -286,6 +291,47 @@ def test_a_paused_stage_is_not_read(redis_prefix: tuple[str, str]) -> None:
         assert [(s, i) for s, i, _ in entries] == [(names.stream(STAGE), entry_id)]
 
     run_scenario(redis_prefix, scenario)
+
+
+def test_a_draining_stage_is_worked_off_then_its_worker_exits(redis_prefix: tuple[str, str]) -> None:
+    """Drain: the worker handles what waits (here: two undecodable entries, dead-lettered), then
+    `run()` returns by itself; a paused stage is not drained; `resume` clears both flags."""
+
+    async def scenario(redis: Any, names: StreamNames, url: str) -> None:
+        await ensure_groups(redis, names, [STAGE])
+        for _ in range(2):
+            await redis.xadd(names.stream(STAGE), BAD_FIELDS)
+        assert await control_stage(redis, names, STAGE, "pause") == "paused"
+        assert await stage_state(redis, names, STAGE) == "paused"
+        worker = make_worker(redis, url, names, "W")
+        run = asyncio.create_task(worker.run())
+        await asyncio.sleep(0.5)
+        assert not run.done() and await redis.xlen(names.stream(STAGE)) == 2     # paused: waits
+        assert await control_stage(redis, names, STAGE, "drain") == "draining"
+        await asyncio.wait_for(run, timeout=10)                                 # drained: stopped
+        assert await redis.xlen(names.stream(STAGE)) == 0 and await redis.xlen(names.dlq(STAGE)) == 2
+        assert await control_stage(redis, names, STAGE, "resume") == "running"
+        assert not await redis.exists(names.paused(STAGE), names.draining(STAGE))
+        with pytest.raises(ValueError, match="unknown stage action"):
+            await control_stage(redis, names, STAGE, "stop")
+
+    run_scenario(redis_prefix, scenario)
+
+
+def test_the_orchestrator_starts_no_worker_for_a_draining_stage(tmp_path: Path) -> None:
+    """A draining stage's exited workers are not restarted (nor new ones started); running, it is."""
+    from tldw_Server_API.app.core.config import Settings
+    from tldw_Server_API.app.core.Embeddings.worker_orchestrator import Orchestrator, Pool
+
+    orchestrator = Orchestrator(Settings(tldw_data_dir=tmp_path, embeddings_workers_min=1), (STAGE,))  # type: ignore[call-arg]
+    pool = Pool(STAGE)
+    stats = {"state": "draining", "backlog": 500, "oldest_pending_idle_seconds": 0.0, "handled": 0}
+    orchestrator._tend(pool, stats)
+    assert pool.processes == []
+    spawned: list[str] = []
+    orchestrator._spawn = lambda stage: spawned.append(stage) or object()  # type: ignore[assignment,method-assign,func-returns-value]
+    orchestrator._tend(pool, {**stats, "state": "running", "backlog": 0})
+    assert spawned == [STAGE]
 
 
 def test_empty_sees_stream_entries_and_delayed_retries(redis_prefix: tuple[str, str]) -> None:

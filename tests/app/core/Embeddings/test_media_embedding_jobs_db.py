@@ -1,6 +1,7 @@
 """Jobs: the pure state machine (property-tested), the DB against a reference model of it, CAS
-transitions racing cancel, per-user isolation, progress counts, stale recovery and error
-sanitising. Every DB test runs on SQLite and on PostgreSQL (a fresh database per test)."""
+transitions racing cancel, per-user isolation, progress counts, tier allowances (daily chunk
+quota and concurrent-job cap, raced by threads) and error sanitising. Every DB test runs on
+SQLite and on PostgreSQL (a fresh database per test)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,15 @@ from support import SteppingClock
 
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import (
     ACTIVE_STATES,
-    RUNNING_STATES,
     TERMINAL_STATES,
+    ChunkQuota,
     JobsDB,
     JobStatus,
     can_transition,
     compute_progress,
     sanitize_error,
 )
-from tldw_Server_API.app.core.errors import InvalidInput, NotFound, ProviderError
+from tldw_Server_API.app.core.errors import InvalidInput, NotFound, ProviderError, QuotaExceeded, RateLimited
 
 PIPELINE = [JobStatus.QUEUED, JobStatus.CHUNKING, JobStatus.EMBEDDING, JobStatus.STORING, JobStatus.COMPLETED]
 STATES = list(JobStatus)
@@ -292,30 +293,6 @@ def test_listing_paging_filters_and_latest(jobs_db_url: str) -> None:
         db.list_jobs("alice", status="bogus")  # type: ignore[arg-type]
 
 
-def test_stale_running_jobs_fail_at_startup(jobs_db_url: str) -> None:
-    clock = SteppingClock()
-    db = JobsDB(jobs_db_url, clock=clock)
-    jobs = {state: new_job(db) for state in STATES}
-    for state, job_id in jobs.items():
-        if state in (JobStatus.FAILED, JobStatus.CANCELLED):
-            assert db.transition(job_id, state)
-        elif state != JobStatus.QUEUED:
-            run_to(db, job_id, state)
-    clock.advance(60)
-    fresh = new_job(db)
-    run_to(db, fresh, JobStatus.EMBEDDING)  # updated now: another live process owns it
-    assert db.fail_stale_running_jobs(updated_before=clock.now) == len(RUNNING_STATES)
-    for state, job_id in jobs.items():
-        job = db.get_job("alice", job_id)
-        if state in RUNNING_STATES:
-            assert (job.status, job.error) == (JobStatus.FAILED, "interrupted")
-        else:
-            assert job.status == state
-    assert db.get_status(fresh) == JobStatus.EMBEDDING
-    assert db.fail_stale_running_jobs(include_queued=True) == 2
-    assert db.get_status(jobs[JobStatus.QUEUED]) == JobStatus.FAILED
-
-
 def test_engines_are_shared_and_sqlite_uses_wal(jobs_db_url: str) -> None:
     first, second = JobsDB(jobs_db_url), JobsDB(jobs_db_url)
     assert first.engine is second.engine
@@ -353,3 +330,76 @@ def test_a_jobs_table_of_an_earlier_version_gains_the_new_columns(tmp_path) -> N
     assert db.add_progress(new.job_id, processed=4, truncated=3)
     record = db.get_job("u", new.job_id)
     assert record.truncated_chunks == 3 and "3 of 4 chunks" in (record.warning or "")
+
+
+# --- tier allowances ------------------------------------------------------------------------------------
+def test_the_daily_chunk_quota_is_decided_with_the_total_and_counts_what_ended_jobs_embedded(
+    jobs_db_url: str,
+) -> None:
+    clock = SteppingClock()
+    db = JobsDB(jobs_db_url, clock=clock)
+    day = clock.now - timedelta(hours=1)
+    quota = ChunkQuota("alice", 10, day)
+    done, failed, cancelled, over = (new_job(db, media_id=i) for i in range(4))
+    assert db.advance(done, JobStatus.EMBEDDING, total_chunks=4, quota=quota)
+    assert db.advance(done, JobStatus.EMBEDDING, total_chunks=4, quota=quota)   # a redelivery: not counted twice
+    assert db.advance(failed, JobStatus.EMBEDDING, total_chunks=5, quota=quota)
+    assert db.chunks_used_since("alice", day) == 9
+    assert db.record_embedded(failed, 0, chunks=2)
+    assert db.transition(failed, JobStatus.FAILED, error="boom")
+    assert db.chunks_used_since("alice", day) == 6          # a failed job counts what it embedded
+    assert db.advance(cancelled, JobStatus.EMBEDDING, total_chunks=3, quota=quota)
+    db.cancel("alice", cancelled)
+    assert db.chunks_used_since("alice", day) == 6
+    with pytest.raises(QuotaExceeded, match="daily chunk quota"):
+        db.advance(over, JobStatus.EMBEDDING, total_chunks=5, quota=quota)
+    job = db.get_job("alice", over)
+    assert job.status == JobStatus.QUEUED and job.total_chunks == 0          # nothing written
+    assert db.advance(over, JobStatus.EMBEDDING, total_chunks=4, quota=quota)   # exactly the quota
+    assert db.chunks_used_since("alice", day) == 10
+    assert db.chunks_used_since("alice", clock.now + timedelta(seconds=1)) == 0   # another day
+    assert db.chunks_used_since("bob", day) == 0
+    db.cancel("alice", over)
+    assert db.advance(over, JobStatus.EMBEDDING, total_chunks=4, quota=quota) is False   # terminal: drop
+
+
+def test_concurrent_quota_decisions_never_pass_the_quota(jobs_db_url: str) -> None:
+    db = JobsDB(jobs_db_url)
+    quota = ChunkQuota("alice", 10, db.get_job("alice", new_job(db, media_id=99)).created_at)
+    jobs = [new_job(db, media_id=i) for i in range(8)]
+    outcomes: list[bool] = []
+    barrier = threading.Barrier(len(jobs))
+
+    def reserve(job_id: str) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(db.advance(job_id, JobStatus.EMBEDDING, total_chunks=3, quota=quota))
+        except QuotaExceeded:
+            outcomes.append(False)
+
+    threads = [threading.Thread(target=reserve, args=(job_id,)) for job_id in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes.count(True) == 3 and db.chunks_used_since("alice", quota.since) == 9
+
+
+def test_the_concurrent_job_cap_counts_queued_and_running_jobs(jobs_db_url: str) -> None:
+    db = JobsDB(jobs_db_url)
+
+    def create(media_id: int) -> str:
+        return db.create_job("alice", media_id, embedding_model="m", embedding_provider="onnx", chunk_method="words",
+                             chunk_size=10, chunk_overlap=0, max_active=2).job_id
+
+    first, second = create(1), create(2)
+    with pytest.raises(RateLimited) as refused:
+        create(3)
+    assert refused.value.retry_after and "at once (2)" in refused.value.message
+    assert db.count_active("alice") == 2
+    db.create_job("bob", 1, embedding_model="m", embedding_provider="onnx", chunk_method="words", chunk_size=10,
+                  chunk_overlap=0, max_active=2)                       # per user
+    run_to(db, first, JobStatus.COMPLETED)
+    create(3)                                                          # room again
+    db.cancel("alice", second)
+    create(4)

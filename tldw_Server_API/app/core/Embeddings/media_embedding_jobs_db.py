@@ -538,24 +538,6 @@ class JobsDB:
             )
         return self.get_job(user_id, job_id)
 
-    def fail_stale_running_jobs(self, *, include_queued: bool = False, updated_before: datetime | None = None) -> int:
-        """Startup recovery: jobs a crashed process left running become failed ("interrupted").
-        `include_queued` also fails queued jobs (the in-process executor loses its queue on a
-        crash; Redis Streams keeps it); `updated_before` spares jobs another live process is
-        still updating. Returns how many jobs were failed."""
-        states = RUNNING_STATES | ({JobStatus.QUEUED} if include_queued else set())
-        conditions: list[ColumnElement[bool]] = [jobs_table.c.status.in_([s.value for s in states])]
-        if updated_before is not None:
-            conditions.append(jobs_table.c.updated_at < updated_before)
-        now = self._clock()
-        with transaction(self.engine) as conn:
-            result = conn.execute(
-                update(jobs_table).where(*conditions).values(
-                    status=JobStatus.FAILED.value, error="interrupted", updated_at=now, completed_at=now
-                )
-            )
-        return int(result.rowcount)
-
     # --- helpers ------------------------------------------------------------------------------
     def _transition_values(
         self, new_status: JobStatus, total: int | None, processed: int | None, stored: int | None,

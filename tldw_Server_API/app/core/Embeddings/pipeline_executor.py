@@ -119,17 +119,16 @@ class EmbeddedExecutor:
     async def control(self, stage: str, action: str) -> str:
         if stage not in self._states:
             raise ValueError(f"unknown stage {stage!r}")
-        if action == "pause" or (action == "drain" and not self._waiting[stage]):
-            self._states[stage] = "paused"
-        elif action == "drain":
-            self._states[stage] = "draining"
-        elif action == "resume":
-            self._states[stage] = "running"
-            held, self._held[stage] = self._held[stage], []
-            for message in held:
-                self._put(message, new=False)
-        else:
+        if action not in ("pause", "drain", "resume"):
             raise ValueError(f"unknown stage action {action!r}")
+        if action == "pause":
+            self._states[stage] = "paused"
+            return "paused"
+        held, self._held[stage] = self._held[stage], []
+        for message in held:         # what a pause held waits again: a drain works it off too
+            self._put(message, new=False)
+        draining = action == "drain"
+        self._states[stage] = "running" if not draining else "draining" if self._waiting[stage] else "paused"
         return self._states[stage]
 
     async def summary(self) -> dict[str, object]:

@@ -62,9 +62,8 @@ class StreamNames:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """One worker process: its stages, its Redis, its lease and retry rules."""
+    """One worker process: its stages, its lease and retry rules (its Redis client is given)."""
 
-    redis_url: str
     names: StreamNames
     stages: tuple[str, ...] = STAGES
     lease_seconds: float = 30.0
@@ -78,6 +77,6 @@ class WorkerConfig:
     @classmethod
     def from_pipeline(cls, config: PipelineConfig, stages: tuple[str, ...] = STAGES, *,
                       burst: bool = False) -> WorkerConfig:
-        return cls(redis_url=config.redis_url, names=StreamNames(config.prefix), stages=stages,
+        return cls(names=StreamNames(config.prefix), stages=stages,
                    lease_seconds=config.lease_seconds, max_retries=config.max_retries,
                    max_deliveries=config.max_retries + 2, burst=burst)
