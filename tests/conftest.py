@@ -101,6 +101,43 @@ def pgvector_dsn() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def chroma_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Chroma server (`chroma run`, the CLI chromadb installs beside this Python) on a free
+    port for the session: its URL (client/server mode, `RAG__CHROMA__URL`)."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from support import free_port
+
+    binary = Path(sys.executable).parent / "chroma"
+    if not binary.exists():
+        require_service(f"the chroma CLI next to {sys.executable}")
+    port = free_port()
+    path = tmp_path_factory.mktemp("chroma-server")
+    process = subprocess.Popen([str(binary), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None:
+                require_service(f"chroma run exited with status {process.returncode}")
+            time.sleep(0.1)
+        else:
+            require_service("chroma run did not answer within 30 s")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real Redis: `REDIS_URL`, else 127.0.0.1:6379, else a `redis-server` from PATH started on a
     free port for the session (no persistence)."""

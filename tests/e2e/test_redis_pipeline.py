@@ -7,6 +7,9 @@ and every process shares the jobs DB. Real Redis, a unique key prefix per test, 
   chunk is stored exactly once (vectors per media = the job's total = its stored count); nothing
   stays pending; the admin summary shows the DLQ entry and only the live workers.
 - A payload that does not decode goes to the stage's DLQ with its reason; the workers go on.
+- A storage worker SIGKILLed after its store write and before its ack (Redis paused for writes in
+  between): the entry is reclaimed and stored again by id, nothing twice.
+- The same pipeline on a Chroma server (`RAG__CHROMA__URL`) instead of pgvector.
 - Redis loses every pipeline key mid-run: the reconciler re-enqueues from the jobs DB and every
   job completes, nothing duplicated; the orchestrator runs one process per stage, each naming its
   stage on its command line, and restarts one that was killed.
@@ -96,15 +99,28 @@ class Pipeline:
 
 @pytest.fixture
 def pipeline(tmp_path: Path, redis_url: str, pg_database: str, tiktoken_dir: Path) -> Iterator[Pipeline]:
+    rag_env = {"RAG__VECTOR_STORE_TYPE": "pgvector", "RAG__PGVECTOR__DSN": pg_database}
+    rag = {"vector_store_type": "pgvector", "pgvector": {"dsn": pg_database}}
+    yield from run_pipeline(tmp_path, redis_url, tiktoken_dir, rag_env, rag)
+
+
+@pytest.fixture
+def chroma_pipeline(tmp_path: Path, redis_url: str, chroma_server_url: str, tiktoken_dir: Path) -> Iterator[Pipeline]:
+    yield from run_pipeline(tmp_path, redis_url, tiktoken_dir, {"RAG__CHROMA__URL": chroma_server_url},
+                            {"chroma": {"url": chroma_server_url}})
+
+
+def run_pipeline(tmp_path: Path, redis_url: str, tiktoken_dir: Path, rag_env: dict[str, str],
+                 rag: dict[str, Any]) -> Iterator[Pipeline]:
+    """A live server enqueueing to Redis under a unique prefix, over the given shared vector
+    store; workers are started by the test and stopped here."""
     prefix = f"test:{uuid.uuid4().hex}:"
     data = tmp_path / "data"
-    env = {**os.environ, "TLDW_DATA_DIR": str(data), "RAG__VECTOR_STORE_TYPE": "pgvector",
-           "RAG__PGVECTOR__DSN": pg_database, "EMBEDDINGS_PIPELINE": "redis", "REDIS_URL": redis_url,
+    env = {**os.environ, "TLDW_DATA_DIR": str(data), **rag_env, "EMBEDDINGS_PIPELINE": "redis", "REDIS_URL": redis_url,
            "EMBEDDINGS_STREAM_PREFIX": prefix, "EMBEDDINGS_WORKER_LEASE_SECONDS": str(LEASE),
            "TIKTOKEN_CACHE_DIR": str(tiktoken_dir), "LOG_LEVEL": "WARNING", "SINGLE_USER_API_KEY": ADMIN_KEY}
     settings = make_settings(data, tiktoken_dir, embeddings_pipeline="redis", redis_url=redis_url,
-                             embeddings_stream_prefix=prefix, embeddings_worker_lease_seconds=LEASE,
-                             rag={"vector_store_type": "pgvector", "pgvector": {"dsn": pg_database}})
+                             embeddings_stream_prefix=prefix, embeddings_worker_lease_seconds=LEASE, rag=rag)
     client = redis.Redis.from_url(redis_url)
     with LiveServer(settings) as server:
         http = httpx.Client(base_url=server.base_url, timeout=60, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
@@ -166,6 +182,70 @@ def test_twenty_documents_complete_with_an_embedding_worker_killed_holding_messa
     assert summary["mode"] == "redis" and stages["embedding"]["dlq_depth"] == 1, summary
     assert stages["embedding"]["workers"] == 1 and stages["storage"]["workers"] == 1, summary   # the killed are gone
     assert all(s["backlog"] == 0 for s in stages.values()), summary
+
+
+def test_a_storage_worker_killed_between_its_store_write_and_its_ack_stores_nothing_twice(
+    pipeline: Pipeline,
+) -> None:
+    """Redis is paused for writes (`CLIENT PAUSE WRITE`) right after the victim took a storage
+    entry: it writes the vectors, then blocks on its ack. Once the entry's vectors are in the
+    store and the entry is still pending, the victim is SIGKILLed; another worker reclaims the
+    entry after the lease and upserts the same ids again."""
+    from tldw_Server_API.app.core.Embeddings.messages import from_fields
+    from tldw_Server_API.app.core.Embeddings.queue_schemas import StorageMessage
+
+    pipeline.worker("chunking")
+    pipeline.worker("embedding")
+    victim = pipeline.worker("storage")
+    docs = [pipeline.upload(document(i, 1500), f"doc {i}")["media_id"] for i in range(6)]
+    app = pipeline.server.server.config.app
+    store = app.state.services.storage.vector_stores.for_user("single_user")
+
+    def stored(ids: list[str]) -> int:
+        return sum(len(store.get(name, ids=ids)) for name in store.list_collections())
+
+    caught = None
+    deadline = time.monotonic() + 180
+    while caught is None:
+        assert time.monotonic() < deadline, "never caught the victim between its write and its ack"
+        held = [row for row in pipeline.pending("storage") if f"-{victim.pid}-" in str(row["consumer"])]
+        if not held:
+            time.sleep(0.005)
+            continue
+        pipeline.redis.client_pause(10_000, all=False)     # writes (the ack) wait; reads go on
+        try:
+            entry_id = held[0]["message_id"]
+            (stream,) = [s for s in pipeline.names.streams("storage")
+                         if pipeline.redis.xrange(s, min=entry_id, max=entry_id)]
+            message = from_fields(pipeline.redis.xrange(stream, min=entry_id, max=entry_id)[0][1])
+            assert isinstance(message, StorageMessage)
+            written_by = time.monotonic() + 5
+            while stored(message.chunk_ids) < len(message.chunk_ids) and time.monotonic() < written_by:
+                time.sleep(0.05)
+            still_pending = any(row["message_id"] == entry_id for row in pipeline.pending("storage"))
+            if still_pending and stored(message.chunk_ids) == len(message.chunk_ids):
+                victim.send_signal(signal.SIGKILL)
+                victim.wait(timeout=30)
+                caught = entry_id
+        finally:
+            pipeline.redis.client_unpause()
+    assert any(row["message_id"] == caught for row in pipeline.pending("storage"))   # written, never acked
+    pipeline.worker("storage")
+    jobs = pipeline.wait_done(len(docs))
+    pipeline.assert_exactly_once(jobs)
+    assert not pipeline.pending("storage")
+
+
+def test_the_pipeline_runs_on_a_chroma_server(chroma_pipeline: Pipeline) -> None:
+    """Client/server Chroma (`RAG__CHROMA__URL`) is shared state the worker processes reach."""
+    chroma_pipeline.worker("all")
+    docs = {chroma_pipeline.upload(document(i, 600), f"doc {i}")["media_id"]: i for i in range(4)}
+    chroma_pipeline.assert_exactly_once(chroma_pipeline.wait_done(len(docs)))
+    for media_id, i in docs.items():
+        query = " ".join(document(i, 600).split()[200:216])
+        response = chroma_pipeline.client.post("/api/v1/rag/search", json={"query": query, "top_k": 3})
+        assert response.status_code == 200, response.text
+        assert media_id in [hit["media_id"] for hit in response.json()["data"]], (i, response.json())
 
 
 def test_redis_losing_its_data_mid_run_is_healed_by_the_reconciler(pipeline: Pipeline) -> None:

@@ -221,6 +221,8 @@ class StorageConfig:
     user_quota_bytes: int = 0        # live media text per user; 0: no quota
     max_pages: int = 5000            # pages read of one PDF
     max_unpacked_bytes: int = 256 * 2**20   # inflated members of one DOCX / EPUB / ODT
+    chroma_url: str | None = None    # a Chroma server (client/server mode); None: embedded files
+    chroma_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -242,11 +244,28 @@ class PgvectorSettings(BaseModel):
                            "0.94-0.97 on 100k chunks here, 200 gives 0.985 for ~0.5 ms more).")
 
 
+class ChromaSettings(BaseModel):
+    url: str | None = Field(
+        None, description="A Chroma server (`chroma run`), e.g. `http://chroma:8000`: client/server mode, one store "
+        "every process reaches (each user is a database of the default tenant). Unset: embedded files per user."
+    )
+    token: SecretStr | None = Field(None, description="Bearer token sent to the Chroma server, if it wants one.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("RAG__CHROMA__URL must be an http:// or https:// URL")
+        return value
+
+
 class RAGSettings(BaseModel):
     vector_store_type: Literal["chroma", "pgvector"] = Field(
-        "chroma", description="Vector store of media chunks: chroma (embedded) or pgvector."
+        "chroma", description="Vector store of media chunks: chroma (embedded, or a server with `RAG__CHROMA__URL`) "
+        "or pgvector."
     )
     pgvector: PgvectorSettings = Field(default_factory=lambda: PgvectorSettings.model_validate({}))
+    chroma: ChromaSettings = Field(default_factory=lambda: ChromaSettings.model_validate({}))
 
 
 def _json_value(value: Any) -> Any:
@@ -483,7 +502,7 @@ class Settings(BaseSettings):
     rag: RAGSettings = Field(
         default_factory=lambda: RAGSettings.model_validate({}),
         description="Nested: `RAG__VECTOR_STORE_TYPE` (chroma|pgvector), `RAG__PGVECTOR__DSN`, "
-        "`RAG__PGVECTOR__EF_SEARCH` (100).",
+        "`RAG__PGVECTOR__EF_SEARCH` (100), `RAG__CHROMA__URL`, `RAG__CHROMA__TOKEN`.",
     )
     chromadb_force_stub: bool = Field(
         False, description="Use an in-memory vector store instead of Chroma (tests of other modules only)."
@@ -754,6 +773,8 @@ class Settings(BaseSettings):
             pgvector_dsn=self.rag.pgvector.dsn,
             pgvector_ef_search=self.rag.pgvector.ef_search,
             chroma_force_stub=self.chromadb_force_stub,
+            chroma_url=self.rag.chroma.url,
+            chroma_token=self.rag.chroma.token.get_secret_value() if self.rag.chroma.token else None,
             jobs_db_url=self.embeddings_jobs_db_url or f"sqlite:///{self.data_dir / 'embeddings_jobs.db'}",
             max_upload_bytes=self.media_max_upload_bytes,
             max_pages=self.media_max_pages,

@@ -112,11 +112,14 @@ def stage_context(embeddings: EmbeddingService, storage: StorageServices, defaul
 
 def check_shared_state(settings: Settings) -> None:
     """Redis mode runs the stages in other processes, maybe on other machines: the vector store
-    must be a service every process reaches. Embedded Chroma (or the in-memory stub) is refused."""
-    if settings.storage_config().vector_store_type != "pgvector":
-        raise RuntimeError("EMBEDDINGS_PIPELINE=redis runs the stages in worker processes that must share the "
-                           "vector store: set RAG__VECTOR_STORE_TYPE=pgvector and RAG__PGVECTOR__DSN (embedded "
-                           "Chroma is one process's files)")
+    must be a service every process reaches (pgvector or a Chroma server). Embedded Chroma (or the
+    in-memory stub) is refused."""
+    config = settings.storage_config()
+    if config.vector_store_type == "pgvector" or (config.chroma_url and not config.chroma_force_stub):
+        return
+    raise RuntimeError("EMBEDDINGS_PIPELINE=redis runs the stages in worker processes that must share the "
+                       "vector store: set RAG__VECTOR_STORE_TYPE=pgvector and RAG__PGVECTOR__DSN (recommended), "
+                       "or RAG__CHROMA__URL to a Chroma server (embedded Chroma is one process's files)")
 
 
 async def build_worker_context(settings: Settings, *, preload: bool = True

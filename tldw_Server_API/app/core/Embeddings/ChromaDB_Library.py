@@ -1,5 +1,6 @@
 """Per-user Chroma: validated user ids, confined paths (`<data_dir>/users/<id>/chroma`), one cached
-`PersistentClient` per user, and collection helpers (cosine space, never Chroma's default embedding
+`PersistentClient` per user (or, in client/server mode, an `HttpClient` of a Chroma server scoped
+to the user's own database), and collection helpers (cosine space, never Chroma's default embedding
 function: vectors are always passed in). `force_stub` swaps in `InMemoryChromaClient`, an
 in-memory client with the same semantics, for tests of other modules.
 
@@ -57,14 +58,25 @@ def media_chunk_id(media_id: int, chunk_index: int) -> str:
     return f"media_{media_id}_chunk_{chunk_index}"
 
 
-class ChromaClientManager:
-    """One client per user, created on first use and cached; thread-safe."""
+def user_database_name(user_id: object) -> str:
+    """A user's database on a Chroma server (client/server mode): users never share collections."""
+    return f"tldw_{validate_user_id(user_id)}"
 
-    def __init__(self, data_dir: Path | str, force_stub: bool = False) -> None:
+
+class ChromaClientManager:
+    """One client per user, created on first use and cached; thread-safe. Embedded: a
+    `PersistentClient` over the user's folder. With `url`: an `HttpClient` of a Chroma server,
+    one database per user in the default tenant (created on first use)."""
+
+    def __init__(self, data_dir: Path | str, force_stub: bool = False, *, url: str | None = None,
+                 token: str | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.force_stub = force_stub
+        self.url = url
+        self._headers = {"Authorization": f"Bearer {token}"} if token else None
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._admin: Any = None
 
     def client(self, user_id: object) -> Any:
         uid = validate_user_id(user_id)
@@ -77,6 +89,8 @@ class ChromaClientManager:
     def _open(self, uid: str) -> Any:
         if self.force_stub:
             return InMemoryChromaClient()
+        if self.url is not None:
+            return self._open_remote(uid)
         path = user_chroma_path(self.data_dir, uid)
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = user_chroma_path(self.data_dir, uid)  # re-check: nothing swapped in a link meanwhile
@@ -91,6 +105,50 @@ class ChromaClientManager:
                 raise
             _forget_failed_system(str(path))
             raise store_unavailable() from exc
+
+    def _server_settings(self) -> Any:
+        from urllib.parse import urlsplit
+
+        from chromadb.config import Settings
+
+        parts = urlsplit(self.url)
+        ssl = parts.scheme == "https"
+        return Settings(chroma_api_impl="chromadb.api.fastapi.FastAPI", chroma_server_host=parts.hostname,
+                        chroma_server_http_port=parts.port or (443 if ssl else 80), chroma_server_ssl_enabled=ssl,
+                        chroma_server_headers=self._headers, anonymized_telemetry=False, allow_reset=False)
+
+    def _open_remote(self, uid: str) -> Any:
+        """The user's database on the server (created if missing), as a client scoped to it."""
+        import chromadb
+        from chromadb.config import DEFAULT_TENANT
+
+        settings = self._server_settings()
+        database = user_database_name(uid)
+        try:
+            if self._admin is None:
+                self._admin = chromadb.AdminClient(settings)
+            try:
+                self._admin.get_database(database, tenant=DEFAULT_TENANT)
+            except Exception as exc:  # noqa: BLE001 - chromadb raises NotFoundError (or a plain error) here
+                if is_storage_failure(exc):
+                    raise
+                self._admin.create_database(database, tenant=DEFAULT_TENANT)
+            return chromadb.HttpClient(host=settings.chroma_server_host, port=settings.chroma_server_http_port,
+                                       ssl=settings.chroma_server_ssl_enabled, headers=self._headers,
+                                       settings=settings, tenant=DEFAULT_TENANT, database=database)
+        except Exception as exc:
+            if not is_storage_failure(exc):
+                raise
+            raise store_unavailable() from exc
+
+    def heartbeat(self) -> None:
+        """One round trip to the Chroma server (health probes); raises what the client raises."""
+        import chromadb
+        from chromadb.config import DEFAULT_TENANT
+
+        if self._admin is None:
+            self._admin = chromadb.AdminClient(self._server_settings())
+        self._admin.get_tenant(DEFAULT_TENANT)
 
     def close_all(self) -> None:
         with self._lock:
@@ -120,11 +178,14 @@ def store_unavailable() -> ServiceUnavailable:
 
 def is_storage_failure(exc: BaseException) -> bool:
     """An error of Chroma's storage (disk full or unwritable, a broken database, a client that
-    did not start), as opposed to a missing collection or a bug of ours. chromadb is consulted
+    did not start, a Chroma server out of reach), as opposed to a missing collection or a bug of ours. chromadb is consulted
     only when it is loaded: an error cannot come from it otherwise."""
     errors = sys.modules.get("chromadb.errors")
     if errors is not None and isinstance(exc, errors.ChromaError):
         return not isinstance(exc, errors.NotFoundError)
+    httpx = sys.modules.get("httpx")    # the Chroma server's client: unreachable, timed out
+    if httpx is not None and isinstance(exc, (httpx.TransportError, httpx.HTTPStatusError)):
+        return not (isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 404)
     return isinstance(exc, (sqlite3.Error, OSError))
 
 

@@ -1,5 +1,5 @@
 """The `VectorStore` contract, one set of test bodies run against every adapter (chroma's `system`
-fixture style): the in-memory stub, Chroma on disk, pgvector as the config builds it (exact scans
+fixture style): the in-memory stub, Chroma on disk, a Chroma server (`chroma run`), pgvector as the config builds it (exact scans
 below the index threshold) and pgvector with its HNSW index from the first row. Each test uses
 fresh user ids and drops every collection it made."""
 
@@ -23,7 +23,7 @@ from tldw_Server_API.app.core.RAG.vector_stores.factory import (
 )
 from tldw_Server_API.app.core.RAG.vector_stores.filters import matches, parse_where
 
-SYSTEMS = ["chroma-stub", "chroma", "pgvector", "pgvector-hnsw"]
+SYSTEMS = ["chroma-stub", "chroma", "chroma-server", "pgvector", "pgvector-hnsw"]
 
 
 class System:
@@ -54,6 +54,9 @@ def _factory(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Vecto
         if kind == "pgvector-hnsw":
             return PgVectorStoreFactory(dsn, 100, index_min_rows=0)
         rag = {"vector_store_type": "pgvector", "pgvector": {"dsn": dsn, "ef_search": 100}}
+        return create_vector_store_factory(make_settings(tmp_path, rag=rag).storage_config())
+    if kind == "chroma-server":
+        rag = {"chroma": {"url": request.getfixturevalue("chroma_server_url")}}
         return create_vector_store_factory(make_settings(tmp_path, rag=rag).storage_config())
     settings = make_settings(tmp_path, chromadb_force_stub=kind == "chroma-stub")
     return create_vector_store_factory(settings.storage_config())

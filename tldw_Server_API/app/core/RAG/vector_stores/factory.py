@@ -59,14 +59,16 @@ class _CachingFactory:
 
 
 class ChromaVectorStoreFactory(_CachingFactory):
-    """Per-user Chroma clients under `<data_dir>/users/<id>/chroma` (or in memory with the stub)."""
+    """Per-user Chroma clients under `<data_dir>/users/<id>/chroma`, or of a Chroma server (one
+    database per user), or in memory with the stub."""
 
-    def __init__(self, data_dir: Path | str, force_stub: bool = False) -> None:
+    def __init__(self, data_dir: Path | str, force_stub: bool = False, *, url: str | None = None,
+                 token: str | None = None) -> None:
         from tldw_Server_API.app.core.Embeddings.ChromaDB_Library import ChromaClientManager
         from tldw_Server_API.app.core.RAG.vector_stores.chroma_store import ChromaVectorStore
 
-        self.clients = ChromaClientManager(Path(data_dir), force_stub=force_stub)
-        self.kind = "chroma-stub" if force_stub else "chroma"
+        self.clients = ChromaClientManager(Path(data_dir), force_stub=force_stub, url=url, token=token)
+        self.kind = "chroma-stub" if force_stub else "chroma-server" if url else "chroma"
         clients = self.clients
 
         def make(uid: str) -> VectorStore:
@@ -78,6 +80,9 @@ class ChromaVectorStoreFactory(_CachingFactory):
         """Every user's Chroma folder (at most `PROBE_MAX_USERS`) and the folder new users get must
         take a file: Chroma fails its writes, and even its first read, when they cannot."""
         if self.clients.force_stub:
+            return
+        if self.clients.url is not None:
+            self.clients.heartbeat()
             return
         users = self.clients.data_dir / "users"
         users.mkdir(parents=True, exist_ok=True)
@@ -121,4 +126,5 @@ def create_vector_store_factory(config: StorageConfig) -> VectorStoreFactory:
         return PgVectorStoreFactory(config.pgvector_dsn, config.pgvector_ef_search)
     if config.vector_store_type != "chroma":
         raise InvalidInput(f"unknown vector store type {config.vector_store_type!r}", param="RAG__VECTOR_STORE_TYPE")
-    return ChromaVectorStoreFactory(config.data_dir, force_stub=config.chroma_force_stub)
+    return ChromaVectorStoreFactory(config.data_dir, force_stub=config.chroma_force_stub, url=config.chroma_url,
+                                    token=config.chroma_token)
