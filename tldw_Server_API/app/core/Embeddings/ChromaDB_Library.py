@@ -111,7 +111,7 @@ class ChromaClientManager:
 
         from chromadb.config import Settings
 
-        parts = urlsplit(self.url)
+        parts = urlsplit(str(self.url))
         ssl = parts.scheme == "https"
         return Settings(chroma_api_impl="chromadb.api.fastapi.FastAPI", chroma_server_host=parts.hostname,
                         chroma_server_http_port=parts.port or (443 if ssl else 80), chroma_server_ssl_enabled=ssl,
@@ -178,8 +178,8 @@ def store_unavailable() -> ServiceUnavailable:
 
 def is_storage_failure(exc: BaseException) -> bool:
     """An error of Chroma's storage (disk full or unwritable, a broken database, a client that
-    did not start, a Chroma server out of reach), as opposed to a missing collection or a bug of ours. chromadb is consulted
-    only when it is loaded: an error cannot come from it otherwise."""
+    did not start, a Chroma server out of reach), as opposed to a missing collection or a bug of
+    ours. chromadb is consulted only when it is loaded: an error cannot come from it otherwise."""
     errors = sys.modules.get("chromadb.errors")
     if errors is not None and isinstance(exc, errors.ChromaError):
         return not isinstance(exc, errors.NotFoundError)

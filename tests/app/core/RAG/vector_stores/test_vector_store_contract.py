@@ -1,6 +1,7 @@
 """The `VectorStore` contract, one set of test bodies run against every adapter (chroma's `system`
-fixture style): the in-memory stub, Chroma on disk, a Chroma server (`chroma run`), pgvector as the config builds it (exact scans
-below the index threshold) and pgvector with its HNSW index from the first row. Each test uses
+fixture style): the in-memory stub, Chroma on disk, a Chroma server (`chroma run`), pgvector as
+the config builds it (exact scans below the index threshold) and pgvector with its HNSW index
+from the first row. Each test uses
 fresh user ids and drops every collection it made."""
 
 from __future__ import annotations
