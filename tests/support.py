@@ -225,3 +225,17 @@ def image_only_pdf(pages: int = 2) -> bytes:
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()
+
+
+def api_routes(routes: list[Any]) -> list[Any]:
+    """The app's API routes (`APIRoute`), through FastAPI's included-router wrappers."""
+    from fastapi.routing import APIRoute
+
+    found: list[Any] = []
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            found += api_routes(list(included.routes))
+        elif isinstance(route, APIRoute):
+            found.append(route)
+    return found

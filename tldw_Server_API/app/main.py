@@ -14,6 +14,7 @@ from tldw_Server_API.app.api.health import router as health_router
 from tldw_Server_API.app.api.metrics import router as metrics_router
 from tldw_Server_API.app.api.middleware import RequestContextMiddleware
 from tldw_Server_API.app.api.v1 import API_V1_PREFIX
+from tldw_Server_API.app.api.v1.endpoints.embeddings_operations import router as operations_router
 from tldw_Server_API.app.api.v1.endpoints.embeddings_v5_production_enhanced import router as embeddings_router
 from tldw_Server_API.app.api.v1.endpoints.media import router as media_router
 from tldw_Server_API.app.api.v1.endpoints.media_embeddings import router as media_embeddings_router
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(vector_stores_router)
     app.include_router(media_router)
     app.include_router(media_embeddings_router)
+    app.include_router(operations_router)
     app.include_router(rag_router)
     app.include_router(metrics_router)
     app.include_router(health_router)

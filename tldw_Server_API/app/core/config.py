@@ -37,6 +37,10 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
 @dataclass(frozen=True)
 class AuthConfig:
     single_user_api_key: str | None
@@ -236,6 +240,9 @@ class PipelineConfig:
     workers_max: int
     backpressure_depth: int
     backpressure_age_seconds: float
+    signing_secret: str | None = None           # HMAC secret every pipeline message is signed with
+    signing_max_age_seconds: float = 86_400.0
+    dlq_encryption_key: str | None = None       # AES-GCM key list of dead-letter payloads, newest first
 
 
 class PgvectorSettings(BaseModel):
@@ -581,6 +588,29 @@ class Settings(BaseSettings):
         600.0, gt=0, description="Redis pipeline: a stage's oldest waiting entry older than this makes the media "
         "embedding routes answer 429 with Retry-After."
     )
+    embeddings_signing_secret: SecretStr | None = Field(
+        None, description="Shared secret (16+ bytes) of HMAC-SHA256 signatures on every Redis pipeline message; "
+        "workers dead-letter a message with a bad or stale signature (`bad_signature`) unprocessed. Set the same "
+        "value on the server, the orchestrator and every worker. Unset: messages are not signed."
+    )
+    embeddings_signing_max_age_seconds: float = Field(
+        86_400.0, gt=0, description="A signed pipeline message older than this is stale (dead-lettered); keep it "
+        "above the longest time a message may wait in a stage."
+    )
+    embeddings_dlq_encryption_key: SecretStr | None = Field(
+        None, description="AES-256-GCM keys of dead-letter payloads at rest, comma-separated, newest first, each "
+        "`kid:base64key` (make one with `python -m tldw_Server_API.app.core.Embeddings.dlq_crypto --generate-key`); "
+        "new entries use the first, old ones still decrypt while their key is listed. Unset: stored in clear."
+    )
+    reembed_skip_unchanged: bool = Field(
+        True, description="A media job reuses the stored vector of every chunk whose text hash and model are "
+        "unchanged (only changed chunks reach the model); `force_regenerate` re-embeds everything."
+    )
+    embeddings_compactor_interval_seconds: float = Field(
+        3600.0, ge=0, description="How often the server's compactor deletes the vectors of soft-deleted media "
+        "from every model's media collection; 0 turns the loop off (`POST /api/v1/embeddings/compactor/run` "
+        "still runs it)."
+    )
     tiktoken_cache_dir: Path | None = Field(
         None,
         description="Directory holding tiktoken's cl100k_base file, used to decode token-array inputs. "
@@ -764,6 +794,9 @@ class Settings(BaseSettings):
             lease_seconds=self.embeddings_worker_lease_seconds, workers_min=self.embeddings_workers_min,
             workers_max=self.embeddings_workers_max, backpressure_depth=self.emb_backpressure_max_depth,
             backpressure_age_seconds=self.emb_backpressure_max_age_seconds,
+            signing_secret=_secret(self.embeddings_signing_secret),
+            signing_max_age_seconds=self.embeddings_signing_max_age_seconds,
+            dlq_encryption_key=_secret(self.embeddings_dlq_encryption_key),
         )
 
     def storage_config(self) -> StorageConfig:

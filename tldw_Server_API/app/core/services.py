@@ -13,7 +13,9 @@ from prometheus_client import CollectorRegistry
 from tldw_Server_API.app.core.AuthNZ.api_keys import APIKeyStore, load_key_store
 from tldw_Server_API.app.core.Chunking import ExtractionLimits
 from tldw_Server_API.app.core.config import Settings
+from tldw_Server_API.app.core.Embeddings.audit_adapter import AuditLog
 from tldw_Server_API.app.core.Embeddings.circuit_breaker import BreakerRegistry
+from tldw_Server_API.app.core.Embeddings.dead_letters import DeadLetterQueue
 from tldw_Server_API.app.core.Embeddings.embedding_execution import HopExecutor
 from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingService
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import create_provider_registry
@@ -24,9 +26,11 @@ from tldw_Server_API.app.core.Embeddings.multi_tier_cache import create_embeddin
 from tldw_Server_API.app.core.Embeddings.pipeline_executor import EmbeddedExecutor, PipelineExecutor
 from tldw_Server_API.app.core.Embeddings.policy import EmbeddingPolicy
 from tldw_Server_API.app.core.Embeddings.rate_limiter import create_rate_limiter
+from tldw_Server_API.app.core.Embeddings.services.pipeline_operations import PipelineOperations
 from tldw_Server_API.app.core.Embeddings.stage_context import MediaQueryEmbedder, ServiceEmbedder, StageContext
 from tldw_Server_API.app.core.Embeddings.tokenization import TokenArrayDecoder
 from tldw_Server_API.app.core.Embeddings.vector_store_service import VectorStoreService
+from tldw_Server_API.app.core.Embeddings.worker_config import crypto_of
 from tldw_Server_API.app.core.Embeddings.workers.redis_executor import RedisExecutor
 from tldw_Server_API.app.core.health import HealthService
 from tldw_Server_API.app.core.Media.media_service import MediaService
@@ -48,6 +52,8 @@ class Services:
     media: MediaService
     rag: RAGSearchService
     health: HealthService
+    audit: AuditLog
+    operations: PipelineOperations
 
     async def aclose(self) -> None:
         await self.health.aclose()
@@ -74,8 +80,13 @@ async def build_services(settings: Settings) -> Services:
                          storage_config.user_quota_bytes,
                          ExtractionLimits(storage_config.max_pages, storage_config.max_unpacked_bytes))
     health = HealthService(embeddings, storage.vector_stores, storage.jobs.engine, settings.redis_url)
+    executor = media_embeddings.manager.executor
+    dlq = None
+    if isinstance(executor, RedisExecutor):
+        dlq = DeadLetterQueue(executor.redis, executor.names, crypto_of(settings.pipeline_config()))
+    operations = PipelineOperations(storage.jobs, executor, embeddings, dlq)
     return Services(settings, registry, HTTPMetrics(registry), auth, embeddings, storage, vector_store_api,
-                    media_embeddings, media, rag, health)
+                    media_embeddings, media, rag, health, AuditLog(storage_config.jobs_db_url), operations)
 
 
 def build_media_services(
@@ -91,7 +102,8 @@ def build_media_services(
         import redis.asyncio as aioredis
 
         check_shared_state(settings)
-        executor = RedisExecutor(aioredis.Redis.from_url(pipeline.redis_url), pipeline, storage.jobs)
+        executor = RedisExecutor(aioredis.Redis.from_url(pipeline.redis_url), pipeline, storage.jobs,
+                                 storage.media_dbs)
     else:
         executor = EmbeddedExecutor(stage_context(embeddings, storage, default_model),
                                     concurrency=config.pipeline_concurrency, queue_size=config.pipeline_queue_size,
@@ -107,7 +119,8 @@ def build_media_services(
 def stage_context(embeddings: EmbeddingService, storage: StorageServices, default_model: str) -> StageContext:
     """What the stage handlers run with, in the server (embedded) or a worker process (Redis)."""
     return StageContext(storage.media_dbs, storage.vector_stores, ServiceEmbedder(embeddings), storage.jobs,
-                        default_model=default_model, tokenizer_for=embeddings.tokenizer_for)
+                        default_model=default_model, tokenizer_for=embeddings.tokenizer_for,
+                        reset_breaker=embeddings.reset_circuit_breaker)
 
 
 def check_shared_state(settings: Settings) -> None:

@@ -13,9 +13,8 @@ import json
 from typing import Any
 
 import pytest
-from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
-from support import MODEL, assert_openai_error
+from support import MODEL, api_routes, assert_openai_error
 
 from tldw_Server_API.app.api.v1.routing import StrictJSONRoute
 
@@ -85,20 +84,8 @@ def test_a_lone_surrogate_in_a_filter_query_parameter_is_a_400(app_client: TestC
     assert_openai_error(response, 400, param="filter")
 
 
-def _api_routes(routes: list[Any]) -> list[APIRoute]:
-    """The app's API routes, through FastAPI's included-router wrappers."""
-    found: list[APIRoute] = []
-    for route in routes:
-        included = getattr(route, "original_router", None)
-        if included is not None:
-            found += _api_routes(list(included.routes))
-        elif isinstance(route, APIRoute):
-            found.append(route)
-    return found
-
-
 def test_every_route_decodes_json_with_the_strict_rule(app_client: TestClient) -> None:
-    routes = _api_routes(list(app_client.app.routes))  # type: ignore[attr-defined]
+    routes = api_routes(list(app_client.app.routes))  # type: ignore[attr-defined]
     assert len(routes) > 30
     loose = [r.path for r in routes if not isinstance(r, StrictJSONRoute)]
     assert loose == []

@@ -1,4 +1,8 @@
-"""FastAPI dependencies: the services built in the lifespan, the authenticated user, admin gate.
+"""FastAPI dependencies: the services built in the lifespan, the authenticated user, admin gate,
+and `AuditedAdmin`: the admin gate of every route that changes state, which appends one audit
+event per call (who, the route's action name, the target from its path, the outcome: `ok` or
+the error's code) once the handler has run, whatever it raised. A handler may add detail by
+setting `request.state.audit_detail`.
 
 All are `async def` on purpose: none blocks, and FastAPI runs a plain `def` dependency on its
 worker-thread pool, a thread hop per dependency per request (~0.1-0.2 ms each).
@@ -6,13 +10,18 @@ worker-thread pool, a thread hop per dependency per request (~0.1-0.2 ms each).
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
+from loguru import logger
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import User
+from tldw_Server_API.app.core.Embeddings.audit_adapter import AuditLog
 from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingService
 from tldw_Server_API.app.core.Embeddings.media_embedding_service import MediaEmbeddingService
+from tldw_Server_API.app.core.Embeddings.services.pipeline_operations import PipelineOperations
 from tldw_Server_API.app.core.Embeddings.vector_store_service import VectorStoreService
 from tldw_Server_API.app.core.errors import PermissionDenied
 from tldw_Server_API.app.core.health import HealthService
@@ -60,6 +69,38 @@ async def require_admin(user: CurrentUser) -> User:
 AdminUser = Annotated[User, Depends(require_admin)]
 
 
+def _audit_action(request: Request) -> tuple[str, str]:
+    """The route's name (`area.verb`, `{param}` filled from the path) and its target (the path
+    parameters, `name=value` joined)."""
+    route: Any = request.scope.get("route")
+    params = {k: str(v) for k, v in request.path_params.items()}
+    name = getattr(route, "name", None) or request.url.path
+    try:
+        name = name.format(**params)
+    except (KeyError, IndexError, ValueError):
+        pass
+    return name, ",".join(f"{k}={v}" for k, v in params.items())
+
+
+async def audited_admin(request: Request, user: AdminUser, services: ServicesDep) -> AsyncIterator[User]:
+    action, target = _audit_action(request)
+    outcome = "ok"
+    try:
+        yield user
+    except BaseException as exc:
+        outcome = getattr(exc, "code", None) or type(exc).__name__
+        raise
+    finally:
+        detail = getattr(request.state, "audit_detail", None)
+        try:
+            await asyncio.to_thread(services.audit.record, user.id, action, target, outcome, detail)
+        except Exception as exc:  # noqa: BLE001 - the action happened; a lost audit row is logged loudly
+            logger.error("audit: could not record {} by {}: {}", action, user.id, exc)
+
+
+AuditedAdmin = Annotated[User, Depends(audited_admin)]
+
+
 async def get_health_service(services: ServicesDep) -> HealthService:
     return services.health
 
@@ -93,6 +134,20 @@ async def get_rag_service(services: ServicesDep) -> RAGSearchService:
 
 
 RAGServiceDep = Annotated[RAGSearchService, Depends(get_rag_service)]
+
+
+async def get_operations(services: ServicesDep) -> PipelineOperations:
+    return services.operations
+
+
+OperationsDep = Annotated[PipelineOperations, Depends(get_operations)]
+
+
+async def get_audit_log(services: ServicesDep) -> AuditLog:
+    return services.audit
+
+
+AuditLogDep = Annotated[AuditLog, Depends(get_audit_log)]
 
 
 async def get_vector_store_service(services: ServicesDep) -> VectorStoreService:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     Column,
     Float,
@@ -42,7 +43,7 @@ from tldw_Server_API.app.core.Embeddings._sql_engine import (
     transaction,
     utc_now,
 )
-from tldw_Server_API.app.core.errors import InvalidInput, NotFound, QuotaExceeded, RateLimited, TLDWError
+from tldw_Server_API.app.core.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, RateLimited, TLDWError
 
 
 class JobStatus(StrEnum):
@@ -509,6 +510,57 @@ class JobsDB:
         with transaction(self.engine) as conn:
             row = conn.execute(query).mappings().first()
         return JobRecord.from_row(row) if row else None
+
+    # --- operator actions (admin: not scoped to a user) --------------------------------------------
+    def reopen(self, job_id: str) -> bool:
+        """A failed job back to `queued` (its error cleared) for an operator's requeue: one
+        compare-and-set, so of two requeues exactly one reopens it. False unless it was failed."""
+        now = self._clock()
+        c = jobs_table.c
+        with transaction(self.engine) as conn:
+            moved = conn.execute(update(jobs_table).where(c.job_id == job_id, c.status == JobStatus.FAILED.value)
+                                 .values(status=JobStatus.QUEUED.value, error=None, completed_at=None,
+                                         updated_at=now)).rowcount
+            if moved != 1:
+                self._status(conn, job_id)   # NotFound for an unknown job
+        return moved == 1
+
+    def skip(self, job_id: str, reason: str = "skipped by an operator") -> JobRecord:
+        """Cancel any user's job (an operator skipping it: its messages are dropped by the stages);
+        a job already terminal comes back unchanged. NotFound for an unknown job."""
+        now = self._clock()
+        c = jobs_table.c
+        with transaction(self.engine) as conn:
+            conn.execute(update(jobs_table).where(c.job_id == job_id, c.status.in_([s.value for s in ACTIVE_STATES]))
+                         .values(status=JobStatus.CANCELLED.value, error=sanitize_message(reason), updated_at=now,
+                                 completed_at=now))
+        return self.get_by_id(job_id)
+
+    def set_priority(self, job_id: str, priority: str) -> JobRecord:
+        """Change a job's priority (and its spec's, so a resume or requeue keeps it). Conflict
+        once the job is terminal; NotFound for an unknown job."""
+        if priority not in PRIORITIES:
+            raise InvalidInput(f"priority must be one of {', '.join(PRIORITIES)}", param="priority")
+        job = self.get_by_id(job_id)
+        if job.status in TERMINAL_STATES:
+            raise Conflict(f"job {job_id!r} is {job.status.value}: its priority no longer matters", param="job_id")
+        spec = job.spec
+        if spec:
+            payload = orjson.loads(spec)
+            payload["priority"] = priority
+            spec = orjson.dumps(payload).decode()
+        c = jobs_table.c
+        with transaction(self.engine) as conn:
+            conn.execute(update(jobs_table).where(c.job_id == job_id)
+                         .values(priority=priority, spec=spec, updated_at=self._clock()))
+        return self.get_by_id(job_id)
+
+    def find_by_key(self, idempotency_key: str, limit: int = 100) -> list[JobRecord]:
+        """Every job (any user, newest first) created under an idempotency key: the ledger lookup."""
+        c = jobs_table.c
+        query = select(jobs_table).where(c.idempotency_key == idempotency_key).order_by(c.seq.desc()).limit(limit)
+        with transaction(self.engine) as conn:
+            return [JobRecord.from_row(row) for row in conn.execute(query).mappings().all()]
 
     def supersede(self, user_id: str, media_id: int) -> int:
         """Cancel the media's queued and running jobs (a newer job replaces them: two jobs writing

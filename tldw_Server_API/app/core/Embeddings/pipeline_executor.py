@@ -57,6 +57,15 @@ class PipelineExecutor(Protocol):
     async def summary(self) -> dict[str, object]:
         """What an operator watches: the mode and, per stage, what waits and who works on it."""
 
+    async def resubmit(self, job: JobRecord) -> bool:
+        """Run a (reopened) job again from its stored spec; False when it has none."""
+
+    async def reprioritize(self, job_id: str, priority: str) -> int:
+        """Give the job's waiting messages another priority; returns how many moved."""
+
+    async def broadcast_breaker_reset(self, provider: str) -> None:
+        """Make every process running stages reset its circuit breaker of `provider`."""
+
     async def aclose(self) -> None: ...
 
 
@@ -136,6 +145,33 @@ class EmbeddedExecutor:
                   for stage in STAGES]
         return {"mode": "embedded", "jobs_in_flight": len(self._outstanding), "workers": len(self._workers),
                 "retries_waiting": len(self._timers), "stages": stages}
+
+    async def resubmit(self, job: JobRecord) -> bool:
+        message = spec_message(job)
+        if message is None:
+            return False
+        self._put(message)
+        return True
+
+    async def reprioritize(self, job_id: str, priority: str) -> int:
+        """Re-key the job's queued and held messages with the new priority."""
+        entries = []
+        while not self._queue.empty():
+            entries.append(self._queue.get_nowait())
+        moved = 0
+        for *key, message in entries:
+            if message.job_id == job_id and message.priority != priority:
+                message = message.model_copy(update={"priority": priority})
+                key = [PRIORITY_RANK[priority], *key[1:]]
+                moved += 1
+            self._queue.put_nowait((key[0], key[1], key[2], message))
+        for stage, held in self._held.items():
+            self._held[stage] = [m.model_copy(update={"priority": priority}) if m.job_id == job_id else m
+                                 for m in held]
+        return moved
+
+    async def broadcast_breaker_reset(self, provider: str) -> None:
+        """One process: the service's own breaker is the one the stages use (reset by the caller)."""
 
     async def wait_idle(self) -> None:
         """Until no job has a message left (tests and graceful drains)."""

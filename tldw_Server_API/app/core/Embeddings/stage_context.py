@@ -45,6 +45,7 @@ class StageContext:
     tokenizer_for: Callable[[str, str], OffsetsTokenizer] | None = None
     max_chunks_per_batch: int = 64
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    reset_breaker: Callable[[str], object] | None = None   # an operator's breaker reset, broadcast to workers
 
 
 def media_collection(user_id: str, model_id: str, default_model: str | None) -> str:

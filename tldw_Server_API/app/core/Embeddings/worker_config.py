@@ -2,8 +2,9 @@
 orchestrator and admin routes: `embeddings:{stage}` (normal priority), `embeddings:{stage}:high`
 and `:low`, consumer group `{stage}-workers`, dead letters `embeddings:{stage}:dlq`, the delayed
 retry set `embeddings:{stage}:delayed`, heartbeats `embeddings:workers:{consumer}`, the operator's
-stage flags `embeddings:{stage}:paused` and `:draining`. Every key carries the deployment's
-prefix. Pure: no Redis calls.
+stage flags `embeddings:{stage}:paused` and `:draining`, breaker resets
+`embeddings:control:breaker_resets`. Every key carries the deployment's prefix. Pure: no Redis
+calls.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tldw_Server_API.app.core.config import PipelineConfig
+from tldw_Server_API.app.core.Embeddings.dlq_crypto import DLQCrypto
+from tldw_Server_API.app.core.Embeddings.request_signing import MessageSigner
 
 STAGES = ("chunking", "embedding", "storage")
 PRIORITIES = ("high", "normal", "low")
@@ -59,6 +62,18 @@ class StreamNames:
     def stats(self, stage: str) -> str:
         return f"{self.prefix}embeddings:{stage}:stats"
 
+    def breaker_resets(self) -> str:
+        """provider -> a counter an operator's breaker reset bumps; every worker resets on a change."""
+        return f"{self.prefix}embeddings:control:breaker_resets"
+
+
+def signer_of(config: PipelineConfig) -> MessageSigner | None:
+    return MessageSigner.from_setting(config.signing_secret, config.signing_max_age_seconds)
+
+
+def crypto_of(config: PipelineConfig) -> DLQCrypto | None:
+    return DLQCrypto.from_setting(config.dlq_encryption_key)
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -73,10 +88,13 @@ class WorkerConfig:
     retry_base: float = 0.5
     retry_cap: float = 30.0
     burst: bool = False             # exit once every stage's streams are empty
+    signer: MessageSigner | None = None   # sign what it sends, verify what it reads
+    crypto: DLQCrypto | None = None       # encrypt dead-letter payloads
 
     @classmethod
     def from_pipeline(cls, config: PipelineConfig, stages: tuple[str, ...] = STAGES, *,
                       burst: bool = False) -> WorkerConfig:
         return cls(names=StreamNames(config.prefix), stages=stages,
                    lease_seconds=config.lease_seconds, max_retries=config.max_retries,
-                   max_deliveries=config.max_retries + 2, burst=burst)
+                   max_deliveries=config.max_retries + 2, burst=burst, signer=signer_of(config),
+                   crypto=crypto_of(config))

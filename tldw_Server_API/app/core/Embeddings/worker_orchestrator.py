@@ -30,7 +30,7 @@ from loguru import logger
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from tldw_Server_API.app.core.config import PipelineConfig, Settings
-from tldw_Server_API.app.core.Embeddings.worker_config import STAGES, StreamNames
+from tldw_Server_API.app.core.Embeddings.worker_config import STAGES, StreamNames, signer_of
 
 BACKLOG_PER_WORKER = 64      # messages waiting per worker before the pool grows
 
@@ -103,7 +103,8 @@ class Orchestrator:
             while not self._stop.is_set():
                 if time.monotonic() - last_reconcile >= self.reconcile_every:
                     last_reconcile = time.monotonic()
-                    await reconcile(redis, self.names, jobs, media_dbs, grace_seconds=self.config.lease_seconds)
+                    await reconcile(redis, self.names, jobs, media_dbs, grace_seconds=self.config.lease_seconds,
+                                    signer=signer_of(self.config))
                 summary = {}
                 for stage, pool in self.pools.items():
                     stats = await stage_stats(redis, self.names, stage)

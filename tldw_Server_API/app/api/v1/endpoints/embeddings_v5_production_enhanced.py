@@ -10,7 +10,14 @@ from typing import Annotated, Any
 from fastapi import Header, Request
 from starlette.responses import Response
 
-from tldw_Server_API.app.api.v1.deps import AdminUser, CurrentUser, EmbeddingServiceDep, HealthServiceDep
+from tldw_Server_API.app.api.v1.deps import (
+    AdminUser,
+    AuditedAdmin,
+    CurrentUser,
+    EmbeddingServiceDep,
+    HealthServiceDep,
+    OperationsDep,
+)
 from tldw_Server_API.app.api.v1.routing import v1_router
 from tldw_Server_API.app.api.v1.schemas.embeddings import (
     CacheCleared,
@@ -55,19 +62,19 @@ async def health(service: HealthServiceDep) -> HealthResponse:
 
 
 # --- admin ----------------------------------------------------------------------------------------
-@router.post("/embeddings/models/warmup")
-async def warmup_model(body: ModelRequest, _: AdminUser, service: EmbeddingServiceDep) -> dict[str, Any]:
+@router.post("/embeddings/models/warmup", name="model.warmup")
+async def warmup_model(body: ModelRequest, _: AuditedAdmin, service: EmbeddingServiceDep) -> dict[str, Any]:
     return await service.warmup(body.model)
 
 
-@router.post("/embeddings/models/download")
-async def download_model(body: ModelRequest, _: AdminUser, service: EmbeddingServiceDep) -> dict[str, Any]:
+@router.post("/embeddings/models/download", name="model.download")
+async def download_model(body: ModelRequest, _: AuditedAdmin, service: EmbeddingServiceDep) -> dict[str, Any]:
     return await service.download(body.model)
 
 
-@router.delete("/embeddings/cache", response_model=CacheCleared)
-async def clear_cache(_: AdminUser, service: EmbeddingServiceDep) -> CacheCleared:
-    return CacheCleared(removed=await service.clear_cache())
+@router.delete("/embeddings/cache", response_model=CacheCleared, name="cache.clear")
+async def clear_cache(_: AuditedAdmin, operations: OperationsDep) -> CacheCleared:
+    return CacheCleared(removed=await operations.clear_cache())
 
 
 @router.get("/embeddings/metrics")
@@ -80,6 +87,7 @@ async def circuit_breakers(_: AdminUser, service: EmbeddingServiceDep) -> dict[s
     return {"circuit_breakers": service.circuit_breakers()}
 
 
-@router.post("/embeddings/circuit-breakers/{provider}/reset")
-async def reset_circuit_breaker(provider: str, _: AdminUser, service: EmbeddingServiceDep) -> dict[str, Any]:
-    return {"provider": provider, "breaker": service.reset_circuit_breaker(provider)}
+@router.post("/embeddings/circuit-breakers/{provider}/reset", name="breaker.reset")
+async def reset_circuit_breaker(provider: str, _: AuditedAdmin, operations: OperationsDep) -> dict[str, Any]:
+    """Reset the provider's breaker in this process and (Redis pipeline) in every worker process."""
+    return {"provider": provider, "breaker": await operations.reset_breaker(provider)}

@@ -10,7 +10,13 @@ from typing import Annotated, Any
 
 from fastapi import Body, Query
 
-from tldw_Server_API.app.api.v1.deps import AdminUser, CurrentUser, MediaEmbeddingServiceDep, RAGServiceDep
+from tldw_Server_API.app.api.v1.deps import (
+    AdminUser,
+    AuditedAdmin,
+    CurrentUser,
+    MediaEmbeddingServiceDep,
+    RAGServiceDep,
+)
 from tldw_Server_API.app.api.v1.routing import v1_router
 from tldw_Server_API.app.api.v1.schemas.common import MediaIdPath, Offset
 from tldw_Server_API.app.api.v1.schemas.media import EmbeddingOptionsModel
@@ -97,8 +103,8 @@ async def pipeline_summary(_: AdminUser, service: MediaEmbeddingServiceDep) -> d
     return await service.pipeline_summary()
 
 
-@router.post("/embeddings/orchestrator/stages/{stage}/{action}")
-async def control_stage(stage: str, action: str, _: AdminUser, service: MediaEmbeddingServiceDep) -> dict[str, Any]:
+@router.post("/embeddings/orchestrator/stages/{stage}/{action}", name="stage.{action}")
+async def control_stage(stage: str, action: str, _: AuditedAdmin, service: MediaEmbeddingServiceDep) -> dict[str, Any]:
     """Admin: `pause` a stage (nothing new is taken; messages wait), `drain` it (work until nothing
     waits, then stop; Redis workers exit), or `resume` it. Holds for every worker of the deployment."""
     return await service.control_stage(stage, action)

@@ -18,6 +18,7 @@ class BatchRequest(EmbeddingOptionsModel):
 
 class JobView(BaseModel):
     job_id: str
+    user_id: str
     media_id: int
     status: str
     progress: float
@@ -37,6 +38,8 @@ class JobView(BaseModel):
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+    idempotency_key: str | None = Field(None, description="Same user, media, content, model and chunking: the "
+                                        "same key (a repeated start returns the job already on its way).")
 
     @classmethod
     def of(cls, job: JobRecord) -> JobView:

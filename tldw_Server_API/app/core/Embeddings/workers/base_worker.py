@@ -9,6 +9,10 @@ stage's delayed set (exponential backoff with jitter, moved back by an atomic sc
 by rule (a quota) fails the job and drops the message; a permanent one, too many retries, too
 many deliveries (a message that kills its worker), or a payload that does not decode, fail the
 job and go to `embeddings:{stage}:dlq` keyed by the original id (idempotent), then are acked.
+With a signing secret, a message whose signature is missing, wrong or stale goes to the DLQ
+(`bad_signature`) unprocessed and its job untouched; what a worker sends it signs. Dead-letter
+payloads are encrypted when a key is set. Operators' broadcasts (a breaker reset) reach every
+worker through Redis.
 Leases, not locks: each worker renews a heartbeat key with a TTL; its reaper claims only entries
 idle past the lease whose owner's heartbeat has expired. An operator's pause stops reads of a
 stage (messages wait); a drain lets its workers finish what waits and then exit.
@@ -37,7 +41,8 @@ from loguru import logger
 
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobStatus
 from tldw_Server_API.app.core.Embeddings.messages import Fields, dead_letter_fields, from_fields, text_of, to_fields
-from tldw_Server_API.app.core.Embeddings.queue_schemas import MessageSchemaError, PipelineMessage, encode
+from tldw_Server_API.app.core.Embeddings.queue_schemas import MessageSchemaError, PipelineMessage
+from tldw_Server_API.app.core.Embeddings.request_signing import BadSignature
 from tldw_Server_API.app.core.Embeddings.retries import step_retry_delay
 from tldw_Server_API.app.core.Embeddings.stage_context import Embedded, Embedder, StageContext, media_collection
 from tldw_Server_API.app.core.Embeddings.worker_config import PRIORITIES, PRIORITY_WEIGHTS, StreamNames, WorkerConfig
@@ -53,7 +58,11 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 10
 for _, member in ipairs(due) do
   redis.call('ZREM', KEYS[1], member)
   local m = cjson.decode(member)
-  redis.call('XADD', m.stream, '*', 'job', m.job, 'stage', m.stage, 'data', m.data)
+  if m.sig then
+    redis.call('XADD', m.stream, '*', 'job', m.job, 'stage', m.stage, 'data', m.data, 'ts', m.ts, 'sig', m.sig)
+  else
+    redis.call('XADD', m.stream, '*', 'job', m.job, 'stage', m.stage, 'data', m.data)
+  end
 end
 return #due
 """
@@ -123,6 +132,8 @@ class StageWorker:
         self._move_due = redis.register_script(_MOVE_DUE)
         self._dead_letter_script = redis.register_script(_DEAD_LETTER)
         self._last_reap = 0.0
+        self._last_control = 0.0
+        self._breaker_epochs: dict[str, bytes] | None = None
         self.handled = 0
 
     def stop(self) -> None:
@@ -136,6 +147,7 @@ class StageWorker:
         logger.info("pipeline worker {} started ({})", self.consumer, ", ".join(self.config.stages))
         try:
             while not self._stopping.is_set():
+                await self._follow_operator()
                 for stage in self.config.stages:
                     await self._move_due(keys=[self.names.delayed(stage)], args=[time.time()])
                 if time.monotonic() - self._last_reap >= self.config.lease_seconds / 2:
@@ -167,6 +179,25 @@ class StageWorker:
                 await self._beat()
             except Exception as exc:  # noqa: BLE001 - Redis away for a moment: the next beat retries
                 logger.warning("pipeline worker {}: heartbeat failed: {}", self.consumer, exc)
+
+    async def _follow_operator(self) -> None:
+        """Apply what operators broadcast to every worker (at most once a second): a circuit
+        breaker reset bumps a provider's counter, and this process resets its own breaker."""
+        if time.monotonic() - self._last_control < 1.0:
+            return
+        self._last_control = time.monotonic()
+        epochs = {text_of(k): v for k, v in (await self.redis.hgetall(self.names.breaker_resets())).items()}
+        if self._breaker_epochs is not None and self.context.reset_breaker is not None:
+            for provider, epoch in epochs.items():
+                if self._breaker_epochs.get(provider) != epoch:
+                    try:
+                        self.context.reset_breaker(provider)
+                        logger.info("pipeline worker {}: circuit breaker of {} reset by an operator", self.consumer,
+                                    provider)
+                    except TLDWError as exc:
+                        logger.warning("pipeline worker {}: breaker reset of {} refused: {}", self.consumer,
+                                       provider, exc.message)
+        self._breaker_epochs = epochs
 
     async def _active_stages(self) -> list[str]:
         """The stages to read now: not paused, and not drained (draining with nothing waiting).
@@ -226,6 +257,12 @@ class StageWorker:
         if not fields:   # deleted while pending (acked elsewhere): nothing to do
             await self.redis.xack(stream, self.names.group(stage), entry_id)
             return
+        if self.config.signer is not None:
+            try:
+                self.config.signer.verify(fields)
+            except BadSignature as exc:   # never processed; its job is not touched (the message may be forged)
+                await self._dead_letter(stream, stage, entry_id, fields, exc, 1)
+                return
         try:
             message = from_fields(fields)
         except MessageSchemaError as exc:
@@ -260,7 +297,7 @@ class StageWorker:
         """The next stage's messages and the ack, in one MULTI."""
         async with self.redis.pipeline(transaction=True) as pipe:
             for message in following:
-                pipe.xadd(self.names.stream(message.stage, message.priority), to_fields(message))
+                pipe.xadd(self.names.stream(message.stage, message.priority), to_fields(message, self.config.signer))
             pipe.xack(stream, self.names.group(stage), entry_id)
             pipe.xdel(stream, entry_id)
             pipe.hincrby(self.names.stats(stage), "handled", 1)
@@ -272,8 +309,9 @@ class StageWorker:
         attempt = message.attempt
         delay = step_retry_delay(attempt + 1, exc, self.config.retry_base, self.config.retry_cap)
         retry = message.model_copy(update={"attempt": attempt + 1})
-        member = orjson.dumps({"stream": stream, "job": retry.job_id, "stage": retry.stage,
-                               "data": encode(retry).decode()})
+        fields = {k: v.decode() if isinstance(v, bytes) else v
+                  for k, v in to_fields(retry, self.config.signer).items()}
+        member = orjson.dumps({"stream": stream, **fields})
         logger.info("pipeline: job {} {} step failed ({}); retry {} in {:.1f}s", message.job_id, stage,
                     type(exc).__name__, attempt + 1, delay)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -287,7 +325,8 @@ class StageWorker:
         from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import sanitize_error
 
         code = exc.code if isinstance(exc, TLDWError) else "internal_error"
-        entry = dead_letter_fields(entry_id, stage, fields, sanitize_error(exc), code, attempts, datetime.now(UTC))
+        entry = dead_letter_fields(entry_id, stage, fields, sanitize_error(exc), code, attempts, datetime.now(UTC),
+                                   self.config.crypto)
         args: list[Any] = [entry_id, self.names.group(stage)]
         for key, value in entry.items():
             args += [key, value]

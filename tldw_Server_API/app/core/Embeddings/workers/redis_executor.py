@@ -8,7 +8,9 @@ passes the configured age. `stage_stats` reads lag (`XINFO GROUPS`), pending, ol
 time, DLQ depth, retries waiting, live workers and the operator's state (running, paused,
 draining) per stage; `control` pauses, drains or resumes a stage; `reconcile` re-enqueues, from the
 jobs DB, every unfinished job that has no message in any stream or delayed set (Redis restarted
-empty or was flushed), so no job is ever stuck.
+empty or was flushed), so no job is ever stuck; `resubmit` does the same for one job an operator
+requeues, `reprioritize` moves a job's waiting entries to another priority, and
+`broadcast_breaker_reset` reaches every worker process. Messages are signed when a secret is set.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from loguru import logger
 
 from tldw_Server_API.app.core.config import PipelineConfig
 from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory
-from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobsDB
-from tldw_Server_API.app.core.Embeddings.messages import job_of, text_of, to_fields
+from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobRecord, JobsDB
+from tldw_Server_API.app.core.Embeddings.messages import from_fields, job_of, text_of, to_fields
 from tldw_Server_API.app.core.Embeddings.pipeline_executor import spec_message
 from tldw_Server_API.app.core.Embeddings.queue_schemas import ChunkingMessage
-from tldw_Server_API.app.core.Embeddings.worker_config import STAGES, StreamNames
+from tldw_Server_API.app.core.Embeddings.request_signing import MessageSigner
+from tldw_Server_API.app.core.Embeddings.worker_config import STAGES, StreamNames, signer_of
 from tldw_Server_API.app.core.Embeddings.workers.base_worker import control_stage, ensure_groups, stage_state
 from tldw_Server_API.app.core.errors import NotFound, Overloaded
 
@@ -72,7 +75,7 @@ async def stage_stats(redis: Any, names: StreamNames, stage: str) -> dict[str, A
 
 
 async def reconcile(redis: Any, names: StreamNames, jobs: JobsDB, media_dbs: MediaDBFactory | None,
-                    grace_seconds: float = 30.0) -> int:
+                    grace_seconds: float = 30.0, signer: MessageSigner | None = None) -> int:
     """Re-enqueue every unfinished job (untouched for `grace_seconds`) that has no message in any
     stream or delayed set. Returns how many were re-enqueued."""
     present: set[str] = set()
@@ -87,15 +90,23 @@ async def reconcile(redis: Any, names: StreamNames, jobs: JobsDB, media_dbs: Med
     for job in await asyncio.to_thread(jobs.resumable_jobs):
         if job.job_id in present or job.updated_at > cutoff:
             continue
-        message = spec_message(job)
-        if message is None:
-            continue
-        message = await asyncio.to_thread(_with_content, message, media_dbs)
-        await redis.xadd(names.stream("chunking", message.priority), to_fields(message))
-        enqueued += 1
+        if await enqueue_spec(redis, names, job, media_dbs, signer):
+            enqueued += 1
     if enqueued:
         logger.warning("pipeline reconciler: re-enqueued {} job(s) that had no message in Redis", enqueued)
     return enqueued
+
+
+async def enqueue_spec(redis: Any, names: StreamNames, job: JobRecord, media_dbs: MediaDBFactory | None,
+                       signer: MessageSigner | None) -> bool:
+    """Enqueue a job's chunking message again, from its stored spec and the media text (the
+    reconciler, an operator's requeue). False for a job of an earlier version (no spec)."""
+    message = spec_message(job)
+    if message is None:
+        return False
+    message = await asyncio.to_thread(_with_content, message, media_dbs)
+    await redis.xadd(names.stream("chunking", message.priority), to_fields(message, signer))
+    return True
 
 
 def _with_content(message: ChunkingMessage, media_dbs: MediaDBFactory | None) -> ChunkingMessage:
@@ -113,17 +124,48 @@ class RedisExecutor:
 
     carries_content = True
 
-    def __init__(self, redis: Any, config: PipelineConfig, jobs: JobsDB) -> None:
+    def __init__(self, redis: Any, config: PipelineConfig, jobs: JobsDB,
+                 media_dbs: MediaDBFactory | None = None) -> None:
         self.redis = redis
         self.names = StreamNames(config.prefix)
         self._config = config
         self._jobs = jobs
+        self._media_dbs = media_dbs
+        self.signer = signer_of(config)
 
     async def start(self) -> None:
         await ensure_groups(self.redis, self.names, STAGES)
 
     async def enqueue(self, message: ChunkingMessage) -> None:
-        await self.redis.xadd(self.names.stream("chunking", message.priority), to_fields(message))
+        await self.redis.xadd(self.names.stream("chunking", message.priority), to_fields(message, self.signer))
+
+    async def resubmit(self, job: JobRecord) -> bool:
+        return await enqueue_spec(self.redis, self.names, job, self._media_dbs, self.signer)
+
+    async def reprioritize(self, job_id: str, priority: str) -> int:
+        """Move the job's waiting entries (not those a worker holds) to the priority's sub-stream."""
+        moved = 0
+        for stage in STAGES:
+            target = self.names.stream(stage, priority)
+            for stream in self.names.streams(stage):
+                if stream == target or not await self.redis.exists(stream):
+                    continue
+                held = {text_of(row["message_id"]) for row in await self.redis.xpending_range(
+                    stream, self.names.group(stage), min="-", max="+", count=10_000)}
+                for entry_id, fields in await self.redis.xrange(stream):
+                    if job_of(fields) != job_id or text_of(entry_id) in held:
+                        continue
+                    message = from_fields(fields).model_copy(update={"priority": priority})
+                    async with self.redis.pipeline(transaction=True) as pipe:
+                        pipe.xadd(target, to_fields(message, self.signer))
+                        pipe.xdel(stream, entry_id)
+                        await pipe.execute()
+                    moved += 1
+        return moved
+
+    async def broadcast_breaker_reset(self, provider: str) -> None:
+        """Every worker process resets its breaker of `provider` (they follow this counter)."""
+        await self.redis.hincrby(self.names.breaker_resets(), provider, 1)
 
     async def check_capacity(self, jobs: int = 1) -> None:  # noqa: ARG002 - backpressure is per stage
         for stage in STAGES:
