@@ -4,8 +4,11 @@ them on shutdown. Endpoints reach them through dependencies reading `app.state.s
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from loguru import logger
 from prometheus_client import CollectorRegistry
@@ -27,6 +30,9 @@ from tldw_Server_API.app.core.Embeddings.pipeline_executor import EmbeddedExecut
 from tldw_Server_API.app.core.Embeddings.policy import EmbeddingPolicy
 from tldw_Server_API.app.core.Embeddings.rate_limiter import create_rate_limiter
 from tldw_Server_API.app.core.Embeddings.services.pipeline_operations import PipelineOperations
+from tldw_Server_API.app.core.Embeddings.services.reembed_consumer import ReembedConsumer
+from tldw_Server_API.app.core.Embeddings.services.reembed_worker import ReembedWorker
+from tldw_Server_API.app.core.Embeddings.services.vector_compactor import VectorCompactor
 from tldw_Server_API.app.core.Embeddings.stage_context import MediaQueryEmbedder, ServiceEmbedder, StageContext
 from tldw_Server_API.app.core.Embeddings.tokenization import TokenArrayDecoder
 from tldw_Server_API.app.core.Embeddings.vector_store_service import VectorStoreService
@@ -37,6 +43,8 @@ from tldw_Server_API.app.core.Media.media_service import MediaService
 from tldw_Server_API.app.core.observability import HTTPMetrics
 from tldw_Server_API.app.core.RAG.search import RAGSearchService
 from tldw_Server_API.app.core.storage import StorageServices, build_storage
+
+REEMBED_POLL_SECONDS = 2.0
 
 
 @dataclass
@@ -54,8 +62,10 @@ class Services:
     health: HealthService
     audit: AuditLog
     operations: PipelineOperations
+    loops: BackgroundLoops
 
     async def aclose(self) -> None:
+        await self.loops.aclose()
         await self.health.aclose()
         await self.vector_store_api.aclose()
         await self.media_embeddings.manager.aclose()
@@ -84,9 +94,33 @@ async def build_services(settings: Settings) -> Services:
     dlq = None
     if isinstance(executor, RedisExecutor):
         dlq = DeadLetterQueue(executor.redis, executor.names, crypto_of(settings.pipeline_config()))
-    operations = PipelineOperations(storage.jobs, executor, embeddings, dlq)
+    compactor = VectorCompactor(storage.media_dbs, storage.vector_stores)
+    operations = PipelineOperations(storage.jobs, executor, embeddings, dlq,
+                                    ReembedWorker(media_embeddings, storage.media_dbs), compactor)
+    loops = BackgroundLoops()
+    loops.start("re-embed consumer", ReembedConsumer(media_embeddings.manager).run_forever, REEMBED_POLL_SECONDS)
+    if settings.embeddings_compactor_interval_seconds > 0:
+        loops.start("vector compactor", compactor.run_forever, settings.embeddings_compactor_interval_seconds)
     return Services(settings, registry, HTTPMetrics(registry), auth, embeddings, storage, vector_store_api,
-                    media_embeddings, media, rag, health, AuditLog(storage_config.jobs_db_url), operations)
+                    media_embeddings, media, rag, health, AuditLog(storage_config.jobs_db_url), operations, loops)
+
+
+class BackgroundLoops:
+    """The server's periodic loops (`run_forever(interval, stop)` each), stopped together."""
+
+    def __init__(self) -> None:
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, name: str, run: Callable[[float, asyncio.Event], Coroutine[Any, Any, None]],
+              interval: float) -> None:
+        self._tasks.append(asyncio.create_task(run(interval, self._stop), name=name))
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, 10)
 
 
 def build_media_services(
@@ -110,7 +144,7 @@ def build_media_services(
                                     max_retries=pipeline.max_retries)
     manager = MediaEmbeddingJobManager(storage.jobs, executor)
     service = MediaEmbeddingService(embeddings, storage.media_dbs, storage.vector_stores, manager, config.chunking,
-                                    tiers=settings.tier_limits())
+                                    tiers=settings.tier_limits(), skip_unchanged=settings.reembed_skip_unchanged)
     return service, RAGSearchService(storage.media_dbs, storage.vector_stores,
                                      MediaQueryEmbedder(embeddings, default_model))
 

@@ -99,12 +99,13 @@ def test_storage_messages_round_trip_vectors_bit_exactly(count: int, dimension: 
 def test_store_metadata_is_flat_and_complete() -> None:
     values = storage_message().metadatas[1].to_store_dict()
     assert set(values) == {"media_id", "job_id", "chunk_index", "start_char", "end_char", "content_hash",
-                           "embedding_model", "embedding_provider", "embedding_dimension", "title", "created_at"}
+                           "embedding_model", "embedding_provider", "embedding_dimension", "title", "created_at",
+                           "chunk_hash"}
     assert None not in values.values() and values["title"] == "" and values["chunk_index"] == 1
     assert datetime.fromisoformat(str(values["created_at"])) == NOW
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 5, "3", "4", 3.0, True, None])
+@pytest.mark.parametrize("version", [0, 1, 2, 6, "3", "4", "5", 3.0, True, None])
 def test_other_schema_versions_are_refused_clearly(version: object) -> None:
     payload = orjson.loads(encode(chunking_message()))
     if version is None:
@@ -115,14 +116,18 @@ def test_other_schema_versions_are_refused_clearly(version: object) -> None:
         decode(orjson.dumps(payload))
 
 
-def test_messages_of_the_previous_version_are_read_with_the_new_fields_defaulted() -> None:
-    """Jobs queued (or stored as specs) before an upgrade to v4 go on after it."""
+@pytest.mark.parametrize("version", [3, 4])
+def test_messages_of_earlier_versions_are_read_with_the_new_fields_defaulted(version: int) -> None:
+    """Jobs queued (or stored as specs) before an upgrade to v5 go on after it."""
     payload = orjson.loads(encode(chunking_message()))
-    del payload["daily_chunk_quota"]
-    payload["schema_version"] = 3
+    del payload["reuse_unchanged"]
+    if version == 3:
+        del payload["daily_chunk_quota"]
+    payload["schema_version"] = version
     message = decode(orjson.dumps(payload))
     assert isinstance(message, ChunkingMessage)
-    assert message.schema_version == SCHEMA_VERSION == 4 and message.daily_chunk_quota == 0
+    assert message.schema_version == SCHEMA_VERSION == 5 and message.daily_chunk_quota == 0
+    assert message.reuse_unchanged is False
 
 
 def test_malformed_payloads_are_schema_errors_without_echoing_inputs() -> None:

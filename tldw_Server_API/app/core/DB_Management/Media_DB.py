@@ -268,6 +268,40 @@ class MediaDB:
             ).fetchall()
         return [MediaSummary(**_summary_fields(row)) for row in rows], total
 
+    def update_content(self, media_id: int, content: str, chunks: Sequence[Chunk], title: str | None = None,
+                       quota_bytes: int = 0) -> MediaRecord:
+        """Replace a live media's text (an edit) and its FTS chunks in one transaction: a new
+        content hash, no pages (an edited text has none); within the storage quota like an add."""
+        if not content or not content.strip():
+            raise InvalidInput("content must not be empty", param="content")
+        _check_chunks(content, chunks)
+        size = len(content.encode("utf-8"))
+        now = self._now()
+        with self._transaction(write=True) as conn:
+            old = self._get(conn, media_id, include_deleted=False)
+            if quota_bytes > 0:
+                used = self._live_bytes(conn) - len(old.content.encode("utf-8"))
+                if used + size > quota_bytes:
+                    raise QuotaExceeded(f"this edit would take your stored media to {used + size} bytes; the quota is "
+                                        f"{quota_bytes} (MEDIA_USER_QUOTA_BYTES)", param="content")
+            conn.execute(
+                "UPDATE media SET content = ?, content_hash = ?, content_bytes = ?, page_starts = NULL,"
+                " title = ?, updated_at = ? WHERE id = ?",
+                (content, content_hash(content), size, ((title or "").strip() or old.title), now, media_id))
+            conn.execute("DELETE FROM media_chunks WHERE media_id = ?", (media_id,))
+            conn.executemany(
+                "INSERT INTO media_chunks (media_id, chunk_index, start_char, end_char, text, page)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(media_id, c.index, c.start_char, c.end_char, c.text, c.page) for c in chunks],
+            )
+            conn.execute("UPDATE media SET chunk_count = ? WHERE id = ?", (len(chunks), media_id))
+            return self._get(conn, media_id, include_deleted=False)
+
+    def all_live_media_ids(self) -> list[int]:
+        """Ids of every live media, ascending (an operator's re-embed of a user's media)."""
+        with self._transaction() as conn:
+            return [int(r[0]) for r in conn.execute("SELECT id FROM media WHERE deleted = 0 ORDER BY id")]
+
     def soft_delete(self, media_id: int) -> None:
         """Mark the media deleted and drop its chunks, so it leaves FTS results at once. Its vectors
         stay until the compactor removes them (`list_deleted_media_ids`). NotFound when absent."""
@@ -387,6 +421,20 @@ class MediaDBFactory:
             if db is None:
                 db = self._dbs[user_id] = MediaDB(path, clock=self._clock)
             return db
+
+    def user_ids(self) -> list[str]:
+        """Every user with a media database under the data dir (operators' sweeps), sorted."""
+        root = self.data_dir / "users"
+        if not root.is_dir():
+            return []
+        found = []
+        for entry in sorted(root.iterdir()):
+            try:
+                if (user_media_db_path(self.data_dir, entry.name)).is_file():
+                    found.append(entry.name)
+            except InvalidInput:
+                continue    # not a user id, or a symlinked escape
+        return found
 
     def close_all(self) -> None:
         with self._lock:

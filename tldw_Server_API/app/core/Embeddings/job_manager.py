@@ -42,6 +42,8 @@ class JobSpec:
     trace_id: str | None = None
     daily_chunk_quota: int = 0       # the user's tier allowance (`TierLimits`); 0: none
     max_active_jobs: int = 0
+    reuse_unchanged: bool = False    # reuse stored vectors of unchanged chunks (REEMBED_SKIP_UNCHANGED)
+    not_before: datetime | None = None   # scheduled: the re-embed consumer starts it then
 
     def idempotency_key(self) -> str:
         """Same user, media, content, model and chunking: the same job."""
@@ -88,6 +90,7 @@ class MediaEmbeddingJobManager:
             created_at=self._clock(), content_hash=spec.content_hash, chunk_options=spec.chunk_options,
             embedding_model=spec.model, embedding_provider=spec.provider, title=spec.title,
             idempotency_key=key, trace_id=spec.trace_id, daily_chunk_quota=spec.daily_chunk_quota,
+            reuse_unchanged=spec.reuse_unchanged,
         )
 
         def create() -> JobRecord:
@@ -97,9 +100,12 @@ class MediaEmbeddingJobManager:
                 chunk_method=spec.chunk_options.method, chunk_size=spec.chunk_options.size,
                 chunk_overlap=spec.chunk_options.overlap, priority=spec.priority, content_hash=spec.content_hash,
                 job_id=job_id, spec=encode(message).decode(), idempotency_key=key, max_active=spec.max_active_jobs,
+                not_before=spec.not_before,
             )
 
         job = await asyncio.to_thread(create)
+        if job.held(self._clock()):
+            return job    # scheduled: the re-embed consumer enqueues it when its time comes
         if getattr(self.executor, "carries_content", False) and content is not None:
             pages = list(page_starts) if page_starts is not None else None
             message = message.model_copy(update={"content": content, "page_starts": pages})
@@ -109,6 +115,14 @@ class MediaEmbeddingJobManager:
             await asyncio.to_thread(self.jobs.transition, job_id, JobStatus.FAILED, error=exc)
             raise
         return job
+
+    async def release_due(self) -> int:
+        """Start the scheduled jobs whose time has come (the re-embed consumer's step)."""
+        started = 0
+        for job in await asyncio.to_thread(self.jobs.release_due, self._clock()):
+            if await self.executor.resubmit(job):
+                started += 1
+        return started
 
     async def wait_idle(self) -> None:
         """Until the executor has no job left (tests and graceful drains)."""

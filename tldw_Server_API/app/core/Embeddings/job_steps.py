@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from tldw_Server_API.app.core.Chunking import Chunk
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobStatus
 from tldw_Server_API.app.core.Embeddings.queue_schemas import EmbeddingMessage, StorageMessage
-from tldw_Server_API.app.core.Embeddings.stage_context import StageContext, media_collection
+from tldw_Server_API.app.core.Embeddings.stage_context import StageContext, media_collection, media_collections
 from tldw_Server_API.app.core.errors import InvalidInput, NotFound
 
 
@@ -67,9 +67,8 @@ def _finish(context: StageContext, target: _Target, name: str) -> None:
     store = context.vector_stores.for_user(target.user_id)
     stale = {"$and": [{"media_id": target.media_id}, {"chunk_index": {"$gte": target.total}}]}
     store.delete_where(name, stale)
-    prefix = media_collection(target.user_id, "", None)
-    for other in store.list_collections():
-        if other != name and other.startswith(prefix):
+    for other in media_collections(target.user_id, store.list_collections()):
+        if other != name:
             store.delete_where(other, {"media_id": target.media_id})
     _refresh_fts(context, target, name)
 

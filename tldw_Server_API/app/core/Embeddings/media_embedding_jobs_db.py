@@ -156,6 +156,10 @@ jobs_table = Table(
     # reconciler re-enqueues when Redis lost its streams. NULL for jobs of earlier versions.
     Column("spec", Text, nullable=True),
     Column("idempotency_key", String(128), nullable=True),
+    # Chunks whose stored vector was reused (text hash and model unchanged): not sent to the model.
+    Column("skipped_chunks", Integer, nullable=False, default=0, server_default="0"),
+    # A scheduled job (an operator's re-embed at a time): no executor starts it before this.
+    Column("not_before", UTCDateTime, nullable=True),
     Index("ix_embedding_jobs_user_created", "user_id", "created_at"),
     Index("ix_embedding_jobs_user_media", "user_id", "media_id"),
     Index("ix_embedding_jobs_status", "status"),
@@ -170,6 +174,7 @@ parts_table = Table(
     Column("batch_index", Integer, primary_key=True),
     Column("chunks", Integer, nullable=False),
     Column("truncated", Integer, nullable=False),
+    Column("skipped", Integer, nullable=False, default=0, server_default="0"),
 )
 
 
@@ -198,6 +203,17 @@ class JobRecord:
     truncated_chunks: int = 0      # chunks longer than the model's window (their tail was not embedded)
     spec: str | None = field(default=None, repr=False, compare=False)   # the encoded chunking message
     idempotency_key: str | None = None
+    skipped_chunks: int = 0        # reused stored vectors (unchanged text and model): not embedded again
+    not_before: datetime | None = None
+
+    @property
+    def embedded_chunks(self) -> int:
+        """Chunks this job sent to the model."""
+        return max(0, self.processed_chunks - self.skipped_chunks)
+
+    def held(self, now: datetime) -> bool:
+        """A scheduled job whose time has not come (executors leave it to the re-embed consumer)."""
+        return self.not_before is not None and self.not_before > now
 
     @property
     def warning(self) -> str | None:
@@ -273,13 +289,14 @@ class JobsDB:
         self._clock = clock
         _metadata.create_all(self.engine)
         add_missing_columns(self.engine, jobs_table)
+        add_missing_columns(self.engine, parts_table)
 
     # --- creation and reads -----------------------------------------------------------------
     def create_job(
         self, user_id: str, media_id: int, *, embedding_model: str, embedding_provider: str, chunk_method: str,
         chunk_size: int, chunk_overlap: int, priority: str = "normal", content_hash: str | None = None,
         job_id: str | None = None, spec: str | None = None, idempotency_key: str | None = None,
-        max_active: int = 0,
+        max_active: int = 0, not_before: datetime | None = None,
     ) -> JobRecord:
         """A new job in state `queued` (its id made here unless given: the spec may name it).
         `max_active` > 0: RateLimited when the user already has that many queued or running jobs
@@ -296,7 +313,7 @@ class JobsDB:
             "stored_chunks": 0, "embedding_model": embedding_model, "embedding_provider": embedding_provider,
             "chunk_method": chunk_method, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap,
             "content_hash": content_hash, "created_at": now, "updated_at": now, "spec": spec,
-            "idempotency_key": idempotency_key,
+            "idempotency_key": idempotency_key, "not_before": not_before,
         }
         with transaction(self.engine) as conn:
             if max_active > 0:
@@ -457,18 +474,21 @@ class JobsDB:
         raise QuotaExceeded(f"this job has {total_chunks} chunks and {used_now} of today's {quota.daily_chunks} "
                             "are already used: the daily chunk quota would be exceeded", param="daily_chunks")
 
-    def record_embedded(self, job_id: str, batch_index: int, *, chunks: int, truncated: int = 0) -> bool:
+    def record_embedded(self, job_id: str, batch_index: int, *, chunks: int, truncated: int = 0,
+                        skipped: int = 0) -> bool:
         """Count one embedded sub-batch exactly once (its first delivery; later ones change
-        nothing). False once the job is terminal."""
-        _check_counts(batch_index=batch_index, chunks=chunks, truncated=truncated)
+        nothing): its chunks, those truncated, those whose stored vector was reused (`skipped`).
+        False once the job is terminal."""
+        _check_counts(batch_index=batch_index, chunks=chunks, truncated=truncated, skipped=skipped)
         c = jobs_table.c
         try:
             with transaction(self.engine) as conn:
                 conn.execute(parts_table.insert().values(job_id=job_id, batch_index=batch_index, chunks=chunks,
-                                                         truncated=truncated))
+                                                         truncated=truncated, skipped=skipped))
                 processed = c.processed_chunks + chunks
                 conn.execute(update(jobs_table).where(c.job_id == job_id).values(
                     processed_chunks=processed, truncated_chunks=c.truncated_chunks + truncated,
+                    skipped_chunks=c.skipped_chunks + skipped,
                     progress=_progress_sql(c.total_chunks, processed, c.stored_chunks), updated_at=self._clock()))
         except IntegrityError:
             pass   # counted by an earlier delivery
@@ -554,6 +574,23 @@ class JobsDB:
             conn.execute(update(jobs_table).where(c.job_id == job_id)
                          .values(priority=priority, spec=spec, updated_at=self._clock()))
         return self.get_by_id(job_id)
+
+    def release_due(self, now: datetime) -> list[JobRecord]:
+        """Scheduled jobs whose time has come, each released (its `not_before` cleared) by one
+        compare-and-set, so of several servers exactly one starts it."""
+        c = jobs_table.c
+        query = select(c.job_id).where(c.status == JobStatus.QUEUED.value, c.not_before.is_not(None),
+                                       c.not_before <= now).order_by(c.seq)
+        released = []
+        with transaction(self.engine) as conn:
+            due = [row[0] for row in conn.execute(query)]
+        for job_id in due:
+            with transaction(self.engine) as conn:
+                moved = conn.execute(update(jobs_table).where(c.job_id == job_id, c.not_before.is_not(None))
+                                     .values(not_before=None, updated_at=self._clock())).rowcount
+            if moved == 1:
+                released.append(self.get_by_id(job_id))
+        return released
 
     def find_by_key(self, idempotency_key: str, limit: int = 100) -> list[JobRecord]:
         """Every job (any user, newest first) created under an idempotency key: the ledger lookup."""

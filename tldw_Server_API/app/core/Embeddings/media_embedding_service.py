@@ -23,7 +23,7 @@ from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingServi
 from tldw_Server_API.app.core.Embeddings.job_manager import JobSpec, MediaEmbeddingJobManager
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobRecord, JobStatus, day_start
 from tldw_Server_API.app.core.Embeddings.queue_schemas import ChunkOptions
-from tldw_Server_API.app.core.Embeddings.stage_context import media_collection
+from tldw_Server_API.app.core.Embeddings.stage_context import media_collection, media_collections
 from tldw_Server_API.app.core.Embeddings.worker_config import STAGE_ACTIONS, STAGES
 from tldw_Server_API.app.core.Embeddings.workers import chunking_worker
 from tldw_Server_API.app.core.errors import InvalidInput, NotFound, Overloaded, TLDWError
@@ -55,9 +55,10 @@ class MediaEmbeddingService:
     def __init__(
         self, embeddings: EmbeddingService, media_dbs: MediaDBFactory, vector_stores: VectorStoreFactory,
         manager: MediaEmbeddingJobManager, chunking: ChunkingDefaults,
-        tiers: Mapping[str, TierLimits] | None = None,
+        tiers: Mapping[str, TierLimits] | None = None, skip_unchanged: bool = True,
     ) -> None:
         self._embeddings = embeddings
+        self._skip_unchanged = skip_unchanged
         self._media_dbs = media_dbs
         self._vector_stores = vector_stores
         self.manager = manager
@@ -112,19 +113,37 @@ class MediaEmbeddingService:
         return await self._submit(user, media, provider, model_id, chunking, options)
 
     async def _submit(self, user: User, media: MediaRecord, provider: str, model_id: str, chunking: ChunkOptions,
-                      options: EmbeddingOptions) -> StartResult:
-        if not options.force_regenerate:
+                      options: EmbeddingOptions, *, operator: bool = False,
+                      not_before: datetime | None = None) -> StartResult:
+        """A job for the media unless an equal one is done or on its way. `operator`: an admin's
+        re-embed: always a new job, no tier limits; unchanged chunks still reuse their vectors."""
+        if not options.force_regenerate and not operator:
             latest = self.manager.jobs.latest_job_for_media(user.id, media.id)
             if latest is not None and _same_result(latest, media.content_hash, provider, model_id, chunking):
                 if latest.status != JobStatus.COMPLETED:
                     return StartResult(latest, skipped=False)     # the same job is already on its way
                 if await self._stored_count(user.id, media.id, model_id):   # not deleted since
                     return StartResult(latest, skipped=True)
-        limits = self.limits(user)
+        limits = TierLimits() if operator else self.limits(user)
         spec = JobSpec(user.id, media.id, media.title, media.content_hash, provider, model_id, chunking,
                        options.priority, daily_chunk_quota=limits.daily_chunks,
-                       max_active_jobs=limits.concurrent_jobs)
+                       max_active_jobs=limits.concurrent_jobs,
+                       reuse_unchanged=self._skip_unchanged and not options.force_regenerate, not_before=not_before)
         return StartResult(await self.manager.submit(spec, media.content, media.page_starts), skipped=False)
+
+    async def reembed(self, operator: User, user_id: str, media_ids: Sequence[int], options: EmbeddingOptions,
+                      at: datetime | None = None) -> list[JobRecord]:
+        """An operator's re-embed of some of a user's media (the model checked against the policy
+        as the operator): one new job each, started now or at `at`."""
+        target = User(user_id, roles=operator.roles, tier=operator.tier)
+        provider, model_id, chunking = await self.prepare(target, options)
+        jobs = []
+        for media_id in media_ids:
+            media = await self._media(target, media_id)
+            result = await self._submit(target, media, provider, model_id, chunking, options, operator=True,
+                                        not_before=at)
+            jobs.append(result.job)
+        return jobs
 
     async def _media(self, user: User, media_id: int) -> MediaRecord:
         db = self._media_dbs.get(user.id)
@@ -180,10 +199,9 @@ class MediaEmbeddingService:
     async def purge_vectors(self, user_id: str, media_id: int) -> int:
         """Remove a media item's chunks from every media collection of the user."""
         store = self._vector_stores.for_user(user_id)
-        prefix = media_collection(user_id, "", None)
 
         def purge() -> int:
-            names = [n for n in store.list_collections() if n.startswith(prefix)]
+            names = media_collections(user_id, store.list_collections())
             return sum(store.delete_where(name, {"media_id": media_id}) for name in names)
 
         return await asyncio.to_thread(purge)

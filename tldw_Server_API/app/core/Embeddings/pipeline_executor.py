@@ -104,7 +104,10 @@ class EmbeddedExecutor:
         """Resume the jobs a stopped or killed process left unfinished, then start the workers."""
         jobs = await asyncio.to_thread(self._context.jobs.resumable_jobs)
         resumed = 0
+        now = self._context.clock()
         for job in jobs:
+            if job.held(now):
+                continue     # scheduled for later: the re-embed consumer starts it
             message = spec_message(job)
             if message is None:
                 await asyncio.to_thread(self._context.jobs.transition, job.job_id, JobStatus.FAILED,

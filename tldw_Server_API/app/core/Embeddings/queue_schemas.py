@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Sequence
 from typing import Annotated, Any, Final, Literal, TypeVar
 
@@ -21,10 +22,10 @@ from tldw_Server_API.app.core.Chunking import ChunkingOptions
 from tldw_Server_API.app.core.errors import InvalidInput
 
 # 2: chunk `page`; 3: job id on stored chunks, page starts, idempotency key, trace id, attempt;
-# 4: the daily chunk quota on chunking messages
-SCHEMA_VERSION: Final = 4
+# 4: the daily chunk quota on chunking messages; 5: `reuse_unchanged` and each chunk's `chunk_hash`
+SCHEMA_VERSION: Final = 5
 # Older versions still read: what they lack has a default (jobs queued before an upgrade go on).
-UPGRADABLE_VERSIONS: Final = frozenset({3})
+UPGRADABLE_VERSIONS: Final = frozenset({3, 4})
 Priority = Literal["high", "normal", "low"]
 ChunkMethod = Literal["words", "sentences", "paragraphs", "tokens"]
 T = TypeVar("T")
@@ -43,6 +44,12 @@ class UnsupportedSchemaVersion(MessageSchemaError):
 def chunk_id(media_id: int, index: int) -> str:
     """Deterministic vector id of a media chunk: re-runs overwrite, never duplicate."""
     return f"media_{media_id}_chunk_{index}"
+
+
+def chunk_hash(text: str) -> str:
+    """The hash of a chunk's text stored beside its vector: an unchanged chunk (same hash, same
+    model) reuses its vector instead of being embedded again."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def split_into_batches(items: Sequence[T], max_per_batch: int) -> list[list[T]]:
@@ -117,6 +124,7 @@ class ChunkMetadata(_Model):
     title: str | None = None
     created_at: AwareDatetime
     page: Annotated[int, Field(ge=1)] | None = None
+    chunk_hash: str = ""          # `chunk_hash` of the chunk's text ("" in vectors written before v5)
 
     def to_store_dict(self) -> dict[str, str | int]:
         """Flat scalars for vector stores (Chroma refuses None): title "" when absent, no page key
@@ -129,7 +137,7 @@ class ChunkMetadata(_Model):
 
 
 class _StageMessage(_Model):
-    schema_version: Literal[4] = SCHEMA_VERSION
+    schema_version: Literal[5] = SCHEMA_VERSION
     job_id: str
     user_id: str
     media_id: int
@@ -138,6 +146,8 @@ class _StageMessage(_Model):
     idempotency_key: str = ""          # the job's: the same content and model never enqueue twice
     trace_id: str | None = None        # carried from the request that created the job
     attempt: Annotated[int, Field(ge=0)] = 0   # redeliveries so far (informative; the broker counts too)
+    # Reuse the stored vector of a chunk whose text hash and model are unchanged (REEMBED_SKIP_UNCHANGED).
+    reuse_unchanged: bool = False
 
 
 class ChunkingMessage(_StageMessage):

@@ -3,12 +3,13 @@
 `StageContext` (stores, jobs DB, embedder, tokenizers, clock) is passed to each `handle(message, context)`;
 `ServiceEmbedder` embeds a stage's chunk texts with the job's model and `MediaQueryEmbedder` a
 search query with the default model, both through `EmbeddingService`. `media_collection` names a
-user's media collection per model. Imports core services only; no FastAPI, no delivery.
+user's media collection per model and `media_collections` picks them out of a store's names.
+Imports core services only; no FastAPI, no delivery.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -59,6 +60,13 @@ def media_collection(user_id: str, model_id: str, default_model: str | None) -> 
     if default_model is None or model_id == default_model:
         return base
     return f"{base}_{sha1(model_id.encode()).hexdigest()[:10]}"
+
+
+def media_collections(user_id: str, names: Iterable[str]) -> list[str]:
+    """Those of a user's collections that hold media vectors, every model's: their names start
+    with the default model's (storage stage, settle, vector purge and the compactor share this)."""
+    prefix = media_collection(user_id, "", None)
+    return sorted(name for name in names if name.startswith(prefix))
 
 
 class ServiceEmbedder:

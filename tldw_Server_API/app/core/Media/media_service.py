@@ -1,4 +1,4 @@
-"""Host media operations behind `api/v1/endpoints/media.py`: add (upload or JSON text), read, list,
+"""Host media operations behind `api/v1/endpoints/media.py`: add (upload or JSON text), edit, read, list,
 soft delete (optionally purging vectors at once). Adding validates every option first, then writes
 the media with its FTS chunks, then queues the embedding job, so a refused request writes nothing.
 Imports core modules only; synchronous DB calls run in a worker thread.
@@ -75,6 +75,26 @@ class MediaService:
             return record
 
         record = await asyncio.to_thread(write)
+        if not generate_embeddings:
+            return record, None
+        return record, await self._embeddings.start(user, record.id, options)
+
+    async def update(
+        self, user: User, media_id: int, content: str, title: str | None, generate_embeddings: bool,
+        options: EmbeddingOptions,
+    ) -> tuple[MediaRecord, StartResult | None]:
+        """Replace a media item's text (and title); its FTS chunks at once, then (by default) an
+        embedding job, which reuses the vectors of unchanged chunks."""
+        if not content.strip():
+            raise InvalidInput("'content' must not be empty", param="content")
+        if len(content.encode("utf-8")) > self._max_upload_bytes:
+            raise PayloadTooLarge(f"the media text is larger than {self._max_upload_bytes} bytes", param="content")
+        provider, model_id, chunking = await self._embeddings.prepare(user, options)
+        if generate_embeddings:
+            await self._embeddings.manager.check_capacity()
+        chunks = await asyncio.to_thread(self._embeddings.chunk, content, None, provider, model_id, chunking)
+        db = self._media_dbs.get(user.id)
+        record = await asyncio.to_thread(db.update_content, media_id, content, chunks, title, self._quota_bytes)
         if not generate_embeddings:
             return record, None
         return record, await self._embeddings.start(user, record.id, options)

@@ -328,6 +328,8 @@ def _calls(route_params: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]
         ("/api/v1/embeddings/dlq/{stage}/{letter_id}/state", "POST"): {"json": {"state": "ignored"}},
         ("/api/v1/embeddings/jobs/{job_id}/skip", "POST"): {},
         ("/api/v1/embeddings/jobs/{job_id}/priority", "POST"): {"json": {"priority": "high"}},
+        ("/api/v1/embeddings/reembed/schedule", "POST"): {"json": {"user_id": "nobody"}},
+        ("/api/v1/embeddings/compactor/run", "POST"): {},
     }
 
 
@@ -373,7 +375,8 @@ def test_every_admin_route_refuses_users_and_every_action_is_audited_once(ops: O
         assert len(after) == len(before) + 1, (template, method)
         assert after[0]["user_id"] == "root" and after[0]["action"] and after[0]["outcome"], after[0]
     actions = {e["action"] for e in ops.client.get("/api/v1/embeddings/audit", params={"limit": 100}).json()["data"]}
-    assert {"cache.clear", "breaker.reset", "stage.resume", "dlq.purge", "job.skip"} <= actions, actions
+    assert {"cache.clear", "breaker.reset", "stage.resume", "dlq.purge", "job.skip", "reembed.schedule",
+            "compactor.run"} <= actions, actions
     only = ops.client.get("/api/v1/embeddings/audit", params={"action": "cache.clear"}).json()["data"]
     assert [e["action"] for e in only] == ["cache.clear"]
     assert ops.client.get("/api/v1/embeddings/audit", params={"user_id": "bob"}).json()["data"] == []

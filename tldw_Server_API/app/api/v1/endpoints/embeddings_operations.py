@@ -20,6 +20,7 @@ from tldw_Server_API.app.api.v1.schemas.embeddings_operations import (
     JobList,
     ListPage,
     PriorityRequest,
+    ReembedRequest,
     RequeueRequest,
 )
 from tldw_Server_API.app.api.v1.schemas.media_embeddings import JobView
@@ -110,3 +111,26 @@ async def audit_events(
     events, has_more = await asyncio.to_thread(audit.page, limit=limit, after=after, before=before, order=order,
                                                action=action, user_id=user_id)
     return ListPage.of([event.to_dict() for event in events], has_more)
+
+
+# --- re-embedding and compaction -----------------------------------------------------------------
+@router.post("/embeddings/reembed/schedule", name="reembed.schedule", status_code=202)
+async def schedule_reembed(body: ReembedRequest, request: Request, user: AuditedAdmin,
+                           operations: OperationsDep) -> dict[str, Any]:
+    """Re-embed one media item (`user_id` + `media_id`), a user's media (`user_id`) or every
+    user's media (`all_media`), optionally with another model and at a time (`at`): one job per
+    media item, read through `GET /api/v1/media/embeddings/jobs/{id}` (as its owner) or the
+    idempotency lookup. Unchanged chunks reuse their vectors."""
+    jobs = await operations.schedule_reembed(user, body.scope(), body.to_options(), body.at)
+    request.state.audit_detail = {"jobs": len(jobs), "model": body.embedding_model, "at": body.at}
+    return {"object": "embedding.reembed", "job_ids": [job.job_id for job in jobs],
+            "jobs": [JobView.of(job).model_dump(mode="json") for job in jobs],
+            "scheduled_for": body.at.isoformat() if body.at else None}
+
+
+@router.post("/embeddings/compactor/run", name="compactor.run")
+async def run_compactor(request: Request, _: AuditedAdmin, operations: OperationsDep) -> dict[str, Any]:
+    """Delete the vectors of soft-deleted media from every model's media collection, now."""
+    report = await operations.run_compactor()
+    request.state.audit_detail = report.to_dict()
+    return report.to_dict()

@@ -1,5 +1,6 @@
 """Host media routes: `POST /media/add` (multipart file upload, or JSON `{title, content}`),
-`GET /media/{id}`, `GET /media` (paged), `DELETE /media/{id}` (soft; `?purge_vectors=true` also
+`PATCH /media/{id}` (edit its text), `GET /media/{id}`, `GET /media` (paged),
+`DELETE /media/{id}` (soft; `?purge_vectors=true` also
 removes its vectors at once). Thin: one `MediaService` call per handler.
 """
 
@@ -21,6 +22,7 @@ from tldw_Server_API.app.api.v1.schemas.media import (
     MediaDeleted,
     MediaItem,
     MediaList,
+    MediaUpdateJSON,
 )
 from tldw_Server_API.app.core.errors import InvalidInput
 from tldw_Server_API.app.core.Media.media_service import NewMedia
@@ -80,6 +82,20 @@ async def add_media(request: Request, user: CurrentUser, service: MediaServiceDe
         record, started = await service.add(
             user, NewMedia(body.title, body.content, body.media_type), body.generate_embeddings, body.to_options(),
         )
+    return MediaAddResponse(
+        media_id=record.id, title=record.title, content_hash=record.content_hash,
+        job_id=started.job.job_id if started else None,
+        embedding_status=started.job.status.value if started else None,
+    )
+
+
+@router.patch("/media/{media_id}", response_model=MediaAddResponse)
+async def update_media(media_id: MediaIdPath, body: MediaUpdateJSON, user: CurrentUser,
+                       service: MediaServiceDep) -> MediaAddResponse:
+    """Edit a media item's text (and title): its FTS chunks follow at once, and its embedding job
+    re-embeds only the chunks whose text changed (REEMBED_SKIP_UNCHANGED)."""
+    record, started = await service.update(user, media_id, body.content, body.title, body.generate_embeddings,
+                                           body.to_options())
     return MediaAddResponse(
         media_id=record.id, title=record.title, content_hash=record.content_hash,
         job_id=started.job.job_id if started else None,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
+from tldw_Server_API.app.api.v1.schemas.common import WireInt
+from tldw_Server_API.app.api.v1.schemas.media import EmbeddingOptionsModel
 from tldw_Server_API.app.api.v1.schemas.media_embeddings import JobView
+from tldw_Server_API.app.core.Embeddings.services.reembed_worker import ReembedScope
 
 
 class DeadLetterState(BaseModel):
@@ -46,3 +49,15 @@ class ListPage(BaseModel):
 class JobList(BaseModel):
     object: Literal["list"] = "list"
     data: list[JobView]
+
+
+class ReembedRequest(EmbeddingOptionsModel):
+    """Which media (one item, a user's, or all) and the job options (model, chunking, priority)."""
+
+    user_id: StrictStr | None = Field(None, max_length=64, description="Whose media (with `media_id`: one item).")
+    media_id: WireInt | None = Field(None, ge=1, description="One media item of `user_id`.")
+    all_media: StrictBool = Field(False, description="Every user's media (a model change).")
+    at: AwareDatetime | None = Field(None, description="Start then (ISO 8601 with a zone); now when absent.")
+
+    def scope(self) -> ReembedScope:
+        return ReembedScope(self.user_id, self.media_id, self.all_media)

@@ -64,6 +64,12 @@ class MediaItem(BaseModel):
         )
 
 
+class MediaUpdateJSON(EmbeddingOptionsModel):
+    title: StrictStr | None = Field(None, max_length=512, description="A new title (unchanged when absent).")
+    content: StrictStr = Field(..., description="The new text of the media item.")
+    generate_embeddings: StrictBool = True
+
+
 class MediaAddResponse(BaseModel):
     media_id: int
     title: str

@@ -1,6 +1,7 @@
 """What operators do to the pipeline (the logic behind the admin routes): read and triage dead
 letters, requeue approved ones, purge ignored ones, skip a job, change its priority, look a job
-up by its idempotency key, and reset a provider's circuit breaker in every process.
+up by its idempotency key, reset a provider's circuit breaker in every process, schedule a
+re-embed (`reembed_worker.py`) and run the vector compactor (`vector_compactor.py`) once.
 
 A requeue never trusts the dead-lettered payload: it reopens the entry's failed job and runs it
 again from the job's stored spec (the jobs DB is the source of truth), under the same job id and
@@ -13,12 +14,17 @@ Imports core services only; never FastAPI.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
 
+from tldw_Server_API.app.core.AuthNZ.api_keys import User
 from tldw_Server_API.app.core.Embeddings.dead_letters import DeadLetter, DeadLetterQueue, check_stage
 from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingService
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import ACTIVE_STATES, JobRecord, JobsDB, JobStatus
+from tldw_Server_API.app.core.Embeddings.media_embedding_service import EmbeddingOptions
 from tldw_Server_API.app.core.Embeddings.pipeline_executor import PipelineExecutor
+from tldw_Server_API.app.core.Embeddings.services.reembed_worker import ReembedScope, ReembedWorker
+from tldw_Server_API.app.core.Embeddings.services.vector_compactor import CompactionReport, VectorCompactor
 from tldw_Server_API.app.core.errors import NotFound
 
 EMBEDDED_NOTE = "the embedded pipeline keeps no dead letters (a job that fails permanently is failed); " \
@@ -27,11 +33,13 @@ EMBEDDED_NOTE = "the embedded pipeline keeps no dead letters (a job that fails p
 
 class PipelineOperations:
     def __init__(self, jobs: JobsDB, executor: PipelineExecutor, embeddings: EmbeddingService,
-                 dlq: DeadLetterQueue | None) -> None:
+                 dlq: DeadLetterQueue | None, reembed: ReembedWorker, compactor: VectorCompactor) -> None:
         self._jobs = jobs
         self._executor = executor
         self._embeddings = embeddings
         self._dlq = dlq
+        self._reembed = reembed
+        self.compactor = compactor
 
     # --- dead letters ----------------------------------------------------------------------------
     def _queue(self) -> DeadLetterQueue:
@@ -103,6 +111,14 @@ class PipelineOperations:
         if not jobs:
             raise NotFound(f"no job was created under idempotency key {key[:64]!r}", param="key")
         return jobs
+
+    # --- re-embedding and compaction --------------------------------------------------------------
+    async def schedule_reembed(self, operator: User, scope: ReembedScope, options: EmbeddingOptions,
+                               at: datetime | None) -> list[JobRecord]:
+        return await self._reembed.schedule(operator, scope, options, at)
+
+    async def run_compactor(self) -> CompactionReport:
+        return await asyncio.to_thread(self.compactor.run_once)
 
     # --- processes -------------------------------------------------------------------------------
     async def reset_breaker(self, provider: str) -> dict[str, Any]:

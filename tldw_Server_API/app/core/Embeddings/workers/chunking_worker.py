@@ -55,6 +55,7 @@ def split(message: ChunkingMessage, context: StageContext) -> list[EmbeddingMess
             embedding_model=message.embedding_model, embedding_provider=message.embedding_provider,
             title=title, chunks=batch, batch_index=i, batch_count=len(batches), total_chunks=len(payloads),
             idempotency_key=message.idempotency_key, trace_id=message.trace_id,
+            reuse_unchanged=message.reuse_unchanged,
         )
         for i, batch in enumerate(batches)
     ]

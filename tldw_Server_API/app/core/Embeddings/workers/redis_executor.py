@@ -88,7 +88,7 @@ async def reconcile(redis: Any, names: StreamNames, jobs: JobsDB, media_dbs: Med
     cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
     enqueued = 0
     for job in await asyncio.to_thread(jobs.resumable_jobs):
-        if job.job_id in present or job.updated_at > cutoff:
+        if job.job_id in present or job.updated_at > cutoff or job.held(datetime.now(UTC)):
             continue
         if await enqueue_spec(redis, names, job, media_dbs, signer):
             enqueued += 1
