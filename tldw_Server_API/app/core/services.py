@@ -128,7 +128,7 @@ def build_media_services(
 ) -> tuple[MediaEmbeddingService, RAGSearchService]:
     """The embedded pipeline (stage handlers run by the in-process job manager) and RAG search."""
     config = settings.storage_config()
-    _, default_model = embeddings.resolve_model(None)
+    default_provider, default_model = embeddings.resolve_model(None)
 
     pipeline = settings.pipeline_config()
     executor: PipelineExecutor
@@ -146,7 +146,7 @@ def build_media_services(
     service = MediaEmbeddingService(embeddings, storage.media_dbs, storage.vector_stores, manager, config.chunking,
                                     tiers=settings.tier_limits(), skip_unchanged=settings.reembed_skip_unchanged)
     return service, RAGSearchService(storage.media_dbs, storage.vector_stores,
-                                     MediaQueryEmbedder(embeddings, default_model))
+                                     MediaQueryEmbedder(embeddings, default_model, default_provider))
 
 
 

@@ -85,10 +85,11 @@ class MediaQueryEmbedder:
     """RAG search's query embedder: the default model's vector of a query, and the user's media
     collection of that model."""
 
-    def __init__(self, embeddings: EmbeddingService, default_model: str) -> None:
+    def __init__(self, embeddings: EmbeddingService, default_model: str, provider: str | None = None) -> None:
         self._embeddings = embeddings
         self._default_model = default_model
+        self._name = f"{provider}:{default_model}" if provider else default_model   # a remote default too
 
     async def __call__(self, user_id: str, query: str) -> tuple[np.ndarray, str]:
-        result = await self._embeddings.embed_texts(self._default_model, [query], None)
+        result = await self._embeddings.embed_texts(self._name, [query], None)
         return result.vectors[0], media_collection(user_id, result.model_id, self._default_model)

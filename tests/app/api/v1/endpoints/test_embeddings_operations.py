@@ -263,6 +263,22 @@ def test_signed_pipeline_runs_and_tampered_or_stale_messages_are_dead_lettered(
         assert ops.job(job_id)["status"] == "completed"           # and the job was not touched
 
 
+def test_reembed_on_the_redis_pipeline_embeds_only_the_changed_chunk(ops: Ops) -> None:
+    paragraphs = [f"Paragraph {i} is about harbour number {i} and its cranes." for i in range(6)]
+    options = {"chunk_method": "paragraphs", "chunk_size": 1, "chunk_overlap": 0}
+    media = ops.upload("\n\n".join(paragraphs), **options)
+    ops.work()
+    assert ops.job(media["job_id"])["status"] == "completed" and embedded_inputs(ops.fake) == 6
+    paragraphs[2] = "Paragraph 2 changed: the harbour closed in winter."
+    edited = ops.client.patch(f"/api/v1/media/{media['media_id']}",
+                              json={"content": "\n\n".join(paragraphs), "embedding_model": MODEL, **options})
+    assert edited.status_code == 200, edited.text
+    ops.work()
+    job = ops.job(edited.json()["job_id"])
+    assert (job["status"], job["embedded_chunks"], job["skipped_chunks"]) == ("completed", 1, 5), job
+    assert embedded_inputs(ops.fake) == 7 and vectors_of(ops, media["media_id"]) == 6
+
+
 # --- jobs and processes -------------------------------------------------------------------------
 
 

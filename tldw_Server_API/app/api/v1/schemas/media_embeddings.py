@@ -27,6 +27,9 @@ class JobView(BaseModel):
     stored_chunks: int
     truncated_chunks: int = Field(description="Chunks longer than the model's window: their end is not in the "
                                   "vectors. 0 with the default `tokens` chunking, which cuts chunks to fit.")
+    embedded_chunks: int = Field(description="Chunks sent to the model.")
+    skipped_chunks: int = Field(description="Chunks whose stored vector was reused: text hash and model unchanged "
+                                "(REEMBED_SKIP_UNCHANGED).")
     warning: str | None = Field(None, description="Set when the job finished with loss (truncated chunks).")
     embedding_model: str
     embedding_provider: str
@@ -38,14 +41,15 @@ class JobView(BaseModel):
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+    scheduled_for: datetime | None = Field(None, description="A scheduled re-embed waits until then.")
     idempotency_key: str | None = Field(None, description="Same user, media, content, model and chunking: the "
                                         "same key (a repeated start returns the job already on its way).")
 
     @classmethod
     def of(cls, job: JobRecord) -> JobView:
-        fields = {name: getattr(job, name) for name in cls.model_fields}
+        fields = {name: getattr(job, name) for name in cls.model_fields if name != "scheduled_for"}
         fields["status"] = job.status.value
-        return cls(**fields)
+        return cls(**fields, scheduled_for=job.not_before)
 
 
 class JobAccepted(BaseModel):
