@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -14,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import uvicorn
@@ -239,3 +243,43 @@ def api_routes(routes: list[Any]) -> list[Any]:
         elif isinstance(route, APIRoute):
             found.append(route)
     return found
+
+
+class ServerProcess:
+    """`python -m tldw_Server_API` as its own process on a free port (to be SIGKILLed), the
+    single-user admin key, `extra` environment variables on top."""
+
+    def __init__(self, data_dir: Path, tiktoken: Path, **extra: str) -> None:
+        self.port = free_port()
+        env = {**os.environ, "TLDW_DATA_DIR": str(data_dir), "TLDW_PORT": str(self.port),
+               "SINGLE_USER_API_KEY": ADMIN_KEY, "TIKTOKEN_CACHE_DIR": str(tiktoken), "LOG_LEVEL": "WARNING",
+               "EMBEDDINGS_PIPELINE_CONCURRENCY": "4", **extra}
+        self.process = subprocess.Popen([sys.executable, "-m", "tldw_Server_API"], env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=60,
+                                   headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        deadline = time.monotonic() + 120
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(self.process.stderr.read().decode()[-3000:] if self.process.stderr else "")
+            try:
+                if self.client.get("/health").status_code < 500:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.client.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.client.close()

@@ -5,10 +5,6 @@ its records in the store). The embedded executor resumes from the jobs DB; nothi
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,49 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import ADMIN_KEY, free_port, long_document
+from tests.support import ServerProcess, long_document
 
 DOCS = 4
 WORDS = 12000
 RECORDS = 800
 TERMINAL = {"completed", "failed", "cancelled"}
-
-
-class ServerProcess:
-    def __init__(self, data_dir: Path, tiktoken: Path) -> None:
-        self.port = free_port()
-        env = {**os.environ, "TLDW_DATA_DIR": str(data_dir), "TLDW_PORT": str(self.port),
-               "SINGLE_USER_API_KEY": ADMIN_KEY, "TIKTOKEN_CACHE_DIR": str(tiktoken), "LOG_LEVEL": "WARNING",
-               "EMBEDDINGS_PIPELINE_CONCURRENCY": "4"}
-        self.process = subprocess.Popen([sys.executable, "-m", "tldw_Server_API"], env=env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=60,
-                                   headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-        deadline = time.monotonic() + 120
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(self.process.stderr.read().decode()[-3000:] if self.process.stderr else "")
-            try:
-                if self.client.get("/health").status_code < 500:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-        self.client.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self.client.close()
 
 
 @pytest.fixture
