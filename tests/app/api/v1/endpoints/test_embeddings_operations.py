@@ -11,6 +11,8 @@ in this process in burst mode (`StageWorker`, the same loop the worker processes
   `bad_signature`, unprocessed, their job untouched.
 - A breaker reset reaches a worker's own breaker through Redis.
 - Job skip, priority bump (the waiting entry moves), idempotency ledger lookup.
+- The operator's command line (`python -m tldw_Server_API.ops`) against a live server: DLQ
+  stats/list/show/approve/requeue/ignore/purge, reembed, compact, audit, exit codes.
 - Every admin route answers 403 to a plain user; every one that changes state leaves exactly one
   audit event (the table of calls below must cover every such route).
 """
@@ -18,7 +20,10 @@ in this process in burst mode (`StageWorker`, the same loop the worker processes
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,13 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 import redis.asyncio as aioredis
 from fake_openai import FakeOpenAIServer
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
-from support import api_routes, make_settings, write_keys_file
+from support import LiveServer, api_routes, make_settings, write_keys_file
 
 from tldw_Server_API.app.api.v1.deps import audited_admin, require_admin
 from tldw_Server_API.app.core.config import Settings
@@ -109,16 +115,23 @@ def fake() -> Iterator[FakeOpenAIServer]:
         yield server
 
 
-@contextmanager
-def ops_for(tmp_path: Path, redis_url: str, dsn: str, tiktoken_dir: Path, fake: FakeOpenAIServer,
-            **overrides: Any) -> Iterator[Ops]:
-    prefix = f"test:{uuid.uuid4().hex}:"
-    settings = make_settings(
+def ops_settings(tmp_path: Path, redis_url: str, dsn: str, tiktoken_dir: Path, fake: FakeOpenAIServer,
+                 **overrides: Any) -> Settings:
+    """Redis pipeline (a unique key prefix), pgvector, the fake as the `openai` provider; users
+    `bob` (plain) and `root` (admin)."""
+    return make_settings(
         tmp_path, tiktoken_dir, api_keys_file=write_keys_file(tmp_path, {"bob": USER_KEY}, {"root": ROOT_KEY}),
-        embeddings_pipeline="redis", redis_url=redis_url, embeddings_stream_prefix=prefix,
+        embeddings_pipeline="redis", redis_url=redis_url, embeddings_stream_prefix=f"test:{uuid.uuid4().hex}:",
         rag={"vector_store_type": "pgvector", "pgvector": {"dsn": dsn}}, openai_base_url=fake.base_url,
         openai_api_key="sk-upstream-key-0123456789", embeddings_max_retries=0, embeddings_retry_base_delay=0.01,
         auto_download_models=False, **overrides)
+
+
+@contextmanager
+def ops_for(tmp_path: Path, redis_url: str, dsn: str, tiktoken_dir: Path, fake: FakeOpenAIServer,
+            **overrides: Any) -> Iterator[Ops]:
+    settings = ops_settings(tmp_path, redis_url, dsn, tiktoken_dir, fake, **overrides)
+    prefix = settings.embeddings_stream_prefix
     fake.reset()
     client = redis.Redis.from_url(redis_url)
     with TestClient(create_app(settings), headers=ADMIN) as test_client:
@@ -396,3 +409,57 @@ def test_every_admin_route_refuses_users_and_every_action_is_audited_once(ops: O
     only = ops.client.get("/api/v1/embeddings/audit", params={"action": "cache.clear"}).json()["data"]
     assert [e["action"] for e in only] == ["cache.clear"]
     assert ops.client.get("/api/v1/embeddings/audit", params={"user_id": "bob"}).json()["data"] == []
+
+
+# --- the operator's command line -----------------------------------------------------------------
+
+
+def ops_cli(server: LiveServer, *args: str, key: str = ROOT_KEY) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TLDW_BASE_URL": server.base_url, "TLDW_API_KEY": key}
+    return subprocess.run([sys.executable, "-m", "tldw_Server_API.ops", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_the_ops_command_line_runs_the_dlq_and_reembed_tools(
+    tmp_path: Path, redis_url: str, pg_database: str, tiktoken_dir: Path, fake: FakeOpenAIServer,
+) -> None:
+    settings = ops_settings(tmp_path, redis_url, pg_database, tiktoken_dir, fake)
+    names = StreamNames(settings.embeddings_stream_prefix)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with LiveServer(settings) as server:
+            client.xadd(names.stream("embedding"), {"job": "job_x", "stage": "embedding", "data": b"{nope"})
+            run_burst(settings)
+            stats = ops_cli(server, "dlq", "stats")
+            assert stats.returncode == 0, stats.stderr
+            assert next(s for s in json.loads(stats.stdout)["stages"] if s["stage"] == "embedding")["depth"] == 1
+            [letter] = json.loads(ops_cli(server, "dlq", "list", "embedding").stdout)["data"]
+            shown = json.loads(ops_cli(server, "dlq", "show", "embedding", letter["id"]).stdout)
+            assert shown["payload"] == "{nope"
+            assert ops_cli(server, "dlq", "approve", "embedding", letter["id"]).returncode == 2   # --note required
+            refused = ops_cli(server, "dlq", "requeue", "embedding", letter["id"])
+            assert refused.returncode == 1 and "dlq_not_approved" in refused.stderr, refused.stderr
+            approved = ops_cli(server, "dlq", "approve", "embedding", letter["id"], "--note", "checked")
+            assert approved.returncode == 0 and json.loads(approved.stdout)["state"] == "approved_for_requeue"
+            requeued = json.loads(ops_cli(server, "dlq", "requeue", "embedding", letter["id"]).stdout)
+            assert requeued["data"][0]["outcome"] == "skipped"           # it named no job
+            assert ops_cli(server, "dlq", "ignore", "embedding", letter["id"]).returncode == 0
+            assert json.loads(ops_cli(server, "dlq", "purge", "embedding").stdout)["purged"] == 1
+
+            added = httpx.post(f"{server.base_url}/api/v1/media/add", headers={"Authorization": f"Bearer {USER_KEY}"},
+                               json={"title": "t", "content": "One paragraph.\n\nTwo.", "embedding_model": MODEL})
+            assert added.status_code == 201, added.text
+            run_burst(settings)
+            reembed = ops_cli(server, "reembed", "--user", "bob")
+            assert reembed.returncode == 0, reembed.stderr
+            assert len(json.loads(reembed.stdout)["job_ids"]) == 1
+            assert json.loads(ops_cli(server, "compact").stdout)["removed_vectors"] == 0
+            audit = json.loads(ops_cli(server, "audit", "--action", "dlq.purge").stdout)["data"]
+            assert [(e["action"], e["user_id"]) for e in audit] == [("dlq.purge", "root")]
+            denied = ops_cli(server, "dlq", "stats", key=USER_KEY)
+            assert denied.returncode == 1 and "403" in denied.stderr
+            assert ops_cli(server, "reembed", "--user", "nobody").returncode == 1
+    finally:
+        for key in client.scan_iter(match=f"{settings.embeddings_stream_prefix}*"):
+            client.delete(key)
+        client.close()
