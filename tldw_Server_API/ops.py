@@ -11,30 +11,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import KEY_FILE_NAME
+from tldw_Server_API.app.core.config import Settings
 
 STAGES = ("chunking", "embedding", "storage")
 
 
-def _api_key(given: str | None) -> str | None:
-    key = given or os.environ.get("TLDW_API_KEY") or os.environ.get("SINGLE_USER_API_KEY")
-    if key:
-        return key
-    path = Path(os.environ.get("TLDW_DATA_DIR", "./Databases")) / KEY_FILE_NAME
+def _api_key(given: str | None, settings: Settings) -> str | None:
+    for secret in (settings.tldw_api_key, settings.single_user_api_key):
+        if given is None and secret is not None:
+            given = secret.get_secret_value()
+    if given:
+        return given
+    path = settings.data_dir / KEY_FILE_NAME
     return path.read_text(encoding="utf-8").strip() if path.is_file() else None
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tldw_Server_API.ops", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-url", default=os.environ.get("TLDW_BASE_URL", "http://127.0.0.1:8000"),
-                        help="the server (env TLDW_BASE_URL; default http://127.0.0.1:8000)")
+def _parser(settings: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tldw_Server_API.ops", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--base-url", default=settings.tldw_base_url,
+                        help=f"the server (env TLDW_BASE_URL; default {settings.tldw_base_url})")
     parser.add_argument("--api-key", default=None, help="an admin key (env TLDW_API_KEY; else the single-user key)")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -112,12 +113,13 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    settings = Settings()  # type: ignore[call-arg]  # every field has a default or comes from the environment
+    args = _parser(settings).parse_args(argv)
     if args.command == "reembed" and args.media is not None and not args.user:
         print("--media needs --user", file=sys.stderr)
         return 2
     method, path, kwargs = _request(args)
-    key = _api_key(args.api_key)
+    key = _api_key(args.api_key, settings)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         with httpx.Client(base_url=args.base_url, headers=headers, timeout=120) as client:

@@ -319,6 +319,14 @@ class Settings(BaseSettings):
     tldw_workers: int = Field(1, ge=1, description="Uvicorn worker processes (each loads its own models).")
     log_level: str = Field("INFO", description="loguru level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool = Field(False, description="Write logs as JSON lines instead of text.")
+    tldw_base_url: str = Field(
+        "http://127.0.0.1:8000", description="The server the command-line tools (`python -m tldw_Server_API.ops`) "
+        "talk to."
+    )
+    tldw_api_key: SecretStr | None = Field(
+        None, description="The key the command-line tools send; unset: `SINGLE_USER_API_KEY`, else the single-user "
+        "key file of `TLDW_DATA_DIR`."
+    )
     max_request_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest request body accepted on JSON routes (413 above)."
     )

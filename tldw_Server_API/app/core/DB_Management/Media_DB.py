@@ -288,13 +288,7 @@ class MediaDB:
                 "UPDATE media SET content = ?, content_hash = ?, content_bytes = ?, page_starts = NULL,"
                 " title = ?, updated_at = ? WHERE id = ?",
                 (content, content_hash(content), size, ((title or "").strip() or old.title), now, media_id))
-            conn.execute("DELETE FROM media_chunks WHERE media_id = ?", (media_id,))
-            conn.executemany(
-                "INSERT INTO media_chunks (media_id, chunk_index, start_char, end_char, text, page)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(media_id, c.index, c.start_char, c.end_char, c.text, c.page) for c in chunks],
-            )
-            conn.execute("UPDATE media SET chunk_count = ? WHERE id = ?", (len(chunks), media_id))
+            _write_chunks(conn, media_id, chunks)
             return self._get(conn, media_id, include_deleted=False)
 
     def all_live_media_ids(self) -> list[int]:
@@ -322,13 +316,7 @@ class MediaDB:
         with self._transaction(write=True) as conn:
             content = self._get(conn, media_id, include_deleted=False).content
             _check_chunks(content, chunks)
-            conn.execute("DELETE FROM media_chunks WHERE media_id = ?", (media_id,))
-            conn.executemany(
-                "INSERT INTO media_chunks (media_id, chunk_index, start_char, end_char, text, page)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(media_id, c.index, c.start_char, c.end_char, c.text, c.page) for c in chunks],
-            )
-            conn.execute("UPDATE media SET chunk_count = ? WHERE id = ?", (len(chunks), media_id))
+            _write_chunks(conn, media_id, chunks)
 
     def list_chunks(self, media_id: int) -> list[Chunk]:
         """The stored chunks of a live media, by index."""
@@ -403,6 +391,16 @@ def _check_chunks(content: str, chunks: Sequence[Chunk]) -> None:
             content[chunk.start_char:chunk.end_char] != chunk.text
         ):
             raise InvalidInput(f"chunk {chunk.index} is not a slice of the media content", param="chunks")
+
+
+def _write_chunks(conn: sqlite3.Connection, media_id: int, chunks: Sequence[Chunk]) -> None:
+    """Swap the media's chunks (and their FTS rows) for `chunks` inside the caller's transaction."""
+    conn.execute("DELETE FROM media_chunks WHERE media_id = ?", (media_id,))
+    conn.executemany(
+        "INSERT INTO media_chunks (media_id, chunk_index, start_char, end_char, text, page) VALUES (?, ?, ?, ?, ?, ?)",
+        [(media_id, c.index, c.start_char, c.end_char, c.text, c.page) for c in chunks],
+    )
+    conn.execute("UPDATE media SET chunk_count = ? WHERE id = ?", (len(chunks), media_id))
 
 
 class MediaDBFactory:

@@ -1,8 +1,9 @@
 """Admin routes that operate the pipeline, mounted under /api/v1/embeddings: dead letters (stats,
 list, read in full, state changes, requeue of approved entries, purge of ignored ones), skipping a
 job, changing its priority, the idempotency ledger, the audit log, re-embed schedules and the
-vector compactor. Every route needs the admin role; every one that changes state is audited by
-its `AuditedAdmin` dependency (the route's `name` is the audit action). Thin: one service call
+vector compactor. Every route needs the admin role; every one that changes state, and the read of
+a decrypted payload, is audited by its `AuditedAdmin` dependency (the route's `name` is the audit
+action). Thin: one service call
 per handler; errors go through the shared table.
 """
 
@@ -44,9 +45,9 @@ async def dlq_list(stage: str, _: AdminUser, operations: OperationsDep, limit: L
     return ListPage.of([letter.to_dict() for letter in letters], has_more)
 
 
-@router.get("/embeddings/dlq/{stage}/{letter_id}")
-async def dlq_get(stage: str, letter_id: str, _: AdminUser, operations: OperationsDep) -> dict[str, Any]:
-    """One dead letter in full, its payload decrypted."""
+@router.get("/embeddings/dlq/{stage}/{letter_id}", name="dlq.read")
+async def dlq_get(stage: str, letter_id: str, _: AuditedAdmin, operations: OperationsDep) -> dict[str, Any]:
+    """One dead letter in full, its payload decrypted (a read of a payload is audited too)."""
     return (await operations.dlq_get(stage, letter_id)).to_dict(full=True)
 
 
