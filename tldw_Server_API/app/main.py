@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from tldw_Server_API.app.api.health import router as health_router
 from tldw_Server_API.app.api.metrics import router as metrics_router
-from tldw_Server_API.app.api.middleware import RequestContextMiddleware
+from tldw_Server_API.app.api.middleware import OpenAIBasePathMiddleware, RequestContextMiddleware
 from tldw_Server_API.app.api.v1 import API_V1_PREFIX
 from tldw_Server_API.app.api.v1.endpoints.embeddings_operations import router as operations_router
 from tldw_Server_API.app.api.v1.endpoints.embeddings_v5_production_enhanced import router as embeddings_router
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     upload_cap = settings.storage_config().max_upload_bytes + 256 * 1024   # file + multipart envelope
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes,
                        path_limits={f"{API_V1_PREFIX}/media/add": max(upload_cap, settings.max_request_bytes)})
+    app.add_middleware(OpenAIBasePathMiddleware)   # outermost: /v1 paths are /api/v1 paths from here on
     install_error_handlers(app)
     app.include_router(embeddings_router)
     app.include_router(vector_stores_router)

@@ -1,7 +1,9 @@
-"""Pure-ASGI request context middleware: request id (X-Request-ID in and out), a body-size guard
-(413 before the body is read when Content-Length says so, or as soon as the stream passes the
-cap), the one catch-all that turns an unexpected exception into a 500 with the request id (the
-details go to the log only), one log line per request and the HTTP metrics.
+"""Pure-ASGI middleware. The request context: request id (X-Request-ID in and out), a body-size
+guard (413 before the body is read when Content-Length says so, or as soon as the stream passes
+the cap), the one catch-all that turns an unexpected exception into a 500 with the request id
+(the details go to the log only), one log line per request and the HTTP metrics. The OpenAI base
+path: `/v1/<resource>` for the OpenAI-shaped resources is served by the very `/api/v1` routes
+(same handlers, auth and errors), the base URL most tools assume.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from loguru import logger
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tldw_Server_API.app.api.v1 import API_V1_PREFIX
 from tldw_Server_API.app.api.v1.errors import domain_error_response, internal_error_response
 from tldw_Server_API.app.core.errors import PayloadTooLarge
 
@@ -25,6 +28,30 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+OPENAI_RESOURCES = ("embeddings", "models", "files", "vector_stores")
+OPENAI_BASE = "/v1"
+
+
+def openai_alias(path: str) -> str | None:
+    """The `/api/v1` path a `/v1` OpenAI path is served by (None: not such a path)."""
+    if not path.startswith(OPENAI_BASE + "/"):
+        return None
+    resource = path[len(OPENAI_BASE) + 1:].split("/", 1)[0]
+    return API_V1_PREFIX + path[len(OPENAI_BASE):] if resource in OPENAI_RESOURCES else None
+
+
+class OpenAIBasePathMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            target = openai_alias(scope.get("path", ""))
+            if target is not None:
+                scope = {**scope, "path": target, "raw_path": target.encode()}
+        await self.app(scope, receive, send)
 
 
 class RequestContextMiddleware:

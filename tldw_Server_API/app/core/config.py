@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -78,6 +80,7 @@ class EmbeddingsAPIConfig:
     dimension_policy: Literal["reduce", "pad", "ignore"]
     truncate: bool
     long_input: Literal["truncate", "mean"] = "truncate"
+    aliases: Mapping[str, str] = dataclass_field(default_factory=dict)   # a requested name -> the served model it runs
 
 
 @dataclass(frozen=True)
@@ -424,6 +427,11 @@ class Settings(BaseSettings):
     embeddings_unload_timeout_seconds: float = Field(
         0, ge=0, description="Unload a local model idle this long (0: keep loaded)."
     )
+    embeddings_model_aliases: JsonDict = Field(
+        {}, description='JSON map of model name -> a served model, for tools that hard-code OpenAI\'s names, e.g. '
+        '`{"text-embedding-3-small": "sentence-transformers/all-MiniLM-L6-v2"}`; the response names the model that '
+        "ran. Aliases are listed by `GET /api/v1/models`."
+    )
     embeddings_model_revisions: JsonDict = Field(
         {}, description='JSON map of model id -> pinned revision, e.g. `{"org/model": "abc123"}`; a local copy '
         "with another revision is refused."
@@ -655,7 +663,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "embeddings_model_revisions", "embeddings_fallback_chain", "embeddings_fallback_model_map",
-        "embeddings_tier_limits", mode="before"
+        "embeddings_tier_limits", "embeddings_model_aliases", mode="before"
     )
     @classmethod
     def _json_dicts(cls, value: Any) -> Any:
@@ -699,6 +707,7 @@ class Settings(BaseSettings):
             dimension_policy=self.embeddings_dimension_policy,
             truncate=self.embeddings_truncate,
             long_input=self.embeddings_long_input,
+            aliases={str(k): str(v) for k, v in self.embeddings_model_aliases.items()},
         )
 
     def model_catalog_config(self) -> ModelCatalogConfig:

@@ -129,12 +129,16 @@ async def _on_domain_error(_: Request, exc: Exception) -> Response:
     return domain_error_response(exc)
 
 
-async def _on_http_error(_: Request, exc: Exception) -> Response:
+async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc.__cause__, TLDWError):  # e.g. the body-size guard tripping while FastAPI reads
         return domain_error_response(exc.__cause__)
     err_type, code = _STATUS_DEFAULTS.get(exc.status_code, ("server_error", "http_error"))
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    if exc.status_code == 404 and message == "Not Found":   # no route: say what is served
+        message = (f"Unknown path {request.method} {request.url.path[:200]}: the OpenAI API is served under /v1 "
+                   "and /api/v1 (embeddings, models, files, vector_stores; e.g. a base URL of "
+                   "http://<host>:<port>/v1), the rest of this server's API under /api/v1 (see /docs)")
     return error_response(exc.status_code, message, err_type, code, headers=dict(exc.headers or {}))
 
 

@@ -10,6 +10,7 @@ response never mixes providers. Raises domain errors only; the API layer transla
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ from tldw_Server_API.app.core.Embeddings.rate_limiter import Decision
 from tldw_Server_API.app.core.errors import (
     CircuitOpenError,
     InvalidInput,
+    ModelNotFound,
     NotFound,
     PermissionDenied,
     ProviderNotImplemented,
@@ -109,6 +111,7 @@ class EmbeddingService:
         self._executor = executor
         self._policy = policy
         self._metrics = metrics
+        self.started_at = int(time.time())   # the `created` of listed models (OpenAI's field)
         self._windows = ModelWindows(registry)
 
     def window(self, model: str | None) -> ModelWindow:
@@ -126,8 +129,14 @@ class EmbeddingService:
 
     # --- POST /embeddings ---------------------------------------------------------------------
     async def create_embeddings(self, call: EmbeddingCall, user: User) -> EmbeddingOutcome:
+        alias = self._config.aliases.get(call.model or "")
+        if alias is not None:
+            call = replace(call, model=alias)
         try:
-            outcome = await self._create(call, user)
+            try:
+                outcome = await self._create(call, user)
+            except ModelNotFound as exc:
+                raise self.with_served_models(exc, user) from None
         except TLDWError as exc:
             self._metrics.api_requests.labels(exc.code).inc()
             if isinstance(exc, RateLimited):
@@ -233,6 +242,41 @@ class EmbeddingService:
     # --- models and health --------------------------------------------------------------------
     def list_models(self) -> list[ModelListing]:
         return self.registry.listings()
+
+    def served_models(self, user: User) -> list[tuple[str, ModelListing | None]]:
+        """(the id a client sends, its listing) of every model the caller may use: the catalog's
+        available models (a bare id where it reaches that engine, else `provider:model`), then
+        the aliases (listing None)."""
+        served: list[tuple[str, ModelListing | None]] = []
+        for row in self.registry.listings():
+            provider, model_id = row.info.provider, row.info.model_id
+            if not row.available or not self._policy.allowed(provider, model_id, is_admin=user.is_admin):
+                continue
+            try:
+                bare = self.registry.resolve(model_id).provider.name == provider
+            except TLDWError:
+                bare = False
+            served.append((model_id if bare else f"{provider}:{model_id}", row))
+        served += [(alias, None) for alias in self._config.aliases]
+        return list({name: (name, row) for name, row in served}.values())
+
+    def with_served_models(self, exc: ModelNotFound, user: User) -> ModelNotFound:
+        """The same 404 with the models this server serves the caller, so a typo is one look away."""
+        if exc.code != "model_not_found":
+            return exc
+        names = [name for name, _ in self.served_models(user)]
+        shown = ", ".join(names[:20]) + (f" (+{len(names) - 20} more)" if len(names) > 20 else "")
+        return ModelNotFound(f"{exc.message}. This server serves: {shown or 'no model'} (GET /v1/models)",
+                             param=exc.param, code=exc.code)
+
+    def served_model(self, name: str, user: User) -> tuple[str, ModelListing | None]:
+        """One model the caller may use by the id `GET /models` lists; 404 with the list else."""
+        for served, row in self.served_models(user):
+            if served == name or (row is not None and name in (row.info.model_id, f"{row.info.provider}:"
+                                                                                  f"{row.info.model_id}")):
+                return served, row
+        raise self.with_served_models(ModelNotFound(f"The model `{name[:200]}` is not served here", param="model"),
+                                      user)
 
     def get_model(self, model_id: str) -> ModelListing:
         return self.registry.listing(model_id)

@@ -26,7 +26,7 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.hub_download import c
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.huggingface_provider import HuggingFaceProvider
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import METADATA_FILE, ModelResolver
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.onnx_provider import OnnxProvider
-from tldw_Server_API.app.core.errors import ModelNotFound, ProviderError, ServiceUnavailable
+from tldw_Server_API.app.core.errors import ModelNotFound, ServiceUnavailable
 
 REPO = "fake-org/mini"
 MAIN, V1 = "c0ffee" + "0" * 34, "beef" + "1" * 36
@@ -172,9 +172,10 @@ def test_offline_hub_is_model_not_found_without_a_request(tmp_path: Path, hub: F
     assert time.monotonic() - started < 5 and hub.requests == []
 
 
-def test_unreachable_hub_is_a_provider_error_quickly(tmp_path: Path, online: None) -> None:
+def test_unreachable_hub_is_model_not_found_quickly(tmp_path: Path, online: None) -> None:
+    """Not here and not fetchable: the model is not found (404), not an upstream failure (502)."""
     started = time.monotonic()
-    with pytest.raises(ProviderError, match="could not be reached"):
+    with pytest.raises(ModelNotFound, match="could not be reached"):
         download_model("nobody/unknown-model", None, tmp_path / "t", endpoint=f"http://127.0.0.1:{free_port()}",
                        timeout_s=2)
     assert time.monotonic() - started < 10
@@ -230,16 +231,22 @@ def test_auto_download_off_never_contacts_the_hub(tmp_path: Path, hub: FakeHub, 
     assert hub.requests == []
 
 
-def test_failed_background_download_is_reported_then_remembered(tmp_path: Path, online: None) -> None:
+def test_an_unreachable_hub_is_learnt_in_the_background_then_missing_models_are_404_at_once(
+    tmp_path: Path, online: None,
+) -> None:
+    """The provider probes the hub once at start (a TCP connect, off the caller's thread); once it
+    knows the hub refuses connections, a model that is not here is ModelNotFound at once, with no
+    download started (before, a 503 sent clients retrying for ~11 s into a 502)."""
     provider = _hf(tmp_path, None, auto_download=True, endpoint=f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(ServiceUnavailable):
-        provider.model_info("nobody/unknown-model")
-    with pytest.raises(ProviderError):
-        asyncio.run(provider.download("nobody/unknown-model"))    # joins, or retries: same failure
+    deadline = time.monotonic() + 10
+    while provider._hub is not None and provider._hub.reachable() is not False:
+        assert time.monotonic() < deadline, "the hub probe never finished"
+        time.sleep(0.02)
     started = time.monotonic()
-    with pytest.raises(ProviderError, match="could not be reached"):
-        provider.model_info("nobody/unknown-model")               # remembered: no new attempt, no 503
+    with pytest.raises(ModelNotFound, match="cannot be reached"):
+        provider.model_info("nobody/unknown-model")
     assert time.monotonic() - started < 1
+    assert provider._downloads.recent_failure("nobody/unknown-model") is None   # nothing was attempted
     asyncio.run(provider.aclose())
 
 

@@ -27,8 +27,11 @@ from tldw_Server_API.app.api.v1.schemas.embeddings import (
     ModelCard,
     ModelList,
     ModelRequest,
+    OpenAIModel,
+    OpenAIModelList,
     end_user_for_log,
     model_card,
+    openai_model,
     render_embeddings,
 )
 
@@ -44,6 +47,19 @@ async def create_embeddings(
     outcome = await service.create_embeddings(body.to_call(x_provider), user)
     request.state.log_inputs, request.state.log_tokens = outcome.input_count, outcome.prompt_tokens
     return render_embeddings(outcome)
+
+
+@router.get("/models", response_model=OpenAIModelList)
+async def openai_models(user: CurrentUser, service: EmbeddingServiceDep) -> OpenAIModelList:
+    """OpenAI's `GET /models`: what the caller may embed with (the policy applied), aliases too."""
+    return OpenAIModelList(data=[openai_model(name, row, service.started_at)
+                                 for name, row in service.served_models(user)])
+
+
+@router.get("/models/{model_id:path}", response_model=OpenAIModel)
+async def openai_model_get(model_id: str, user: CurrentUser, service: EmbeddingServiceDep) -> OpenAIModel:
+    name, row = service.served_model(model_id, user)
+    return openai_model(name, row, service.started_at)
 
 
 @router.get("/embeddings/models", response_model=ModelList)

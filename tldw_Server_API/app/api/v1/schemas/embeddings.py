@@ -88,6 +88,24 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class OpenAIModel(BaseModel):
+    """OpenAI's model object (`GET /v1/models`)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
+
+
+def openai_model(name: str, row: ModelListing | None, created: int) -> OpenAIModel:
+    return OpenAIModel(id=name, created=created, owned_by=row.info.provider if row is not None else "alias")
+
+
 class HealthResponse(BaseModel):
     status: Literal["healthy", "degraded"]
     providers: dict[str, Any]

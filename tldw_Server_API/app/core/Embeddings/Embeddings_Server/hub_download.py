@@ -3,7 +3,8 @@ AUTO_DOWNLOAD_MODELS allows it: resolve the revision to a commit, `snapshot_down
 revision=<commit>, local_dir=...)` of the files a local provider needs (one weight format, no
 ONNX/OpenVINO/TF copies), record the revision in `.tldw_model.json`, then move the folder into
 place atomically. Blocking: callers run it on a worker thread. huggingface_hub is imported lazily;
-its errors become ModelNotFound (absent, gated, offline) or ProviderError (hub unreachable).
+its errors become ModelNotFound (absent, gated, offline, hub unreachable). `HubProbe` learns in
+the background whether the hub answers at all.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import fnmatch
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -61,8 +63,47 @@ def _hub_error(repo_id: str, revision: str | None, exc: Exception) -> Exception:
     if isinstance(exc, OfflineModeIsEnabled | LocalEntryNotFoundError):
         return ModelNotFound(f"The model `{repo_id}` is not available locally and the Hugging Face hub is "
                              "offline (HF_HUB_OFFLINE)", param="model")
-    return ProviderError(f"Could not download `{repo_id}` from the Hugging Face hub; it is not available "
-                         "locally and the hub could not be reached")
+    return ModelNotFound(f"The model `{repo_id}` is not available locally and the Hugging Face hub could not be "
+                         "reached to fetch it", param="model")
+
+
+class HubProbe:
+    """Whether the Hugging Face hub answers at all, learnt by one TCP connect in a background
+    thread (at most every `ttl_s`), so a request for a model that is not here and cannot be
+    fetched gets its 404 at once instead of a download that will fail. `reachable()` never
+    blocks: None until the first probe ends."""
+
+    def __init__(self, endpoint: str | None, *, timeout_s: float = 3.0, ttl_s: float = 300.0) -> None:
+        from urllib.parse import urlsplit
+
+        from huggingface_hub import constants
+
+        parts = urlsplit(endpoint or constants.ENDPOINT)   # the hub client's own (HF_ENDPOINT)
+        self._address = (parts.hostname or "huggingface.co", parts.port or (443 if parts.scheme == "https" else 80))
+        self._timeout_s, self._ttl_s = timeout_s, ttl_s
+        self._state: bool | None = None
+        self._checked = -float("inf")
+        self._lock = threading.Lock()
+        self._running = False
+
+    def reachable(self) -> bool | None:
+        with self._lock:
+            stale = time.monotonic() - self._checked > self._ttl_s
+            if stale and not self._running:
+                self._running = True
+                threading.Thread(target=self._probe, name="hub-probe", daemon=True).start()
+            return self._state
+
+    def _probe(self) -> None:
+        import socket
+
+        try:
+            with socket.create_connection(self._address, timeout=self._timeout_s):
+                state = True
+        except OSError:
+            state = False
+        with self._lock:
+            self._state, self._checked, self._running = state, time.monotonic(), False
 
 
 def download_model(repo_id: str, revision: str | None, target: Path, *, endpoint: str | None = None,

@@ -27,6 +27,7 @@ import numpy as np
 from loguru import logger
 
 from tldw_Server_API.app.core.config import BatchingConfig, ModelManagerConfig
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.hub_download import HubProbe
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_encoding import (
     BatchEncoder,
     Forward,
@@ -153,6 +154,10 @@ class LocalModelProvider:
             clock=clock)
         self._sweeper = IdleSweeper(self.evict_idle, sweep_interval(timeout), sleep=sweep_sleep)
         self._downloads = DownloadTracker(self._download_executor, clock=clock)
+        self._hub: HubProbe | None = None
+        if resolver.auto_download and not hub_offline():   # known before the first model that is not here
+            self._hub = HubProbe(hub_endpoint)
+            self._hub.reachable()
 
     # --- hooks for subclasses -----------------------------------------------------------------
     def base_model_id(self, model_id: str) -> str:
@@ -191,6 +196,11 @@ class LocalModelProvider:
         if hub_offline():
             raise ModelNotFound(f"The model `{base}` is not available locally and the Hugging Face hub is "
                                 "offline (HF_HUB_OFFLINE)", param="model")
+        if self._hub is None:
+            self._hub = HubProbe(self._hub_endpoint)
+        if self._hub.reachable() is False:
+            raise ModelNotFound(f"The model `{base}` is not available locally and the Hugging Face hub cannot be "
+                                "reached to fetch it", param="model")
         failure = self._downloads.recent_failure(base)
         if isinstance(failure, TLDWError):
             raise type(failure)(failure.message, param=failure.param, code=failure.code)

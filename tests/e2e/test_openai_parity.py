@@ -1,0 +1,97 @@
+"""OpenAI parity as a new user meets it, with the real `openai` client against a running server:
+`models.list()` / `models.retrieve()` under a `/v1` base URL (and `/api/v1`), aliases for tools
+that hard-code OpenAI's model names (the response names the model that ran), an unknown model
+answered 404 `model_not_found` at once with the served list — also when the hub cannot be reached
+(a real server process whose hub endpoint refuses connections) — and unknown paths answered with
+an OpenAI-shaped 404 naming the base paths served.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from tests.support import ADMIN_KEY, LiveServer, ServerProcess, free_port, make_settings, write_keys_file
+from tests.support import MODEL as BUNDLED_MODEL
+
+ALIAS = "text-embedding-3-small"
+USER_KEY = "user-key-parity-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiktoken_dir: Path) -> Iterator[LiveServer]:
+    data = tmp_path_factory.mktemp("parity")
+    settings = make_settings(
+        data, tiktoken_dir, embeddings_model_aliases={ALIAS: BUNDLED_MODEL},
+        api_keys_file=write_keys_file(data, {"dana": USER_KEY}),
+        embeddings_denied_models=[f"{BUNDLED_MODEL}@int8"], embeddings_enforce_policy=True)
+    with LiveServer(settings) as running:
+        yield running
+
+
+def client(server: LiveServer, base: str = "/v1", key: str = ADMIN_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}{base}", api_key=key, max_retries=0)
+
+
+def test_models_list_and_retrieve_with_a_v1_base_url(server: LiveServer) -> None:
+    for base in ("/v1", "/api/v1"):
+        models = client(server, base).models.list()
+        ids = [m.id for m in models.data]
+        assert BUNDLED_MODEL in ids and ALIAS in ids, ids
+        assert all(m.object == "model" and isinstance(m.created, int) and m.owned_by for m in models.data)
+        assert client(server, base).models.retrieve(BUNDLED_MODEL).id == BUNDLED_MODEL
+        assert client(server, base).models.retrieve(ALIAS).owned_by == "alias"
+    admin_ids = {m.id for m in client(server).models.list().data}
+    user_ids = {m.id for m in client(server, key=USER_KEY).models.list().data}
+    assert f"{BUNDLED_MODEL}@int8" in admin_ids and f"{BUNDLED_MODEL}@int8" not in user_ids   # the policy applies
+    with pytest.raises(openai.NotFoundError):
+        client(server, key=USER_KEY).models.retrieve(f"{BUNDLED_MODEL}@int8")
+
+
+def test_an_alias_runs_the_served_model_and_the_response_names_it(server: LiveServer) -> None:
+    aliased = client(server).embeddings.create(model=ALIAS, input=["the river runs"])
+    direct = client(server, "/api/v1").embeddings.create(model=BUNDLED_MODEL, input=["the river runs"])
+    assert aliased.model == BUNDLED_MODEL
+    assert np.allclose(aliased.data[0].embedding, direct.data[0].embedding, atol=1e-6)
+
+
+def test_an_unknown_model_is_a_404_at_once_listing_what_is_served(server: LiveServer) -> None:
+    started = time.monotonic()
+    with pytest.raises(openai.NotFoundError) as caught:
+        client(server).embeddings.create(model="text-embedding-ada-002", input=["hi"])
+    assert time.monotonic() - started < 1.0
+    body = caught.value.body
+    assert isinstance(body, dict) and body["code"] == "model_not_found", body
+    assert BUNDLED_MODEL in body["message"] and ALIAS in body["message"], body
+
+
+def test_unknown_paths_get_an_openai_404_naming_the_base_paths(server: LiveServer) -> None:
+    for path in ("/v1/chat/completions", "/api/v1/nope", "/v1"):
+        response = httpx.post(f"{server.base_url}{path}", json={}, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        assert response.status_code == 404, (path, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "not_found" and "/v1" in error["message"] and "/api/v1" in error["message"], error
+
+
+def test_with_the_hub_unreachable_an_unknown_hub_model_is_a_404_at_once(tmp_path: Path, tiktoken_dir: Path) -> None:
+    closed = free_port()                      # nothing listens: the hub refuses connections
+    server = ServerProcess(tmp_path / "data", tiktoken_dir, HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0",
+                           HF_ENDPOINT=f"http://127.0.0.1:{closed}", AUTO_DOWNLOAD_MODELS="true")
+    try:
+        time.sleep(0.5)                       # the hub probe runs at start-up
+        started = time.monotonic()
+        response = server.client.post("/v1/embeddings", json={"model": "someorg/unknown-embedder", "input": "hi"})
+        elapsed = time.monotonic() - started
+        assert response.status_code == 404, response.text
+        error = response.json()["error"]
+        assert error["code"] == "model_not_found" and "cannot be reached" in error["message"], error
+        assert BUNDLED_MODEL in error["message"], error
+        assert elapsed < 1.0
+    finally:
+        server.stop()

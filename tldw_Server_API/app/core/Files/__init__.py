@@ -1,0 +1,1 @@
+"""OpenAI-compatible Files API storage: file records in SQL, content-addressed blobs on disk."""
