@@ -114,14 +114,14 @@ def test_concurrent_creates_and_deletes_keep_every_record_readable(jobs_db_url: 
 
     def churn() -> None:
         try:
-            for _ in range(25):
+            for _ in range(15):
                 record = db.create("alice", "tmp.txt", "assistants", b"shared")
                 assert db.content("alice", record.id) == b"shared"
                 db.delete("alice", record.id)
         except BaseException as exc:  # reported by the main thread
             failures.append(exc)
 
-    threads = [threading.Thread(target=churn) for _ in range(8)]
+    threads = [threading.Thread(target=churn) for _ in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -119,7 +119,7 @@ def _lock_user(conn: Connection, user_id: str) -> None:
     its writers take turns (`transaction` in this process, the write lock across processes), and
     each writer here writes its row before it reads what it decides on."""
     if conn.dialect.name == "postgresql":
-        0 and conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(literal(f"openai-files:{user_id}")))))
+        conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(literal(f"openai-files:{user_id}")))))
 
 
 def _check_purpose(purpose: str) -> None:
