@@ -95,3 +95,40 @@ def test_with_the_hub_unreachable_an_unknown_hub_model_is_a_404_at_once(tmp_path
         assert elapsed < 1.0
     finally:
         server.stop()
+
+
+# --- Files API --------------------------------------------------------------------------------------
+
+
+def test_files_create_list_retrieve_content_delete_with_the_openai_client(server: LiveServer) -> None:
+    alice, dana = client(server), client(server, key=USER_KEY)
+    data = b"Tidal mills ground grain on the estuary.\n" * 50
+    created = alice.files.create(file=("mills.txt", data), purpose="assistants")
+    assert created.id.startswith("file-") and created.bytes == len(data) and created.filename == "mills.txt"
+    assert created.purpose == "assistants" and created.status == "processed"
+    assert alice.files.retrieve(created.id).id == created.id
+    assert created.id in [f.id for f in alice.files.list()]
+    assert [f.id for f in alice.files.list(purpose="batch")] == []
+    assert alice.files.content(created.id).read() == data
+
+    for call in (lambda: dana.files.retrieve(created.id), lambda: dana.files.content(created.id).read(),
+                 lambda: dana.files.delete(created.id)):
+        with pytest.raises(openai.NotFoundError):                 # isolation: another user's file is absent
+            call()
+    assert created.id not in [f.id for f in dana.files.list()]
+
+    with pytest.raises(openai.BadRequestError) as bad:
+        alice.files.create(file=("x.txt", b"x"), purpose="nonsense")
+    assert bad.value.body["param"] == "purpose"                   # type: ignore[index]
+    deleted = alice.files.delete(created.id)
+    assert deleted.deleted and deleted.id == created.id
+    with pytest.raises(openai.NotFoundError):
+        alice.files.retrieve(created.id)
+
+
+def test_a_file_over_the_size_limit_is_a_413(tmp_path: Path, tiktoken_dir: Path) -> None:
+    with LiveServer(make_settings(tmp_path, tiktoken_dir, files_max_bytes=1024)) as small:
+        with pytest.raises(openai.APIStatusError) as caught:
+            client(small).files.create(file=("big.bin", b"x" * 2048), purpose="assistants")
+        assert caught.value.status_code == 413
+        assert client(small).files.create(file=("ok.bin", b"x" * 1024), purpose="assistants").bytes == 1024

@@ -16,6 +16,7 @@ from tldw_Server_API.app.api.middleware import OpenAIBasePathMiddleware, Request
 from tldw_Server_API.app.api.v1 import API_V1_PREFIX
 from tldw_Server_API.app.api.v1.endpoints.embeddings_operations import router as operations_router
 from tldw_Server_API.app.api.v1.endpoints.embeddings_v5_production_enhanced import router as embeddings_router
+from tldw_Server_API.app.api.v1.endpoints.files_openai import router as files_router
 from tldw_Server_API.app.api.v1.endpoints.media import router as media_router
 from tldw_Server_API.app.api.v1.endpoints.media_embeddings import router as media_embeddings_router
 from tldw_Server_API.app.api.v1.endpoints.rag import router as rag_router
@@ -43,7 +44,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="tldw_server embeddings", version="0.1.0", lifespan=lifespan)
     upload_cap = settings.storage_config().max_upload_bytes + 256 * 1024   # file + multipart envelope
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes,
-                       path_limits={f"{API_V1_PREFIX}/media/add": max(upload_cap, settings.max_request_bytes)})
+                       path_limits={f"{API_V1_PREFIX}/media/add": max(upload_cap, settings.max_request_bytes),
+                                    f"{API_V1_PREFIX}/files": max(settings.files_max_bytes + 64 * 1024,
+                                                                  settings.max_request_bytes)})
     app.add_middleware(OpenAIBasePathMiddleware)   # outermost: /v1 paths are /api/v1 paths from here on
     install_error_handlers(app)
     app.include_router(embeddings_router)
@@ -51,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(media_router)
     app.include_router(media_embeddings_router)
     app.include_router(operations_router)
+    app.include_router(files_router)
     app.include_router(rag_router)
     app.include_router(metrics_router)
     app.include_router(health_router)

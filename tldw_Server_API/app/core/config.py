@@ -544,6 +544,13 @@ class Settings(BaseSettings):
         256 * 2**20, ge=1, description="Most bytes a DOCX, EPUB or ODT upload may inflate to (its zip members' "
         "sizes, checked before anything is inflated: a zip bomb is refused unread)."
     )
+    files_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="Largest file `POST /v1/files` accepts (413 above)."
+    )
+    files_user_quota_bytes: int = Field(
+        2 * 1024**3, ge=0, description="Bytes of files (the Files API) one user may keep (429 `quota_exceeded` "
+        "beyond; 0: no quota)."
+    )
     media_user_quota_bytes: int = Field(
         2 * 1024**3, ge=0, description="Most bytes of media text one user may keep (soft-deleted media do not "
         "count); an upload beyond it is a 429 `quota_exceeded`. 0: no quota."

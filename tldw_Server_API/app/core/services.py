@@ -38,6 +38,7 @@ from tldw_Server_API.app.core.Embeddings.tokenization import TokenArrayDecoder
 from tldw_Server_API.app.core.Embeddings.vector_store_service import VectorStoreService
 from tldw_Server_API.app.core.Embeddings.worker_config import crypto_of
 from tldw_Server_API.app.core.Embeddings.workers.redis_executor import RedisExecutor
+from tldw_Server_API.app.core.Files.file_service import FileService
 from tldw_Server_API.app.core.health import HealthService
 from tldw_Server_API.app.core.Media.media_service import MediaService
 from tldw_Server_API.app.core.observability import HTTPMetrics
@@ -63,6 +64,7 @@ class Services:
     audit: AuditLog
     operations: PipelineOperations
     loops: BackgroundLoops
+    files: FileService
 
     async def aclose(self) -> None:
         await self.loops.aclose()
@@ -102,7 +104,8 @@ async def build_services(settings: Settings) -> Services:
     if settings.embeddings_compactor_interval_seconds > 0:
         loops.start("vector compactor", compactor.run_forever, settings.embeddings_compactor_interval_seconds)
     return Services(settings, registry, HTTPMetrics(registry), auth, embeddings, storage, vector_store_api,
-                    media_embeddings, media, rag, health, AuditLog(storage_config.jobs_db_url), operations, loops)
+                    media_embeddings, media, rag, health, AuditLog(storage_config.jobs_db_url), operations, loops,
+                    FileService(storage.files))
 
 
 class BackgroundLoops:

@@ -14,6 +14,7 @@ from tldw_Server_API.app.core.Embeddings._sql_engine import dispose_engine
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobsDB
 from tldw_Server_API.app.core.Embeddings.vector_store_batches_db import VectorStoreBatchesDB
 from tldw_Server_API.app.core.Embeddings.vector_store_meta_db import VectorStoreMetaDB
+from tldw_Server_API.app.core.Files.files_db import FilesDB
 from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory, create_vector_store_factory
 
 
@@ -27,6 +28,7 @@ class StorageServices:
     vector_store_meta: VectorStoreMetaDB
     vector_store_batches: VectorStoreBatchesDB
     jobs_db_url: str
+    files: FilesDB
 
     def close(self) -> None:
         self.vector_stores.close()
@@ -43,4 +45,6 @@ def build_storage(settings: Settings) -> StorageServices:
         vector_store_meta=VectorStoreMetaDB(config.jobs_db_url),
         vector_store_batches=VectorStoreBatchesDB(config.jobs_db_url),
         jobs_db_url=config.jobs_db_url,
+        files=FilesDB(config.jobs_db_url, config.data_dir, max_bytes=settings.files_max_bytes,
+                      user_quota_bytes=settings.files_user_quota_bytes),
     )

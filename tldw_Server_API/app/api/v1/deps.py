@@ -24,6 +24,7 @@ from tldw_Server_API.app.core.Embeddings.media_embedding_service import MediaEmb
 from tldw_Server_API.app.core.Embeddings.services.pipeline_operations import PipelineOperations
 from tldw_Server_API.app.core.Embeddings.vector_store_service import VectorStoreService
 from tldw_Server_API.app.core.errors import PermissionDenied
+from tldw_Server_API.app.core.Files.file_service import FileService
 from tldw_Server_API.app.core.health import HealthService
 from tldw_Server_API.app.core.Media.media_service import MediaService
 from tldw_Server_API.app.core.RAG.search import RAGSearchService
@@ -148,6 +149,13 @@ async def get_audit_log(services: ServicesDep) -> AuditLog:
 
 
 AuditLogDep = Annotated[AuditLog, Depends(get_audit_log)]
+
+
+async def get_file_service(services: ServicesDep) -> FileService:
+    return services.files
+
+
+FileServiceDep = Annotated[FileService, Depends(get_file_service)]
 
 
 async def get_vector_store_service(services: ServicesDep) -> VectorStoreService:

@@ -31,6 +31,7 @@ from tldw_Server_API.app.core.errors import (
     UnsupportedMediaType,
 )
 from tldw_Server_API.app.core.errors import Overloaded as OverloadedError
+from tldw_Server_API.app.core.Files.files_db import FileContentUnavailable
 from tldw_Server_API.app.core.wire import json_error_message
 
 # Looked up along the exception's MRO, so a subclass inherits its parent's row.
@@ -48,6 +49,7 @@ ERROR_TABLE: dict[type[TLDWError], tuple[int, str]] = {
     ProviderNotImplemented: (501, "invalid_request_error"),
     ProviderError: (502, "api_error"),
     ServiceUnavailable: (503, "server_error"),
+    FileContentUnavailable: (500, "server_error"),
 }
 
 _STATUS_DEFAULTS: dict[int, tuple[str, str]] = {
