@@ -132,3 +132,74 @@ def test_a_file_over_the_size_limit_is_a_413(tmp_path: Path, tiktoken_dir: Path)
             client(small).files.create(file=("big.bin", b"x" * 2048), purpose="assistants")
         assert caught.value.status_code == 413
         assert client(small).files.create(file=("ok.bin", b"x" * 1024), purpose="assistants").bytes == 1024
+
+
+# --- vector store files and file batches --------------------------------------------------------------
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "documents"
+LIGHTHOUSE = ("The lighthouse keeper on Skerry Island polished the great lens every morning before dawn. "
+              "Ships passing the reef relied on its beam through the winter storms. ") * 6
+
+
+def test_upload_and_poll_a_text_file_and_a_pdf_then_search_finds_them(server: LiveServer) -> None:
+    alice = client(server)
+    store = alice.vector_stores.create(name="docs")
+    text_file = alice.vector_stores.files.upload_and_poll(vector_store_id=store.id,
+                                                          file=("lighthouse.txt", LIGHTHOUSE.encode()))
+    assert text_file.status == "completed", text_file.last_error
+    assert text_file.chunking_strategy.type == "static"           # type: ignore[union-attr]
+    pdf = alice.vector_stores.files.upload_and_poll(vector_store_id=store.id,
+                                                    file=("sample.pdf", (FIXTURES / "sample.pdf").read_bytes()),
+                                                    chunking_strategy={"type": "static", "static": {
+                                                        "max_chunk_size_tokens": 200, "chunk_overlap_tokens": 20}})
+    assert pdf.status == "completed", pdf.last_error
+    assert pdf.chunking_strategy.static.max_chunk_size_tokens <= 256   # type: ignore[union-attr]  # clamped
+    assert alice.vector_stores.retrieve(store.id).file_counts.completed == 2
+
+    results = alice.vector_stores.search(store.id, query="who polished the lens of the lighthouse?")
+    top = results.data[0]
+    assert top.file_id == text_file.id and top.filename == "lighthouse.txt" and "lens" in top.content[0].text
+    assert {f.id for f in alice.vector_stores.files.list(vector_store_id=store.id)} == {text_file.id, pdf.id}
+
+    # deleting the file removes its vectors: it is no longer found
+    alice.vector_stores.files.delete(text_file.id, vector_store_id=store.id)
+    after = alice.vector_stores.search(store.id, query="who polished the lens of the lighthouse?")
+    assert all(r.file_id != text_file.id for r in after.data)
+    with pytest.raises(openai.NotFoundError):
+        alice.vector_stores.files.retrieve(text_file.id, vector_store_id=store.id)
+
+
+def test_a_batch_with_one_corrupt_file_counts_it_failed_and_attributes_filter_search(server: LiveServer) -> None:
+    alice = client(server)
+    store = alice.vector_stores.create(name="batch")
+    files = [("a.txt", b"Apples grow in the orchard by the old stone wall."),
+             ("b.md", b"# Bees\n\nBees keep the orchard's apple blossoms busy every spring."),
+             ("broken.pdf", b"%PDF-1.7 this is not really a pdf")]
+    batch = alice.vector_stores.file_batches.upload_and_poll(store.id, files=files)
+    assert batch.status in ("completed", "failed")
+    counts = batch.file_counts
+    assert (counts.completed, counts.failed, counts.total) == (2, 1, 3), counts
+    failed = list(alice.vector_stores.files.list(vector_store_id=store.id, filter="failed"))
+    assert len(failed) == 1 and failed[0].last_error is not None and failed[0].last_error.code == "invalid_file"
+
+    tagged = alice.files.create(file=("c.txt", b"Cider is pressed from the orchard apples in autumn."),
+                                purpose="assistants")
+    attached = alice.vector_stores.files.create_and_poll(file_id=tagged.id, vector_store_id=store.id,
+                                                         attributes={"season": "autumn"})
+    assert attached.status == "completed" and attached.attributes == {"season": "autumn"}
+    only = alice.vector_stores.search(store.id, query="apples in the orchard",
+                                      filters={"type": "eq", "key": "season", "value": "autumn"})
+    assert {r.file_id for r in only.data} == {tagged.id}, only.data
+
+
+def test_another_users_file_cannot_be_attached(server: LiveServer) -> None:
+    alice, dana = client(server), client(server, key=USER_KEY)
+    secret = alice.files.create(file=("secret.txt", b"Alice's private notes about the harbour."),
+                                purpose="assistants")
+    store = dana.vector_stores.create(name="dana")
+    with pytest.raises(openai.NotFoundError):
+        dana.vector_stores.files.create(vector_store_id=store.id, file_id=secret.id)
+    with pytest.raises(openai.NotFoundError):
+        dana.vector_stores.file_batches.create(vector_store_id=store.id, file_ids=[secret.id])
+    own = alice.vector_stores.create(name="alice")
+    with pytest.raises(openai.NotFoundError):
+        dana.vector_stores.files.list(vector_store_id=own.id).data   # noqa: B018

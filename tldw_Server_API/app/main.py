@@ -20,6 +20,7 @@ from tldw_Server_API.app.api.v1.endpoints.files_openai import router as files_ro
 from tldw_Server_API.app.api.v1.endpoints.media import router as media_router
 from tldw_Server_API.app.api.v1.endpoints.media_embeddings import router as media_embeddings_router
 from tldw_Server_API.app.api.v1.endpoints.rag import router as rag_router
+from tldw_Server_API.app.api.v1.endpoints.vector_store_files_openai import router as vector_store_files_router
 from tldw_Server_API.app.api.v1.endpoints.vector_stores_openai import router as vector_stores_router
 from tldw_Server_API.app.api.v1.errors import install_error_handlers
 from tldw_Server_API.app.core.config import Settings, apply_library_defaults
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(media_embeddings_router)
     app.include_router(operations_router)
     app.include_router(files_router)
+    app.include_router(vector_store_files_router)
     app.include_router(rag_router)
     app.include_router(metrics_router)
     app.include_router(health_router)

@@ -35,6 +35,7 @@ from tldw_Server_API.app.core.Embeddings.services.reembed_worker import ReembedW
 from tldw_Server_API.app.core.Embeddings.services.vector_compactor import VectorCompactor
 from tldw_Server_API.app.core.Embeddings.stage_context import MediaQueryEmbedder, ServiceEmbedder, StageContext
 from tldw_Server_API.app.core.Embeddings.tokenization import TokenArrayDecoder
+from tldw_Server_API.app.core.Embeddings.vector_store_files import VectorStoreFileService
 from tldw_Server_API.app.core.Embeddings.vector_store_service import VectorStoreService
 from tldw_Server_API.app.core.Embeddings.worker_config import crypto_of
 from tldw_Server_API.app.core.Embeddings.workers.redis_executor import RedisExecutor
@@ -65,6 +66,7 @@ class Services:
     operations: PipelineOperations
     loops: BackgroundLoops
     files: FileService
+    vector_store_files: VectorStoreFileService
 
     async def aclose(self) -> None:
         await self.loops.aclose()
@@ -105,7 +107,9 @@ async def build_services(settings: Settings) -> Services:
         loops.start("vector compactor", compactor.run_forever, settings.embeddings_compactor_interval_seconds)
     return Services(settings, registry, HTTPMetrics(registry), auth, embeddings, storage, vector_store_api,
                     media_embeddings, media, rag, health, AuditLog(storage_config.jobs_db_url), operations, loops,
-                    FileService(storage.files))
+                    FileService(storage.files),
+                    VectorStoreFileService(vector_store_api, storage.files, storage.vector_store_files, media,
+                                           media_embeddings, embeddings, storage.vector_stores))
 
 
 class BackgroundLoops:

@@ -13,6 +13,7 @@ from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory
 from tldw_Server_API.app.core.Embeddings._sql_engine import dispose_engine
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobsDB
 from tldw_Server_API.app.core.Embeddings.vector_store_batches_db import VectorStoreBatchesDB
+from tldw_Server_API.app.core.Embeddings.vector_store_files_db import VectorStoreFilesDB
 from tldw_Server_API.app.core.Embeddings.vector_store_meta_db import VectorStoreMetaDB
 from tldw_Server_API.app.core.Files.files_db import FilesDB
 from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory, create_vector_store_factory
@@ -29,6 +30,7 @@ class StorageServices:
     vector_store_batches: VectorStoreBatchesDB
     jobs_db_url: str
     files: FilesDB
+    vector_store_files: VectorStoreFilesDB
 
     def close(self) -> None:
         self.vector_stores.close()
@@ -47,4 +49,5 @@ def build_storage(settings: Settings) -> StorageServices:
         jobs_db_url=config.jobs_db_url,
         files=FilesDB(config.jobs_db_url, config.data_dir, max_bytes=settings.files_max_bytes,
                       user_quota_bytes=settings.files_user_quota_bytes),
+        vector_store_files=VectorStoreFilesDB(config.jobs_db_url),
     )

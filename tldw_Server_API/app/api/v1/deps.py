@@ -22,6 +22,7 @@ from tldw_Server_API.app.core.Embeddings.audit_adapter import AuditLog
 from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingService
 from tldw_Server_API.app.core.Embeddings.media_embedding_service import MediaEmbeddingService
 from tldw_Server_API.app.core.Embeddings.services.pipeline_operations import PipelineOperations
+from tldw_Server_API.app.core.Embeddings.vector_store_files import VectorStoreFileService
 from tldw_Server_API.app.core.Embeddings.vector_store_service import VectorStoreService
 from tldw_Server_API.app.core.errors import PermissionDenied
 from tldw_Server_API.app.core.Files.file_service import FileService
@@ -156,6 +157,13 @@ async def get_file_service(services: ServicesDep) -> FileService:
 
 
 FileServiceDep = Annotated[FileService, Depends(get_file_service)]
+
+
+async def get_vector_store_files(services: ServicesDep) -> VectorStoreFileService:
+    return services.vector_store_files
+
+
+VectorStoreFilesDep = Annotated[VectorStoreFileService, Depends(get_vector_store_files)]
 
 
 async def get_vector_store_service(services: ServicesDep) -> VectorStoreService:

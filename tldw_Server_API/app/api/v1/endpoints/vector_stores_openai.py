@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from tldw_Server_API.app.api.v1.deps import CurrentUser, VectorStoreServiceDep
+from tldw_Server_API.app.api.v1.deps import CurrentUser, VectorStoreFilesDep, VectorStoreServiceDep
 from tldw_Server_API.app.api.v1.routing import v1_router
 from tldw_Server_API.app.api.v1.schemas.common import Offset
 from tldw_Server_API.app.api.v1.schemas.vector_stores import (
@@ -61,11 +61,11 @@ async def create_vector_store(
 
 @router.get("/vector_stores", response_model=StoreList)
 async def list_vector_stores(
-    user: CurrentUser, service: VectorStoreServiceDep, limit: PageLimit = 20, order: Order = "desc",
-    after: str | None = None, before: str | None = None,
+    user: CurrentUser, service: VectorStoreServiceDep, files: VectorStoreFilesDep, limit: PageLimit = 20,
+    order: Order = "desc", after: str | None = None, before: str | None = None,
 ) -> StoreList:
     records, has_more = await service.list_stores(user, limit=limit, order=order, after=after, before=before)
-    return store_list(records, has_more)
+    return store_list(records, has_more, [await files.file_counts(user, r.id) for r in records])
 
 
 @router.post("/vector_stores/create_from_media", response_model=VectorStoreFromMediaObject)
@@ -78,9 +78,10 @@ async def create_vector_store_from_media(
 
 @router.get(STORE, response_model=VectorStoreObject)
 async def retrieve_vector_store(
-    vector_store_id: str, user: CurrentUser, service: VectorStoreServiceDep
+    vector_store_id: str, user: CurrentUser, service: VectorStoreServiceDep, files: VectorStoreFilesDep,
 ) -> VectorStoreObject:
-    return store_object(await service.get_store(user, vector_store_id))
+    record = await service.get_store(user, vector_store_id)
+    return store_object(record, await files.file_counts(user, record.id))
 
 
 @router.post(STORE, response_model=VectorStoreObject)
@@ -93,8 +94,9 @@ async def modify_vector_store(
 
 
 @router.delete(STORE, response_model=Deleted)
-async def delete_vector_store(vector_store_id: str, user: CurrentUser, service: VectorStoreServiceDep) -> Deleted:
-    await service.delete_store(user, vector_store_id)
+async def delete_vector_store(vector_store_id: str, user: CurrentUser, files: VectorStoreFilesDep) -> Deleted:
+    """Delete the store, its records, and its files' media items and vectors."""
+    await files.delete_store(user, vector_store_id)
     return Deleted(id=vector_store_id, object="vector_store.deleted")
 
 
@@ -177,7 +179,8 @@ async def query_vector_store(
 
 @router.post(STORE + "/search", response_model=SearchPage)
 async def search_vector_store(
-    vector_store_id: str, body: SearchRequest, user: CurrentUser, service: VectorStoreServiceDep
+    vector_store_id: str, body: SearchRequest, user: CurrentUser, files: VectorStoreFilesDep
 ) -> SearchPage:
+    """The store's records and its files' chunks (each result names its file), merged by score."""
     call = body.to_call()
-    return search_page(call.queries, await service.search(user, vector_store_id, call))
+    return search_page(call.queries, await files.search(user, vector_store_id, call))

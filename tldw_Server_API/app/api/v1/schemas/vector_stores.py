@@ -7,7 +7,7 @@ names the offending field; here only JSON types are checked.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import Query
@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from tldw_Server_API.app.api.v1.schemas.common import WireInt
 from tldw_Server_API.app.core.Embeddings._sql_engine import MAX_PAGE_SIZE
 from tldw_Server_API.app.core.Embeddings.vector_store_batches_db import BatchRecord
+from tldw_Server_API.app.core.Embeddings.vector_store_files import FileView
+from tldw_Server_API.app.core.Embeddings.vector_store_files_db import FileBatch
 from tldw_Server_API.app.core.Embeddings.vector_store_meta_db import VectorStoreRecord
 from tldw_Server_API.app.core.Embeddings.vector_store_records import MAX_LIST_VECTORS, VectorInput, hit_source
 from tldw_Server_API.app.core.Embeddings.vector_store_service import MediaStoreCall, SearchCall
@@ -260,10 +262,12 @@ def _ts(value: Any) -> int:
     return int(value.timestamp())
 
 
-def store_object(record: VectorStoreRecord) -> VectorStoreObject:
+def store_object(record: VectorStoreRecord, file_counts: Mapping[str, int] | None = None) -> VectorStoreObject:
+    counts = FileCounts(**file_counts) if file_counts else FileCounts()
+    status = "in_progress" if counts.in_progress else record.status
     return VectorStoreObject(
         id=record.id, created_at=_ts(record.created_at), name=record.name, metadata=record.metadata,
-        status=record.status, usage_bytes=record.usage_bytes, file_counts=FileCounts(),
+        status=status, usage_bytes=record.usage_bytes, file_counts=counts,
         last_active_at=_ts(record.updated_at), embedding_model=record.embedding_model,
         embedding_provider=record.embedding_provider, dimensions=record.dimensions, vector_count=record.vector_count,
     )
@@ -284,8 +288,11 @@ def from_media_object(store: VectorStoreRecord, batch: BatchRecord) -> VectorSto
     return VectorStoreFromMediaObject(**store_object(store).model_dump(), batch=batch_object(batch))
 
 
-def store_list(records: Sequence[VectorStoreRecord], has_more: bool) -> StoreList:
-    return StoreList(data=[store_object(r) for r in records], first_id=records[0].id if records else None,
+def store_list(records: Sequence[VectorStoreRecord], has_more: bool,
+               file_counts: Sequence[Mapping[str, int]] | None = None) -> StoreList:
+    counts = list(file_counts) if file_counts is not None else [{} for _ in records]
+    return StoreList(data=[store_object(r, c) for r, c in zip(records, counts, strict=True)],
+                     first_id=records[0].id if records else None,
                      last_id=records[-1].id if records else None, has_more=has_more)
 
 
@@ -316,3 +323,72 @@ def search_page(queries: Sequence[str], hits: Sequence[VectorHit]) -> SearchPage
         results.append(SearchResult(file_id=file_id, filename=filename, score=hit.score,
                                     attributes=dict(hit.metadata), content=[TextContent(text=hit.document)]))
     return SearchPage(search_query=list(queries), data=results)
+
+
+# --- vector store files and file batches (OpenAI's shapes) -------------------------------------------
+class AttachFileRequest(_Request):
+    file_id: StrictStr = Field(..., max_length=64)
+    attributes: dict[str, StrictStr | float | bool] | None = Field(None, description="Up to 16 key/values filtering "
+                                                                   "searches.")
+    chunking_strategy: dict[str, Any] | None = None
+
+
+class FileBatchRequest(_Request):
+    file_ids: list[StrictStr] = Field(..., min_length=1, max_length=500)
+    attributes: dict[str, StrictStr | float | bool] | None = None
+    chunking_strategy: dict[str, Any] | None = None
+
+
+class VectorStoreFileObject(BaseModel):
+    id: str
+    object: Literal["vector_store.file"] = "vector_store.file"
+    usage_bytes: int
+    created_at: int
+    vector_store_id: str
+    status: str
+    last_error: LastError | None
+    chunking_strategy: dict[str, Any]
+    attributes: dict[str, Any]
+
+
+class VectorStoreFileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VectorStoreFileObject]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
+
+
+class FileBatchObject(BaseModel):
+    id: str
+    object: Literal["vector_store.files_batch"] = "vector_store.files_batch"
+    created_at: int
+    vector_store_id: str
+    status: str
+    file_counts: FileCounts
+
+
+def store_file_object(view: FileView) -> VectorStoreFileObject:
+    link = view.file
+    return VectorStoreFileObject(
+        id=link.id, usage_bytes=link.usage_bytes, created_at=_ts(link.created_at), vector_store_id=link.store_id,
+        status=view.status, last_error=LastError(**view.last_error) if view.last_error else None,
+        chunking_strategy=link.chunking, attributes=link.attributes)
+
+
+def store_file_list(views: Sequence[FileView], has_more: bool) -> VectorStoreFileList:
+    data = [store_file_object(v) for v in views]
+    return VectorStoreFileList(data=data, first_id=data[0].id if data else None,
+                               last_id=data[-1].id if data else None, has_more=has_more)
+
+
+def file_batch_object(batch: FileBatch, counts: Mapping[str, int]) -> FileBatchObject:
+    file_counts = FileCounts(**counts)
+    if batch.cancelled and not file_counts.in_progress:
+        status = "cancelled"
+    elif file_counts.in_progress:
+        status = "cancelling" if batch.cancelled else "in_progress"
+    else:
+        status = "failed" if file_counts.failed and not file_counts.completed else "completed"
+    return FileBatchObject(id=batch.id, created_at=_ts(batch.created_at), vector_store_id=batch.store_id,
+                           status=status, file_counts=file_counts)
