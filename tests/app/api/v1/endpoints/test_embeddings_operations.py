@@ -294,6 +294,33 @@ def test_reembed_on_the_redis_pipeline_embeds_only_the_changed_chunk(ops: Ops) -
     assert embedded_inputs(ops.fake) == 7 and vectors_of(ops, media["media_id"]) == 6
 
 
+def test_vector_store_files_run_on_the_redis_pipeline_and_a_batch_cancels(ops: Ops) -> None:
+    def upload(name: str, text: str) -> str:
+        response = ops.client.post("/v1/files", files={"file": (name, text.encode())}, data={"purpose": "assistants"})
+        assert response.status_code == 200, response.text
+        return str(response.json()["id"])
+
+    store = ops.client.post("/v1/vector_stores", json={"name": "s", "embedding_model": MODEL}).json()["id"]
+    attached = ops.client.post(f"/v1/vector_stores/{store}/files",
+                               json={"file_id": upload("tides.txt", "Tides follow the moon around the bay.")})
+    assert attached.status_code == 200 and attached.json()["status"] == "in_progress", attached.text
+    ops.work()                                                   # the Redis workers run its job
+    assert ops.client.get(f"/v1/vector_stores/{store}/files/{attached.json()['id']}").json()["status"] == "completed"
+    hits = ops.client.post(f"/v1/vector_stores/{store}/search", json={"query": "Tides follow the moon around the bay."})
+    assert hits.json()["data"][0]["filename"] == "tides.txt", hits.text
+
+    batch = ops.client.post(f"/v1/vector_stores/{store}/file_batches",
+                            json={"file_ids": [upload("a.txt", "One."), upload("b.txt", "Two.")]}).json()
+    assert batch["status"] == "in_progress" and batch["file_counts"]["in_progress"] == 2, batch
+    cancelled = ops.client.post(f"/v1/vector_stores/{store}/file_batches/{batch['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled" and cancelled["file_counts"]["cancelled"] == 2, cancelled
+    ops.work()                                                   # the cancelled jobs' messages are dropped
+    listed = ops.client.get(f"/v1/vector_stores/{store}/file_batches/{batch['id']}/files").json()["data"]
+    assert {f["status"] for f in listed} == {"cancelled"}
+    counts = ops.client.get(f"/v1/vector_stores/{store}").json()["file_counts"]
+    assert (counts["completed"], counts["cancelled"], counts["total"]) == (1, 2, 3), counts
+
+
 # --- jobs and processes -------------------------------------------------------------------------
 
 
