@@ -52,6 +52,7 @@ def make_settings(data_dir: Path, tiktoken: Path | None = None, **overrides: Any
         "single_user_api_key": ADMIN_KEY,
         "tiktoken_cache_dir": tiktoken,
         "log_level": "WARNING",
+        "preload_embedding_models": [],      # models load on first use in tests (a warmup test asks for one)
     }
     values.update(overrides)
     return Settings(**values)
@@ -253,7 +254,7 @@ class ServerProcess:
         self.port = free_port()
         env = {**os.environ, "TLDW_DATA_DIR": str(data_dir), "TLDW_PORT": str(self.port),
                "SINGLE_USER_API_KEY": ADMIN_KEY, "TIKTOKEN_CACHE_DIR": str(tiktoken), "LOG_LEVEL": "WARNING",
-               "EMBEDDINGS_PIPELINE_CONCURRENCY": "4", **extra}
+               "EMBEDDINGS_PIPELINE_CONCURRENCY": "4", "PRELOAD_EMBEDDING_MODELS": "", **extra}
         self.process = subprocess.Popen([sys.executable, "-m", "tldw_Server_API"], env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=60,

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from loguru import logger
 
 from tldw_Server_API.app.api.health import router as health_router
 from tldw_Server_API.app.api.metrics import router as metrics_router
@@ -25,7 +26,32 @@ from tldw_Server_API.app.api.v1.endpoints.vector_stores_openai import router as 
 from tldw_Server_API.app.api.v1.errors import install_error_handlers
 from tldw_Server_API.app.core.config import Settings, apply_library_defaults
 from tldw_Server_API.app.core.observability import configure_logging
-from tldw_Server_API.app.core.services import build_services
+from tldw_Server_API.app.core.services import Services, build_services
+
+
+def startup_summary(settings: Settings, services: Services) -> list[str]:
+    """What a newcomer needs to see at start: where data goes, which stores and pipeline run,
+    which models, where the docs are and where the key is (never the key)."""
+    storage, pipeline = settings.storage_config(), settings.pipeline_config()
+    store = storage.vector_store_type
+    if store == "pgvector":
+        store += " (RAG__PGVECTOR__DSN)"
+    elif storage.chroma_url:
+        store += f" server {storage.chroma_url}"
+    else:
+        store += f" embedded under {storage.data_dir}"
+    models = settings.engine_config().models
+    base = f"http://{settings.tldw_host}:{settings.tldw_port}"
+    return [
+        f"data dir:      {storage.data_dir.resolve()}",
+        f"vector store:  {store}",
+        f"pipeline:      {pipeline.mode}" + (f" (Redis {pipeline.redis_url.split('@')[-1]})"
+                                             if pipeline.mode == "redis" else ""),
+        f"models:        default {settings.embeddings_default_model}; warming at start: "
+        f"{', '.join(models.preload) or 'none (loaded on first use)'} (GET /health says loading until ready)",
+        f"API docs:      {base}/docs   OpenAI base URL: {base}/v1",
+        f"API key:       {services.auth.source}",
+    ]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,6 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await build_services(settings)
         app.state.services = services
+        for line in startup_summary(settings, services):
+            logger.info(line)
         try:
             yield
         finally:

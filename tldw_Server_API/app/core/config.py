@@ -443,7 +443,9 @@ class Settings(BaseSettings):
         True, description="Download models from the Hugging Face hub when not found locally (needs network)."
     )
     preload_embedding_models: CommaList = Field(
-        [], description="Comma-separated `provider:model` entries loaded (and warmed) at startup."
+        ["default"], description="Comma-separated `provider:model` entries loaded and warmed at start-up, in the "
+        "background (`/health` says `loading`, 503, until they are ready); `default` is EMBEDDINGS_DEFAULT_MODEL; "
+        "empty or `none`: load on first use."
     )
 
     # --- remote providers -------------------------------------------------------------------
@@ -751,7 +753,8 @@ class Settings(BaseSettings):
                 revisions={str(k): str(v) for k, v in self.embeddings_model_revisions.items()},
                 trusted_remote_code=tuple(self.trusted_hf_remote_code_models),
                 auto_download=self.auto_download_models,
-                preload=tuple(self.preload_embedding_models),
+                preload=tuple(self.embeddings_default_model if m == "default" else m
+                              for m in self.preload_embedding_models if m.lower() != "none"),
             ),
             openai=self._remote(self.openai_base_url, self.openai_api_key),
             local_api=self._remote(self.embeddings_local_api_url, self.embeddings_local_api_key),

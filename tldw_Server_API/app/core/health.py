@@ -1,7 +1,8 @@
 """Health of the components requests depend on: the vector store, the jobs DB and, when one is
 configured, Redis. Each probe runs off the event loop and is bounded by a timeout, so an
 unreachable service makes health `degraded` quickly instead of hanging it. Readiness
-(`/health/ready`) is "every component ok"; liveness (`/health/live`) is "the process answers".
+(`/health/ready`) is "the start-up models are warm and every component ok"; liveness
+(`/health/live`) is "the process answers"; `/health` is the report, 503 `loading` until warm.
 Imports core services only; never FastAPI.
 """
 
@@ -53,8 +54,10 @@ class HealthService:
     built once in the lifespan."""
 
     def __init__(self, embeddings: EmbeddingService, vector_stores: VectorStoreFactory, jobs_engine: Any,
-                 redis_url: str | None = None, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+                 redis_url: str | None = None, timeout_s: float = PROBE_TIMEOUT_S,
+                 warming: asyncio.Task[None] | None = None) -> None:
         self._embeddings = embeddings
+        self._warming = warming
         self._probes: dict[str, Probe] = {
             "vector_store": lambda: asyncio.to_thread(vector_stores.probe),
             "jobs_db": lambda: asyncio.to_thread(ping, jobs_engine),
@@ -76,16 +79,27 @@ class HealthService:
         results = await asyncio.gather(*(run_probe(n, self._probes[n], self._timeout_s) for n in names))
         return dict(zip(names, results, strict=True))
 
+    @property
+    def loading(self) -> bool:
+        """The start-up warmup of PRELOAD_EMBEDDING_MODELS has not finished yet."""
+        return self._warming is not None and not self._warming.done()
+
     async def report(self) -> dict[str, Any]:
-        """`healthy`, or `degraded` when a provider, breaker or component is not."""
+        """`loading` while the start-up models warm up, then `healthy`, or `degraded` when a
+        provider, breaker or component is not."""
         report, components = await asyncio.gather(self._embeddings.health(), self.components())
         report["components"] = {name: health.as_dict() for name, health in components.items()}
         if any(health.status != "ok" for health in components.values()):
             report["status"] = "degraded"
+        if self.loading:
+            report["status"] = "loading"
         return report
 
     async def ready(self) -> dict[str, Any]:
         """Every component answers; else ServiceUnavailable naming the ones that do not."""
+        if self.loading:
+            raise ServiceUnavailable("not ready: the start-up models are still loading", retry_after=2.0,
+                                     code="not_ready")
         components = await self.components()
         failing = sorted(name for name, health in components.items() if health.status != "ok")
         if failing:
@@ -94,5 +108,7 @@ class HealthService:
         return {"status": "ready", "components": {n: h.as_dict() for n, h in components.items()}}
 
     async def aclose(self) -> None:
+        if self._warming is not None and not self._warming.done():
+            self._warming.cancel()
         if self._redis is not None:
             await self._redis.aclose()

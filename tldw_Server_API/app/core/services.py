@@ -83,7 +83,7 @@ async def build_services(settings: Settings) -> Services:
     auth = load_key_store(settings.auth_config())
     logger.info("auth: {}", auth.source)
     embeddings = build_embedding_service(settings, registry)
-    await embeddings.preload(settings.engine_config().models.preload)
+    warming = asyncio.create_task(embeddings.preload(settings.engine_config().models.preload), name="preload")
     storage = build_storage(settings)
     vector_store_api = VectorStoreService(embeddings, storage, settings.storage_config().chunking)
     media_embeddings, rag = build_media_services(settings, embeddings, storage)
@@ -93,7 +93,8 @@ async def build_services(settings: Settings) -> Services:
     media = MediaService(storage.media_dbs, media_embeddings, storage_config.max_upload_bytes,
                          storage_config.user_quota_bytes,
                          ExtractionLimits(storage_config.max_pages, storage_config.max_unpacked_bytes))
-    health = HealthService(embeddings, storage.vector_stores, storage.jobs.engine, settings.redis_url)
+    health = HealthService(embeddings, storage.vector_stores, storage.jobs.engine, settings.redis_url,
+                           warming=warming)
     executor = media_embeddings.manager.executor
     dlq = None
     if isinstance(executor, RedisExecutor):

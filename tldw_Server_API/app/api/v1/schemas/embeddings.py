@@ -107,7 +107,7 @@ def openai_model(name: str, row: ModelListing | None, created: int) -> OpenAIMod
 
 
 class HealthResponse(BaseModel):
-    status: Literal["healthy", "degraded"]
+    status: Literal["healthy", "degraded", "loading"]
     providers: dict[str, Any]
     loaded_models: list[str]
     circuit_breakers: dict[str, Any]
