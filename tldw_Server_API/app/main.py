@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from loguru import logger
 
+from tldw_Server_API.app.api.docs import install_docs
 from tldw_Server_API.app.api.health import router as health_router
 from tldw_Server_API.app.api.metrics import router as metrics_router
 from tldw_Server_API.app.api.middleware import OpenAIBasePathMiddleware, RequestContextMiddleware
@@ -70,7 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await services.aclose()
 
-    app = FastAPI(title="tldw_server embeddings", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="tldw_server embeddings", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_docs(app)
     upload_cap = settings.storage_config().max_upload_bytes + 256 * 1024   # file + multipart envelope
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes,
                        path_limits={f"{API_V1_PREFIX}/media/add": max(upload_cap, settings.max_request_bytes),

@@ -14,7 +14,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from loguru import logger
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import User
@@ -48,9 +49,16 @@ def _presented_key(authorization: str | None, x_api_key: str | None) -> str | No
     return x_api_key.strip() if x_api_key else None
 
 
+# Declared for the OpenAPI schema (Swagger's Authorize button); the key itself is read below.
+_BEARER = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+_API_KEY = APIKeyHeader(name="X-API-KEY", auto_error=False, description="The same key in `X-API-KEY`.")
+
+
 async def get_current_user(
     request: Request,
     services: ServicesDep,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)] = None,
+    _key: Annotated[str | None, Security(_API_KEY)] = None,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     x_api_key: Annotated[str | None, Header(alias="X-API-KEY", include_in_schema=False)] = None,
 ) -> User:
