@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
 export TIKTOKEN_CACHE_DIR="${TIKTOKEN_CACHE_DIR:-$PWD/.cache/tiktoken}"
-exec .venv/bin/python -m tldw_Server_API "$@"
+exec .venv/bin/python -m tldw_Server_API.cli serve "$@"

@@ -22,7 +22,9 @@ from tldw_Server_API.app.core.config import Settings
 STAGES = ("chunking", "embedding", "storage")
 
 
-def _api_key(given: str | None, settings: Settings) -> str | None:
+def resolve_api_key(given: str | None, settings: Settings) -> str | None:
+    """The key a command-line tool sends: given, else TLDW_API_KEY, else SINGLE_USER_API_KEY, else
+    the single-user key file of the data dir (a local server's)."""
     for secret in (settings.tldw_api_key, settings.single_user_api_key):
         if given is None and secret is not None:
             given = secret.get_secret_value()
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print("--media needs --user", file=sys.stderr)
         return 2
     method, path, kwargs = _request(args)
-    key = _api_key(args.api_key, settings)
+    key = resolve_api_key(args.api_key, settings)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         with httpx.Client(base_url=args.base_url, headers=headers, timeout=120) as client:

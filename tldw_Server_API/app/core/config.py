@@ -852,6 +852,15 @@ class Settings(BaseSettings):
         )
 
 
+def export_settings(**values: Any) -> None:
+    """Set settings for this process and the processes it starts (the CLI's `serve --port ...`,
+    uvicorn's workers), as the environment variables `Settings` reads."""
+    for name, value in values.items():
+        if name not in Settings.model_fields:
+            raise ValueError(f"unknown setting {name!r}")
+        os.environ[name.upper()] = ",".join(value) if isinstance(value, list | tuple) else str(value)
+
+
 def apply_library_defaults() -> None:
     """Process-wide defaults of libraries we run, unless the operator set them: HF tokenizers'
     thread pool off (requests are tokenised a few texts at a time, where the pool doubled the CPU

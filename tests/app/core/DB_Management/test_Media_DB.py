@@ -261,7 +261,7 @@ def test_users_are_isolated_and_factory_caches(tmp_path: Path) -> None:
 def test_wal_mode_and_foreign_keys(db: MediaDB) -> None:
     with closing(sqlite3.connect(db.path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     db.close()
     db.close()  # idempotent
 

@@ -23,7 +23,8 @@ from tldw_Server_API.app.core.Chunking.chunker import Chunk
 from tldw_Server_API.app.core.DB_Management.fts_query import build_match_expression
 from tldw_Server_API.app.core.errors import InvalidInput, NotFound, QuotaExceeded, ServiceUnavailable
 
-SCHEMA_VERSION = 3   # 2: media.content_bytes (per-user storage quota); 3: pages (PDF page numbers)
+SCHEMA_VERSION = 4   # 2: media.content_bytes (per-user storage quota); 3: pages (PDF page numbers);
+                     # 4: media.source_hash (sha256 of the uploaded file: ingest skips what is stored)
 MAX_LIST_LIMIT = 1000
 
 # Columns added since version 1, and the data an upgrade from a version before them must fill in.
@@ -32,6 +33,7 @@ _ADDED_COLUMNS = (
     ("media", "content_bytes", "INTEGER NOT NULL DEFAULT 0"),   # 2: per-user storage quota
     ("media", "page_starts", "TEXT"),                           # 3: where each page starts (JSON array)
     ("media_chunks", "page", "INTEGER"),                        # 3: the page a chunk starts on
+    ("media", "source_hash", "TEXT"),                           # 4: sha256 of the uploaded file
 )
 _FILL_FROM = {2: "UPDATE media SET content_bytes = length(CAST(content AS BLOB));"}
 
@@ -60,6 +62,7 @@ CREATE TABLE IF NOT EXISTS media (
     content_bytes INTEGER NOT NULL DEFAULT 0,
     media_type TEXT NOT NULL,
     source_filename TEXT,
+    source_hash TEXT,
     page_starts TEXT,
     chunk_count INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL,
@@ -69,6 +72,7 @@ CREATE TABLE IF NOT EXISTS media (
 );
 CREATE INDEX IF NOT EXISTS media_live_idx ON media (deleted, id);
 CREATE INDEX IF NOT EXISTS media_hash_idx ON media (content_hash);
+CREATE INDEX IF NOT EXISTS media_source_hash_idx ON media (source_hash);
 CREATE TABLE IF NOT EXISTS media_chunks (
     id INTEGER PRIMARY KEY,
     media_id INTEGER NOT NULL REFERENCES media (id) ON DELETE CASCADE,
@@ -91,7 +95,8 @@ END;
 """
 
 _RECORD_COLUMNS = (
-    "id, title, media_type, source_filename, content_hash, chunk_count, created_at, updated_at, deleted, deleted_at"
+    "id, title, media_type, source_filename, content_hash, chunk_count, created_at, updated_at, deleted, deleted_at,"
+    " source_hash"
 )
 
 
@@ -109,11 +114,12 @@ class MediaSummary:
     updated_at: datetime
     deleted: bool
     deleted_at: datetime | None
+    source_hash: str | None = None   # sha256 hex of the uploaded file's bytes (uploads only)
 
 
 @dataclass(frozen=True)
 class MediaRecord(MediaSummary):
-    content: str
+    content: str = ""
     page_starts: tuple[int, ...] | None = None   # where page i + 1 starts in `content` (paged sources)
 
 
@@ -156,6 +162,7 @@ def _summary_fields(row: sqlite3.Row) -> dict[str, Any]:
         "chunk_count": row["chunk_count"], "created_at": datetime.fromisoformat(row["created_at"]),
         "updated_at": datetime.fromisoformat(row["updated_at"]), "deleted": bool(row["deleted"]),
         "deleted_at": datetime.fromisoformat(row["deleted_at"]) if row["deleted_at"] else None,
+        "source_hash": row["source_hash"],
     }
 
 
@@ -202,7 +209,7 @@ class MediaDB:
 
     def add_media(
         self, title: str, content: str, media_type: str, source_filename: str | None = None,
-        quota_bytes: int = 0, page_starts: Sequence[int] | None = None,
+        quota_bytes: int = 0, page_starts: Sequence[int] | None = None, source_hash: str | None = None,
     ) -> MediaRecord:
         """Store a media item; with `quota_bytes` > 0 the live media's text may not exceed it
         (checked in the write transaction, so concurrent uploads cannot both slip under)."""
@@ -225,9 +232,9 @@ class MediaDB:
                         param="content")
             cursor = conn.execute(
                 "INSERT INTO media (title, content, content_hash, content_bytes, media_type, source_filename,"
-                " page_starts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " page_starts, created_at, updated_at, source_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 ((title or "").strip() or "Untitled", content, content_hash(content), size, media_type.strip(),
-                 source_filename, json.dumps(list(page_starts)) if page_starts else None, now, now),
+                 source_filename, json.dumps(list(page_starts)) if page_starts else None, now, now, source_hash),
             )
             media_id = int(cursor.lastrowid or 0)
             return self._get(conn, media_id, include_deleted=False)
@@ -254,17 +261,21 @@ class MediaDB:
         pages = tuple(json.loads(row["page_starts"])) if row["page_starts"] else None
         return MediaRecord(**_summary_fields(row), content=row["content"], page_starts=pages)
 
-    def list_media(self, limit: int = 50, offset: int = 0) -> tuple[list[MediaSummary], int]:
-        """A page of live media, newest first, and the number of live media."""
+    def list_media(self, limit: int = 50, offset: int = 0,
+                   source_hash: str | None = None) -> tuple[list[MediaSummary], int]:
+        """A page of live media, newest first (only those uploaded from a file with this sha256
+        when `source_hash` is given), and how many match."""
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise InvalidInput(f"limit must be between 1 and {MAX_LIST_LIMIT}", param="limit")
         if offset < 0:
             raise InvalidInput("offset must not be negative", param="offset")
+        where, args = ("deleted = 0", ()) if source_hash is None else ("deleted = 0 AND source_hash = ?",
+                                                                       (source_hash,))
         with self._transaction() as conn:
-            total = int(conn.execute("SELECT COUNT(*) FROM media WHERE deleted = 0").fetchone()[0])
+            total = int(conn.execute(f"SELECT COUNT(*) FROM media WHERE {where}", args).fetchone()[0])
             rows = conn.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM media WHERE deleted = 0 ORDER BY id DESC LIMIT ? OFFSET ?",
-                (limit, offset),
+                f"SELECT {_RECORD_COLUMNS} FROM media WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset),
             ).fetchall()
         return [MediaSummary(**_summary_fields(row)) for row in rows], total
 

@@ -7,6 +7,7 @@ Imports core modules only; synchronous DB calls run in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import User
@@ -29,6 +30,7 @@ class NewMedia:
     media_type: str
     source_filename: str | None = None
     page_starts: tuple[int, ...] | None = None   # paged sources (PDF): where each page starts in `content`
+    source_hash: str | None = None               # sha256 of the uploaded file's bytes
 
 
 class MediaService:
@@ -48,7 +50,8 @@ class MediaService:
             raise PayloadTooLarge(f"the upload is larger than {self._max_upload_bytes} bytes", param="file")
         found = await asyncio.to_thread(extract_text, filename, content_type, raw, self._limits)  # PDFs take seconds
         kind = filename.rsplit(".", 1)[-1].lower() if "." in filename else "text"
-        media = NewMedia(title or found.title, found.text, kind, filename, found.page_starts)
+        media = NewMedia(title or found.title, found.text, kind, filename, found.page_starts,
+                         hashlib.sha256(raw).hexdigest())
         return await self.add(user, media, generate_embeddings, options)
 
     async def add(
@@ -70,7 +73,8 @@ class MediaService:
 
         def write() -> MediaRecord:
             record = db.add_media(media.title or "", media.content, media.media_type, media.source_filename,
-                                  quota_bytes=self._quota_bytes, page_starts=media.page_starts)
+                                  quota_bytes=self._quota_bytes, page_starts=media.page_starts,
+                                  source_hash=media.source_hash)
             db.replace_chunks(record.id, chunks)   # FTS search works with or without embeddings
             return record
 
@@ -102,10 +106,11 @@ class MediaService:
     async def get(self, user: User, media_id: int) -> MediaRecord:
         return await asyncio.to_thread(self._media_dbs.get(user.id).get_media, media_id)
 
-    async def list(self, user: User, limit: int, offset: int) -> tuple[list[MediaSummary], int]:
+    async def list(self, user: User, limit: int, offset: int,
+                   source_hash: str | None = None) -> tuple[list[MediaSummary], int]:
         if not 1 <= limit <= 1000 or offset < 0:
             raise InvalidInput("'limit' must be 1-1000 and 'offset' >= 0", param="limit")
-        return await asyncio.to_thread(self._media_dbs.get(user.id).list_media, limit, offset)
+        return await asyncio.to_thread(self._media_dbs.get(user.id).list_media, limit, offset, source_hash)
 
     async def delete(self, user: User, media_id: int, purge_vectors: bool) -> int:
         """Soft delete (gone from search at once); returns vectors purged (0 unless asked)."""

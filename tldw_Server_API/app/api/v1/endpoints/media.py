@@ -112,8 +112,10 @@ async def get_media(media_id: MediaIdPath, user: CurrentUser, service: MediaServ
 async def list_media(
     user: CurrentUser, service: MediaServiceDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50, offset: Offset = 0,
+    source_hash: Annotated[str | None, Query(max_length=64, description="Only media uploaded from a file with "
+                                             "this sha256 (hex): has this file been ingested?")] = None,
 ) -> MediaList:
-    items, total = await service.list(user, limit, offset)
+    items, total = await service.list(user, limit, offset, source_hash)
     return MediaList(items=[MediaItem.of(i) for i in items], total=total, limit=limit, offset=offset)
 
 

@@ -52,6 +52,7 @@ class MediaItem(BaseModel):
     chunk_count: int
     created_at: datetime
     updated_at: datetime
+    source_hash: str | None = None
     content: str | None = None
 
     @classmethod
@@ -60,7 +61,7 @@ class MediaItem(BaseModel):
         return cls(
             id=record.id, title=record.title, media_type=record.media_type, source_filename=record.source_filename,
             content_hash=record.content_hash, chunk_count=record.chunk_count, created_at=record.created_at,
-            updated_at=record.updated_at, content=content,
+            updated_at=record.updated_at, source_hash=record.source_hash, content=content,
         )
 
 
