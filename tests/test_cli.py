@@ -92,3 +92,13 @@ def test_embed_jobs_models_and_exit_codes(server: LiveServer) -> None:
     assert cli(server, "jobs", "watch", "job_nope").exit_code == 1                # an API error: 1
     assert cli(None, "models", "list").exit_code == 1                             # no server: 1
     assert runner.invoke(app, ["search"]).exit_code == 2                          # usage: 2
+
+
+def test_serve_sh_passes_its_arguments_to_the_cli() -> None:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(["bash", "scripts/serve.sh", "--help"], cwd=root, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "--port" in run.stdout and "TLDW_PORT" in run.stdout
