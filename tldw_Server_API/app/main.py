@@ -28,6 +28,7 @@ from tldw_Server_API.app.api.v1.errors import install_error_handlers
 from tldw_Server_API.app.core.config import Settings, apply_library_defaults
 from tldw_Server_API.app.core.observability import configure_logging
 from tldw_Server_API.app.core.services import Services, build_services
+from tldw_Server_API.app.core.tracing import configure_tracing
 
 
 def startup_summary(settings: Settings, services: Services) -> list[str]:
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.logging_config())
     apply_library_defaults()
+    configure_tracing(settings.otel_exporter_otlp_endpoint)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

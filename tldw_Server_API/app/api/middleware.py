@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tldw_Server_API.app.api.v1 import API_V1_PREFIX
 from tldw_Server_API.app.api.v1.errors import domain_error_response, internal_error_response
 from tldw_Server_API.app.core.errors import PayloadTooLarge
+from tldw_Server_API.app.core.tracing import span
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -91,7 +92,8 @@ class RequestContextMiddleware:
                     raise too_large
             return message
 
-        with logger.contextualize(request_id=request_id):
+        with logger.contextualize(request_id=request_id), span("HTTP " + scope["method"], request_id=request_id,
+                                                                **{"http.method": scope["method"]}) as current:
             try:
                 length = _header(scope, b"content-length")
                 if length and length.isdigit() and int(length) > cap:
@@ -106,6 +108,10 @@ class RequestContextMiddleware:
                 if not status["sent"]:
                     await internal_error_response(request_id)(scope, receive, send_with_id)
             finally:
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                current.update_name(f"HTTP {scope['method']} {route}")   # FastAPI's own spans nest inside
+                current.set_attribute("http.route", route)
+                current.set_attribute("http.status_code", int(status["code"]))
                 self._finish(scope, state, int(status["code"]), time.perf_counter() - started)
 
     @staticmethod

@@ -636,6 +636,11 @@ class Settings(BaseSettings):
         "from every model's media collection; 0 turns the loop off (`POST /api/v1/embeddings/compactor/run` "
         "still runs it)."
     )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, description="OTLP (gRPC) collector, e.g. `http://otel-collector:4317`: the server and the pipeline "
+        "workers export OpenTelemetry spans (requests, cache, batcher queue and inference, provider calls, pipeline "
+        "stages). Unset: tracing is off and costs nothing."
+    )
     tiktoken_cache_dir: Path | None = Field(
         None,
         description="Directory holding tiktoken's cl100k_base file, used to decode token-array inputs. "

@@ -45,6 +45,7 @@ from tldw_Server_API.app.core.Embeddings.rate_limiter import Decision, RateLimit
 from tldw_Server_API.app.core.Embeddings.retries import call_with_retries
 from tldw_Server_API.app.core.Embeddings.tokenization import TokenArrayDecoder
 from tldw_Server_API.app.core.errors import TLDWError
+from tldw_Server_API.app.core.tracing import span
 
 CacheStatus = Literal["hit", "miss", "partial"]
 
@@ -131,7 +132,9 @@ class HopExecutor:
             check_dimensions(dimensions, native=info.dimension, policy=self._config.dimension_policy)
         width_tag = f"#d{dimensions}" if native else ""
         keys = [cache_key(provider.name, info.model_id + width_tag, info.revision, item) for item in inputs]
-        cached = await self._cache.get_many(keys) if self._cache is not None else {}
+        with span("embeddings.cache", inputs=len(keys), enabled=self._cache is not None) as lookup:
+            cached = await self._cache.get_many(keys) if self._cache is not None else {}
+            lookup.set_attribute("hits", len(cached))
         misses = [i for i in range(len(inputs)) if i not in cached]
         raw_counts = await self._token_counts(provider, info.model_id, inputs, cached, misses)
         counts = None if raw_counts is None else check_token_limits(
@@ -143,9 +146,10 @@ class HopExecutor:
         miss_tokens = 0
         if misses:
             await self._charge(budget)
-            fresh, miss_tokens = await self._compute(resolved, [inputs[i] for i in misses],
-                                                     [counts[i] for i in misses] if counts else None,
-                                                     dimensions if native else None)
+            with span("provider.embed", provider=provider.name, model=info.model_id, inputs=len(misses)):
+                fresh, miss_tokens = await self._compute(resolved, [inputs[i] for i in misses],
+                                                         [counts[i] for i in misses] if counts else None,
+                                                         dimensions if native else None)
             vectors.update(zip(misses, fresh, strict=True))
             if self._cache is not None:
                 await self._cache.set_many({keys[i]: cached_embedding(vectors[i], raw_counts[i] if raw_counts else None)

@@ -27,6 +27,7 @@ from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobRecor
 from tldw_Server_API.app.core.Embeddings.pipeline_executor import PipelineExecutor
 from tldw_Server_API.app.core.Embeddings.queue_schemas import ChunkingMessage, ChunkOptions, encode
 from tldw_Server_API.app.core.errors import QuotaExceeded
+from tldw_Server_API.app.core.tracing import traceparent
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class MediaEmbeddingJobManager:
             job_id=job_id, user_id=spec.user_id, media_id=spec.media_id, priority=spec.priority,  # type: ignore[arg-type]
             created_at=self._clock(), content_hash=spec.content_hash, chunk_options=spec.chunk_options,
             embedding_model=spec.model, embedding_provider=spec.provider, title=spec.title,
-            idempotency_key=key, trace_id=spec.trace_id, daily_chunk_quota=spec.daily_chunk_quota,
+            idempotency_key=key, trace_id=spec.trace_id or traceparent(), daily_chunk_quota=spec.daily_chunk_quota,
             reuse_unchanged=spec.reuse_unchanged,
         )
 

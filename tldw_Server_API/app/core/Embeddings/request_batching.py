@@ -31,6 +31,7 @@ from tldw_Server_API.app.core.config import BatchingConfig
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_encoding import next_pass
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.provider_types import EmbeddingBatch
 from tldw_Server_API.app.core.errors import Overloaded, ServiceUnavailable
+from tldw_Server_API.app.core.tracing import record_span
 
 Tokenize = Callable[[list[str]], Awaitable[list[list[int]]]]      # texts -> token ids per text
 RunPass = Callable[[list[list[int]]], Awaitable[np.ndarray]]       # token rows -> (rows, d) vectors
@@ -54,6 +55,8 @@ class _Request:
     token_counts: list[int]                 # one per text, in order
     remaining: int                          # rows not yet run
     vectors: np.ndarray | None = None
+    queued_ns: int = 0                      # when it joined the pool; when its first pass started
+    started_ns: int = 0
 
 
 @dataclass
@@ -96,7 +99,8 @@ class MicroBatcher:
         except BaseException:
             self._admitted -= len(texts)
             raise
-        request = _Request(self.loop.create_future(), [len(row) for row in ids], remaining=len(ids))
+        request = _Request(self.loop.create_future(), [len(row) for row in ids], remaining=len(ids),
+                           queued_ns=time.time_ns())
         seq = next(self._seq)
         self._pool.extend(_Row(request, i, seq, row) for i, row in enumerate(ids))
         # Count live workers only: one whose pool ran dry is done, and must not stand in for a new one.
@@ -104,7 +108,11 @@ class MicroBatcher:
         if len(self._workers) < max(1, self._config.parallel_passes):
             self._workers.add(asyncio.create_task(self._work(), name="micro-batcher"))
         self._arrived.set()
-        return await request.future   # a caller who leaves cancels it: its rows are dropped before the next pass
+        result = await request.future   # a caller who leaves cancels it: its rows are dropped before the next pass
+        done = time.time_ns()
+        record_span("batcher.queue", request.queued_ns, request.started_ns or done, texts=len(texts))
+        record_span("model.inference", request.started_ns or done, done, texts=len(texts))
+        return result
 
     def _drop_abandoned(self) -> None:
         kept = [row for row in self._pool if not row.request.future.done()]
@@ -148,6 +156,9 @@ class MicroBatcher:
         self.tokens_run += sum(len(row.ids) for row in rows)
         self.padded_tokens_run += len(rows) * max(len(row.ids) for row in rows)
         started = time.perf_counter()
+        now_ns = time.time_ns()
+        for row in rows:
+            row.request.started_ns = row.request.started_ns or now_ns
         try:
             vectors = await self._run_pass([row.ids for row in rows])
         except Exception as exc:  # fails the requests of this pass; their other rows are dropped

@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     from tldw_Server_API.app.core.config import Settings
     from tldw_Server_API.app.core.Embeddings.worker_config import STAGES
     from tldw_Server_API.app.core.observability import configure_logging
+    from tldw_Server_API.app.core.tracing import configure_tracing
 
     parser = argparse.ArgumentParser(description="One Redis Streams pipeline worker process.")
     parser.add_argument("--stage", choices=[*STAGES, "all"], default="all", help="the stage it consumes")
@@ -381,6 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings()  # type: ignore[call-arg]  # every field has a default or comes from the environment
     configure_logging(settings.logging_config())
+    configure_tracing(settings.otel_exporter_otlp_endpoint, service_name="tldw-embeddings-worker")
     stages = STAGES if args.stage == "all" else (args.stage,)
     asyncio.run(_serve(settings, stages, args.burst))
 

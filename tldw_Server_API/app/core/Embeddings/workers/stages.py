@@ -11,6 +11,7 @@ from typing import Any
 from tldw_Server_API.app.core.Embeddings.queue_schemas import PipelineMessage
 from tldw_Server_API.app.core.Embeddings.stage_context import StageContext
 from tldw_Server_API.app.core.Embeddings.workers import chunking_worker, embedding_worker, storage_worker
+from tldw_Server_API.app.core.tracing import stage_span
 
 STAGES = ("chunking", "embedding", "storage")
 Handler = Callable[[Any, StageContext], Awaitable[Sequence[PipelineMessage]]]
@@ -22,5 +23,8 @@ HANDLERS: dict[str, Handler] = {
 
 
 async def run_stage(message: PipelineMessage, context: StageContext) -> list[PipelineMessage]:
-    """Run the message's stage; the messages of the next stage (none once the job is settled)."""
-    return list(await HANDLERS[message.stage](message, context))
+    """Run the message's stage; the messages of the next stage (none once the job is settled).
+    Its span joins the trace of the request that created the job (the message's traceparent)."""
+    with stage_span(f"pipeline.{message.stage}", message.trace_id, job_id=message.job_id,
+                    batch_index=getattr(message, "batch_index", 0), attempt=message.attempt):
+        return list(await HANDLERS[message.stage](message, context))
