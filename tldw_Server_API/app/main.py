@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from loguru import logger
 
+from tldw_Server_API.app.api.admin_console import router as admin_console_router
 from tldw_Server_API.app.api.docs import install_docs
 from tldw_Server_API.app.api.health import router as health_router
 from tldw_Server_API.app.api.metrics import router as metrics_router
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(rag_router)
     app.include_router(metrics_router)
     app.include_router(health_router)
+    app.include_router(admin_console_router)
     return app
 
 
