@@ -82,7 +82,7 @@ async function login(event) {
 async function refresh() {
   await Promise.allSettled([health(), models(), breakers(), limits(), refreshLive()]);
 }
-async function refreshLive() { await Promise.allSettled([jobs(), media(), pipeline()]); }
+async function refreshLive() { await Promise.allSettled([jobs(), media(), pipeline(), models()]); }
 async function health() {
   const h = await fetch("/health").then((r) => r.json());
   const parts = Object.entries(h.components || {}).map(([n, c]) => esc(n) + ": " + esc(c.status));
