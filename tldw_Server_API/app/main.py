@@ -26,6 +26,7 @@ from tldw_Server_API.app.api.v1.endpoints.rag import router as rag_router
 from tldw_Server_API.app.api.v1.endpoints.vector_store_files_openai import router as vector_store_files_router
 from tldw_Server_API.app.api.v1.endpoints.vector_stores_openai import router as vector_stores_router
 from tldw_Server_API.app.api.v1.errors import install_error_handlers
+from tldw_Server_API.app.api.v1.examples import install_examples
 from tldw_Server_API.app.core.config import Settings, apply_library_defaults
 from tldw_Server_API.app.core.observability import configure_logging
 from tldw_Server_API.app.core.services import Services, build_services
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="tldw_server embeddings", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_docs(app)
+    install_examples(app)
     upload_cap = settings.storage_config().max_upload_bytes + 256 * 1024   # file + multipart envelope
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes,
                        path_limits={f"{API_V1_PREFIX}/media/add": max(upload_cap, settings.max_request_bytes),
