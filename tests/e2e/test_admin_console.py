@@ -75,6 +75,7 @@ def test_console_login_models_search_and_cache_clear(browser: object, server: Li
     wait_for(b, lambda d: d.find_element(By.ID, "health-status").text in ("healthy", "degraded"))
     wait_for(b, lambda d: "Lighthouses" in d.find_element(By.ID, "media").text)
     wait_for(b, lambda d: "completed" in d.find_element(By.ID, "jobs").text)
+    wait_for(b, lambda d: " MB)" in d.find_element(By.ID, "models").text)    # the loaded model and its memory
 
     b.find_element(By.ID, "query").send_keys("who polished the lens?")  # type: ignore[attr-defined]
     b.find_element(By.ID, "search-button").click()  # type: ignore[attr-defined]

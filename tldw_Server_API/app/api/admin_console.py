@@ -1,6 +1,7 @@
 """The admin console at `/admin`: one self-contained page (HTML, CSS and plain JavaScript inline;
 no build step, nothing from a CDN). It asks for a key, keeps it in the tab's sessionStorage, and
-reads everything through the same admin API an operator would call: health, loaded models,
+reads everything through the same admin API an operator would call: health, loaded models with
+their estimated memory,
 cache stats and clear, circuit breakers and reset, rate limits and policy (the metrics snapshot),
 media and jobs with live progress, the pipeline's queues and dead letters, and a search
 playground that shows each result's chunk. A key without the admin role sees "admin key
@@ -93,9 +94,12 @@ async function health() {
     esc(Number(c.hit_rate || 0).toFixed(2)) + ", ttl " + esc(c.ttl_s) + " s" : "off";
 }
 async function models() {
-  const m = await api("GET", "/api/v1/embeddings/models");
-  rows("models", ["model", "provider", "dimension", "loaded", "default"], m.data.map((x) =>
-    [esc(x.id), esc(x.provider), esc(x.dimension), x.loaded ? "yes" : "", x.default ? "default" : ""]));
+  const [m, h] = await Promise.all([api("GET", "/api/v1/embeddings/models"), fetch("/health").then((r) => r.json())]);
+  const memory = (x) => ((((h.providers || {})[x.provider] || {}).model_cache || {}).models || {})[x.id];
+  rows("models", ["model", "provider", "dimension", "loaded (memory)", "default"], m.data.map((x) =>
+    [esc(x.id), esc(x.provider), esc(x.dimension),
+     x.loaded ? "yes" + (memory(x) ? " (" + esc(memory(x).estimated_mb) + " MB)" : "") : "",
+     x.default ? "default" : ""]));
 }
 async function breakers() {
   const b = (await api("GET", "/api/v1/embeddings/circuit-breakers")).circuit_breakers;
