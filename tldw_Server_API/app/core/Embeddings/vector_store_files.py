@@ -34,14 +34,17 @@ from tldw_Server_API.app.core.Embeddings.vector_store_files_db import FileBatch,
 from tldw_Server_API.app.core.Embeddings.vector_store_meta_db import VectorStoreRecord
 from tldw_Server_API.app.core.Embeddings.vector_store_records import merge_hits, openai_filter_to_where
 from tldw_Server_API.app.core.Embeddings.vector_store_service import SearchCall, VectorStoreService
-from tldw_Server_API.app.core.errors import InvalidInput, NotFound, TLDWError
-from tldw_Server_API.app.core.Files.files_db import FilesDB
+from tldw_Server_API.app.core.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
+from tldw_Server_API.app.core.Files.files_db import FileContentUnavailable, FilesDB
 from tldw_Server_API.app.core.Media.media_service import MediaService
 from tldw_Server_API.app.core.RAG.vector_stores.base import VectorHit
 from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory
 from tldw_Server_API.app.core.RAG.vector_stores.filters import matches, parse_where
 
 MAX_BATCH_FILES = 500
+# What makes one file fail (OpenAI: the file's `last_error`) rather than the request: its bytes
+# cannot be extracted or chunked, or are too large. Quotas, overload and auth errors stay errors.
+UNREADABLE = (InvalidInput, UnsupportedMediaType, PayloadTooLarge, FileContentUnavailable)
 STATUSES = ("in_progress", "completed", "failed", "cancelled")
 
 
@@ -122,9 +125,7 @@ class VectorStoreFileService:
         try:
             data = await asyncio.to_thread(self._files.content, user.id, file_id)
             media, started = await self._media.add_upload(user, record.filename, None, data, None, True, options)
-        except TLDWError as exc:
-            if exc.code in ("permission_denied", "invalid_api_key") or isinstance(exc, NotFound):
-                raise
+        except UNREADABLE as exc:   # this file cannot become text: it is failed; anything else is the caller's
             link = await asyncio.to_thread(self._links.add, user.id, store.id, file_id, record.filename, media_id=None,
                                            job_id=None, error=exc.message, **common)
             return self._view(link, None)
