@@ -102,20 +102,24 @@ def main_options(
 # --- serve ------------------------------------------------------------------------------------------
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(envvar="TLDW_HOST", help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="TLDW_PORT", help="Port to bind.")] = 8000,
-    workers: Annotated[int, typer.Option(envvar="TLDW_WORKERS", help="Server processes.")] = 1,
-    data_dir: Annotated[Path, typer.Option(envvar="TLDW_DATA_DIR", help="Where every file is written.")]
-    = Path("./Databases"),
-    preload: Annotated[str, typer.Option(envvar="PRELOAD_EMBEDDING_MODELS",
-                                         help="Models warmed at start-up (`default`, a list, or `none`).")]
-    = "default",
+    host: Annotated[str | None, typer.Option(envvar="TLDW_HOST", help="Interface to bind.",
+                                             show_default="127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option(envvar="TLDW_PORT", help="Port to bind.", show_default="8000")] = None,
+    workers: Annotated[int | None, typer.Option(envvar="TLDW_WORKERS", help="Server processes.",
+                                                show_default="1")] = None,
+    data_dir: Annotated[Path | None, typer.Option(envvar="TLDW_DATA_DIR", help="Where every file is written.",
+                                                  show_default="./Databases")] = None,
+    preload: Annotated[str | None, typer.Option(envvar="PRELOAD_EMBEDDING_MODELS",
+                                                help="Models warmed at start-up (`default`, a list, or `none`).",
+                                                show_default="default")] = None,
 ) -> None:
-    """Run the server (its full configuration: the README's table of environment variables)."""
+    """Run the server (its full configuration: the README's table of environment variables).
+    An option not given leaves the setting to the environment, the YAML config, then the default."""
     from tldw_Server_API.__main__ import main as serve_main
 
-    export_settings(tldw_host=host, tldw_port=port, tldw_workers=workers, tldw_data_dir=data_dir,
-                    preload_embedding_models=preload)
+    given = {"tldw_host": host, "tldw_port": port, "tldw_workers": workers, "tldw_data_dir": data_dir,
+             "preload_embedding_models": preload}
+    export_settings(**{name: value for name, value in given.items() if value is not None})
     serve_main()
 
 

@@ -47,6 +47,7 @@ from tldw_Server_API.app.core.RAG.search import RAGSearchService
 from tldw_Server_API.app.core.storage import StorageServices, build_storage
 
 REEMBED_POLL_SECONDS = 2.0
+FILES_SWEEP_SECONDS = 600.0    # expired Files API files are refused at once and swept this often
 
 
 @dataclass
@@ -101,11 +102,13 @@ async def build_services(settings: Settings) -> Services:
         dlq = DeadLetterQueue(executor.redis, executor.names, crypto_of(settings.pipeline_config()))
     compactor = VectorCompactor(storage.media_dbs, storage.vector_stores)
     operations = PipelineOperations(storage.jobs, executor, embeddings, dlq,
-                                    ReembedWorker(media_embeddings, storage.media_dbs), compactor)
+                                    ReembedWorker(media_embeddings, storage.media_dbs, storage.vector_store_files),
+                                    compactor)
     loops = BackgroundLoops()
     loops.start("re-embed consumer", ReembedConsumer(media_embeddings.manager).run_forever, REEMBED_POLL_SECONDS)
     if settings.embeddings_compactor_interval_seconds > 0:
         loops.start("vector compactor", compactor.run_forever, settings.embeddings_compactor_interval_seconds)
+    loops.start("expired files", loops.every(storage.files.purge_expired), FILES_SWEEP_SECONDS)
     return Services(settings, registry, HTTPMetrics(registry), auth, embeddings, storage, vector_store_api,
                     media_embeddings, media, rag, health, AuditLog(storage_config.jobs_db_url), operations, loops,
                     FileService(storage.files),
@@ -123,6 +126,20 @@ class BackgroundLoops:
     def start(self, name: str, run: Callable[[float, asyncio.Event], Coroutine[Any, Any, None]],
               interval: float) -> None:
         self._tasks.append(asyncio.create_task(run(interval, self._stop), name=name))
+
+    @staticmethod
+    def every(work: Callable[[], object]) -> Callable[[float, asyncio.Event], Coroutine[Any, Any, None]]:
+        """A loop running the blocking `work` in a thread now and every interval; a failure is
+        logged and the loop goes on."""
+        async def run(interval: float, stop: asyncio.Event) -> None:
+            while not stop.is_set():
+                try:
+                    await asyncio.to_thread(work)
+                except Exception as exc:  # noqa: BLE001 - the next round retries
+                    logger.warning("background {}: {}", getattr(work, "__name__", "work"), exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+        return run
 
     async def aclose(self) -> None:
         self._stop.set()

@@ -403,3 +403,22 @@ def test_the_concurrent_job_cap_counts_queued_and_running_jobs(jobs_db_url: str)
     create(3)                                                          # room again
     db.cancel("alice", second)
     create(4)
+
+
+def test_a_scheduled_job_is_not_active_until_its_time(jobs_db_url: str) -> None:
+    """A held job (not_before in the future) answers for no idempotency key, takes no concurrent
+    slot and is released once, at its time, by compare-and-set."""
+    from datetime import timedelta
+
+    clock = SteppingClock()
+    jobs = JobsDB(jobs_db_url, clock=clock)
+    options = {"embedding_model": "m", "embedding_provider": "p", "chunk_method": "tokens", "chunk_size": 100,
+               "chunk_overlap": 10}
+    held = jobs.create_job("u", 1, **options, idempotency_key="k", not_before=clock.now + timedelta(seconds=60))
+    assert jobs.find_active_by_key("u", "k") is None
+    jobs.create_job("u", 2, **options, max_active=1)     # the held job takes no slot
+    assert jobs.release_due(clock.now) == []
+    clock.advance(61)
+    assert [j.job_id for j in jobs.release_due(clock.now)] == [held.job_id]
+    assert jobs.release_due(clock.now) == []             # released once
+    assert jobs.find_active_by_key("u", "k") is not None

@@ -272,3 +272,16 @@ def test_purge_expired(jobs_db_url: str, tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         db.get("alice", expiring.id)
     assert db.page("alice")[0] == [kept] and entries(tmp_path, "alice") == [sha(b"kept")]
+
+
+def test_an_expired_file_is_gone_before_the_sweep(jobs_db_url: str, tmp_path: Path) -> None:
+    clock = SteppingClock()
+    db = make_db(jobs_db_url, tmp_path, clock=clock)
+    expiring = db.create("alice", "e.txt", "batch", b"short-lived", expires_after=3600)
+    kept = db.create("alice", "k.txt", "batch", b"kept")
+    clock.advance(3600)                                  # expired, not yet swept
+    with pytest.raises(NotFound):
+        db.get("alice", expiring.id)
+    with pytest.raises(NotFound):
+        db.content("alice", expiring.id)
+    assert db.page("alice")[0] == [kept]

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from tldw_Server_API.app.core.Embeddings.dlq_crypto import DLQDecryptError
 from tldw_Server_API.app.core.Embeddings.rate_limiter import RateLimitExceeded
 from tldw_Server_API.app.core.errors import (
     AuthenticationFailed,
@@ -50,6 +51,7 @@ ERROR_TABLE: dict[type[TLDWError], tuple[int, str]] = {
     ProviderError: (502, "api_error"),
     ServiceUnavailable: (503, "server_error"),
     FileContentUnavailable: (500, "server_error"),
+    DLQDecryptError: (409, "invalid_request_error"),   # a key rotated out or a tampered entry: not ours to fix
 }
 
 _STATUS_DEFAULTS: dict[int, tuple[str, str]] = {

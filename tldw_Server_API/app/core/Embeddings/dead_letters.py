@@ -144,12 +144,13 @@ class DeadLetterQueue:
         return await self.get(stage, letter_id, full=False)
 
     async def approved(self, stage: str, ids: list[str]) -> list[DeadLetter]:
-        """The entries, read in full, if every one is approved for requeue; else Conflict (409)
+        """The entries (without their payloads: a requeue re-runs the job's spec and never reads
+        them), if every one is approved for requeue; else Conflict (409)
         naming those that are not (nothing is requeued then)."""
         check_stage(stage)
         if not ids or len(ids) > 100:
             raise InvalidInput("ids must hold 1-100 dead letter ids", param="ids")
-        letters = [await self.get(stage, letter_id) for letter_id in dict.fromkeys(ids)]
+        letters = [await self.get(stage, letter_id, full=False) for letter_id in dict.fromkeys(ids)]
         refused = [f"{letter.id} ({letter.state})" for letter in letters if letter.state != "approved_for_requeue"]
         if refused:
             raise Conflict("only entries approved for requeue can be requeued; not approved: " + ", ".join(refused),

@@ -94,8 +94,11 @@ class MediaEmbeddingJobManager:
             reuse_unchanged=spec.reuse_unchanged,
         )
 
+        held = spec.not_before is not None and spec.not_before > self._clock()
+
         def create() -> JobRecord:
-            self.jobs.supersede(spec.user_id, spec.media_id)
+            if not held:   # a scheduled job replaces the media's jobs only when it starts (release_due)
+                self.jobs.supersede(spec.user_id, spec.media_id)
             return self.jobs.create_job(
                 spec.user_id, spec.media_id, embedding_model=spec.model, embedding_provider=spec.provider,
                 chunk_method=spec.chunk_options.method, chunk_size=spec.chunk_options.size,
@@ -121,6 +124,7 @@ class MediaEmbeddingJobManager:
         """Start the scheduled jobs whose time has come (the re-embed consumer's step)."""
         started = 0
         for job in await asyncio.to_thread(self.jobs.release_due, self._clock()):
+            await asyncio.to_thread(self.jobs.supersede, job.user_id, job.media_id, job.job_id)
             if await self.executor.resubmit(job):
                 started += 1
         return started

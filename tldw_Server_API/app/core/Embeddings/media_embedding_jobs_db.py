@@ -27,6 +27,7 @@ from sqlalchemy import (
     case,
     func,
     literal,
+    or_,
     select,
     update,
 )
@@ -256,6 +257,11 @@ def _chunks_used(user_id: str, since: datetime, exclude_job: str | None = None) 
     return select(used).where(*conditions)
 
 
+def _not_held(now: datetime) -> ColumnElement[bool]:
+    """Not a scheduled job waiting for its time (it neither counts as active nor answers for a key)."""
+    return or_(jobs_table.c.not_before.is_(None), jobs_table.c.not_before <= now)
+
+
 def _lock_user(conn: Connection, user_id: str) -> None:
     """Serialise a user's quota decisions until the transaction ends. SQLite needs nothing: its
     writers take turns (`transaction`), and the deciding UPDATE holds the write lock throughout."""
@@ -319,7 +325,7 @@ class JobsDB:
             if max_active > 0:
                 _lock_user(conn, user_id)
                 active = conn.execute(select(func.count()).select_from(jobs_table).where(
-                    jobs_table.c.user_id == user_id,
+                    jobs_table.c.user_id == user_id, _not_held(now),
                     jobs_table.c.status.in_([s.value for s in ACTIVE_STATES]))).scalar_one()
                 if active >= max_active:
                     raise RateLimited(f"{active} embedding jobs are already queued or running, the most this "
@@ -525,7 +531,7 @@ class JobsDB:
         """The caller's queued or running job with this idempotency key, if any."""
         c = jobs_table.c
         query = (select(jobs_table).where(c.user_id == user_id, c.idempotency_key == idempotency_key,
-                                          c.status.in_([s.value for s in ACTIVE_STATES]))
+                                          c.status.in_([s.value for s in ACTIVE_STATES]), _not_held(self._clock()))
                  .order_by(c.seq.desc()).limit(1))
         with transaction(self.engine) as conn:
             row = conn.execute(query).mappings().first()
@@ -599,15 +605,16 @@ class JobsDB:
         with transaction(self.engine) as conn:
             return [JobRecord.from_row(row) for row in conn.execute(query).mappings().all()]
 
-    def supersede(self, user_id: str, media_id: int) -> int:
+    def supersede(self, user_id: str, media_id: int, except_job: str | None = None) -> int:
         """Cancel the media's queued and running jobs (a newer job replaces them: two jobs writing
-        the same chunk ids would race). Returns how many."""
+        the same chunk ids would race), but `except_job`. Returns how many."""
         now = self._clock()
         c = jobs_table.c
         with transaction(self.engine) as conn:
             result = conn.execute(
                 update(jobs_table)
-                .where(c.user_id == user_id, c.media_id == media_id, c.status.in_([s.value for s in ACTIVE_STATES]))
+                .where(c.user_id == user_id, c.media_id == media_id, c.status.in_([s.value for s in ACTIVE_STATES]),
+                       c.job_id != (except_job or ""))
                 .values(status=JobStatus.CANCELLED.value, error="superseded by a newer job", updated_at=now,
                         completed_at=now)
             )

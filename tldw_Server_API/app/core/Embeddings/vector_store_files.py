@@ -42,6 +42,7 @@ from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactor
 from tldw_Server_API.app.core.RAG.vector_stores.filters import matches, parse_where
 
 MAX_BATCH_FILES = 500
+IN_LIST = 1000      # media ids per `$in` filter (the filter language's bound); more files: several queries
 # What makes one file fail (OpenAI: the file's `last_error`) rather than the request: its bytes
 # cannot be extracted or chunked, or are too large. Quotas, overload and auth errors stay errors.
 UNREADABLE = (InvalidInput, UnsupportedMediaType, PayloadTooLarge, FileContentUnavailable)
@@ -112,6 +113,10 @@ class VectorStoreFileService:
                      chunking_strategy: Mapping[str, Any] | None = None, batch_id: str | None = None) -> FileView:
         store = await self._stores.get_store(user, store_id)
         record = await asyncio.to_thread(self._files.get, user.id, file_id)   # another user's: 404
+        try:   # attached again: the earlier attachment's media item and vectors go first
+            await self._drop(user, await asyncio.to_thread(self._links.remove, user.id, store.id, file_id))
+        except NotFound:
+            pass
         model = f"{store.embedding_provider}:{store.embedding_model}"
         window = await asyncio.to_thread(self._embeddings.window, model)
         size, overlap = static_chunking(chunking_strategy, window.budget)
@@ -223,12 +228,14 @@ class VectorStoreFileService:
         name = media_collection(user.id, embedded.model_id, self._embeddings.registry.default_model_id)
         by_media = {link.media_id: link for link in links}
         vectors = self._vector_stores.for_user(user.id)
-        where = {"media_id": {"$in": sorted(m for m in by_media if m is not None)}}
+        ids = sorted(m for m in by_media if m is not None)
+        wheres = [{"media_id": {"$in": ids[i:i + IN_LIST]}} for i in range(0, len(ids), IN_LIST)]
 
         def query() -> list[list[VectorHit]]:
             if name not in vectors.list_collections():
                 return []
-            return [vectors.query(name, row, call.max_num_results, where) for row in embedded.vectors]
+            return [vectors.query(name, row, call.max_num_results, where)
+                    for row in embedded.vectors for where in wheres]
 
         hits = []
         for hit_list in await asyncio.to_thread(query):

@@ -138,6 +138,13 @@ class VectorStoreFilesDB:
             rows = conn.execute(select(files_table).where(*conditions).order_by(c.created_at)).mappings().all()
         return [StoreFile.from_row(row) for row in rows]
 
+    def media_ids(self, user_id: str) -> set[int]:
+        """The user's media items that are vector-store files (embedded with their store's model)."""
+        c = files_table.c
+        with transaction(self.engine) as conn:
+            rows = conn.execute(select(c.media_id).where(c.user_id == user_id, c.media_id.is_not(None)))
+            return {int(row[0]) for row in rows}
+
     def remove(self, user_id: str, store_id: str, file_id: str) -> StoreFile:
         found = self.get(user_id, store_id, file_id)
         c = files_table.c

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Index, MetaData, String, Table, and_, delete, func, literal, select
+from sqlalchemy import BigInteger, Column, Index, MetaData, String, Table, and_, delete, func, literal, or_, select
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -210,7 +210,10 @@ class FilesDB:
         """The caller's file; NotFound for a missing id or another user's (never saying which)."""
         validate_user_id(user_id)
         with transaction(self.engine) as conn:
-            return self._read(conn, user_id, file_id)
+            record = self._read(conn, user_id, file_id)
+        if record.expires_at is not None and record.expires_at <= self._clock():
+            raise NotFound(f"file {file_id!r} not found", param="file_id")   # expired: gone, whether swept yet or not
+        return record
 
     def content(self, user_id: str, file_id: str) -> bytes:
         """The file's bytes, checked against its sha256; FileContentUnavailable when the blob is
@@ -243,7 +246,8 @@ class FilesDB:
         validate_user_id(user_id)
         check_limit(limit, MAX_FILES_PAGE)
         c = files_table.c
-        scope: ColumnElement[bool] = c.user_id == user_id
+        scope: ColumnElement[bool] = and_(c.user_id == user_id,
+                                          or_(c.expires_at.is_(None), c.expires_at > self._clock()))
         if purpose is not None:
             _check_purpose(purpose)
             scope = and_(scope, c.purpose == purpose)

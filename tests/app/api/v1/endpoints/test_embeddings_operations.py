@@ -277,6 +277,19 @@ def test_signed_pipeline_runs_and_tampered_or_stale_messages_are_dead_lettered(
         assert embedded_inputs(ops.fake) == before                # none of them was processed
         assert ops.job(job_id)["status"] == "completed"           # and the job was not touched
 
+        # A priority bump moves the job's signed entry and never re-signs a forged one.
+        waiting = ops.upload("A second document waits for its workers.")
+        queued = ops.redis.xrange(ops.names.stream("chunking"))
+        [(_, signed)] = [(i, f) for i, f in queued if f[b"job"].decode() == waiting["job_id"]]
+        ops.redis.xadd(ops.names.stream("chunking"), {"job": waiting["job_id"], "stage": "chunking",
+                                                     "data": signed[b"data"]})          # unsigned copy
+        bumped = ops.client.post(f"/api/v1/embeddings/jobs/{waiting['job_id']}/priority", json={"priority": "high"})
+        assert bumped.status_code == 200 and bumped.json()["moved_messages"] == 1, bumped.text
+        [(_, moved)] = ops.redis.xrange(ops.names.stream("chunking", "high"))
+        signer.verify(moved)                                       # re-signed: valid
+        [(_, left)] = ops.redis.xrange(ops.names.stream("chunking"))
+        assert b"sig" not in left                                  # the forged one stayed where it was
+
 
 def test_reembed_on_the_redis_pipeline_embeds_only_the_changed_chunk(ops: Ops) -> None:
     paragraphs = [f"Paragraph {i} is about harbour number {i} and its cranes." for i in range(6)]

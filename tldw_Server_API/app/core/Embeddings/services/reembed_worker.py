@@ -19,6 +19,7 @@ from tldw_Server_API.app.core.AuthNZ.api_keys import User, validate_user_id
 from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobRecord
 from tldw_Server_API.app.core.Embeddings.media_embedding_service import EmbeddingOptions, MediaEmbeddingService
+from tldw_Server_API.app.core.Embeddings.vector_store_files_db import VectorStoreFilesDB
 from tldw_Server_API.app.core.errors import InvalidInput, NotFound
 
 
@@ -42,15 +43,25 @@ class ReembedScope:
 
 
 class ReembedWorker:
-    def __init__(self, media_embeddings: MediaEmbeddingService, media_dbs: MediaDBFactory) -> None:
+    def __init__(self, media_embeddings: MediaEmbeddingService, media_dbs: MediaDBFactory,
+                 store_files: VectorStoreFilesDB | None = None) -> None:
         self._media_embeddings = media_embeddings
         self._media_dbs = media_dbs
+        self._store_files = store_files
 
     def _targets(self, scope: ReembedScope) -> list[tuple[str, list[int]]]:
+        """(user, media ids) to re-embed. A user's or everyone's media leaves out vector-store
+        files: they are embedded with their store's model, which a re-embed must not change."""
         if scope.user_id is not None and scope.media_id is not None:
             return [(scope.user_id, [scope.media_id])]
         users = [scope.user_id] if scope.user_id is not None else self._media_dbs.user_ids()
-        return [(uid, ids) for uid in users if (ids := self._media_dbs.get(uid).all_live_media_ids())]
+        targets = []
+        for uid in users:
+            files = self._store_files.media_ids(uid) if self._store_files is not None else set()
+            ids = [i for i in self._media_dbs.get(uid).all_live_media_ids() if i not in files]
+            if ids:
+                targets.append((uid, ids))
+        return targets
 
     async def schedule(self, operator: User, scope: ReembedScope, options: EmbeddingOptions,
                        at: datetime | None = None) -> list[JobRecord]:

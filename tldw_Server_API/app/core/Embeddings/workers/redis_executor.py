@@ -32,7 +32,16 @@ from tldw_Server_API.app.core.Embeddings.queue_schemas import ChunkingMessage
 from tldw_Server_API.app.core.Embeddings.request_signing import MessageSigner
 from tldw_Server_API.app.core.Embeddings.worker_config import STAGES, StreamNames, signer_of
 from tldw_Server_API.app.core.Embeddings.workers.base_worker import control_stage, ensure_groups, stage_state
-from tldw_Server_API.app.core.errors import NotFound, Overloaded
+from tldw_Server_API.app.core.errors import NotFound, Overloaded, TLDWError
+
+# Move one entry to another stream unless a worker has taken it (it is in the group's PEL) or it
+# is gone: check, XDEL and XADD in one step.
+_MOVE_UNTAKEN = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) > 0 then return 0 end
+if redis.call('XDEL', KEYS[1], ARGV[2]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+return 1
+"""
 
 
 async def stage_stats(redis: Any, names: StreamNames, stage: str) -> dict[str, Any]:
@@ -143,24 +152,30 @@ class RedisExecutor:
         return await enqueue_spec(self.redis, self.names, job, self._media_dbs, self.signer)
 
     async def reprioritize(self, job_id: str, priority: str) -> int:
-        """Move the job's waiting entries (not those a worker holds) to the priority's sub-stream."""
+        """Move the job's waiting entries to the priority's sub-stream: only entries no worker has
+        taken (checked and moved in one script, so a worker reading it meanwhile cannot get it
+        twice) and, with signing on, only entries whose signature verifies (a forged entry is
+        never re-signed). Returns how many moved."""
+        move = self.redis.register_script(_MOVE_UNTAKEN)
         moved = 0
         for stage in STAGES:
             target = self.names.stream(stage, priority)
             for stream in self.names.streams(stage):
                 if stream == target or not await self.redis.exists(stream):
                     continue
-                held = {text_of(row["message_id"]) for row in await self.redis.xpending_range(
-                    stream, self.names.group(stage), min="-", max="+", count=10_000)}
                 for entry_id, fields in await self.redis.xrange(stream):
-                    if job_of(fields) != job_id or text_of(entry_id) in held:
+                    if job_of(fields) != job_id:
                         continue
-                    message = from_fields(fields).model_copy(update={"priority": priority})
-                    async with self.redis.pipeline(transaction=True) as pipe:
-                        pipe.xadd(target, to_fields(message, self.signer))
-                        pipe.xdel(stream, entry_id)
-                        await pipe.execute()
-                    moved += 1
+                    try:
+                        if self.signer is not None:
+                            self.signer.verify(fields)
+                        message = from_fields(fields).model_copy(update={"priority": priority})
+                    except TLDWError:
+                        continue   # a bad entry is the worker's to dead-letter, never ours to re-sign
+                    args: list[Any] = [self.names.group(stage), entry_id]
+                    for key, value in to_fields(message, self.signer).items():
+                        args += [key, value]
+                    moved += int(await move(keys=[stream, target], args=args))
         return moved
 
     async def broadcast_breaker_reset(self, provider: str) -> None:
