@@ -178,7 +178,12 @@ def ingest(
             done = progress.tasks[uploads].completed + 1
             progress.update(uploads, advance=1, rate=f"{done / max(time.monotonic() - started, 1e-3):.1f} files/s")
         if wait:
-            _wait(client, rows, progress)
+            try:
+                _wait(client, rows, progress)
+            except APIError as exc:   # the server went away while we waited: what was uploaded stays
+                err.print(f"[red]stopped waiting:[/red] {exc}")
+                _summary(rows)
+                raise typer.Exit(1) from None
     _summary(rows)
     if any(row.outcome == "failed" or row.job_status == "failed" for row in rows) or missing:
         raise typer.Exit(1)
