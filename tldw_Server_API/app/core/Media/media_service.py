@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tldw_Server_API.app.core.AuthNZ.api_keys import User
-from tldw_Server_API.app.core.Chunking import ExtractionLimits, extract_text
+from tldw_Server_API.app.core.Chunking import Chunk, ExtractionLimits, extract_text
 from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory, MediaRecord, MediaSummary
 from tldw_Server_API.app.core.Embeddings.media_embedding_service import (
     EmbeddingOptions,
@@ -57,18 +58,8 @@ class MediaService:
     async def add(
         self, user: User, media: NewMedia, generate_embeddings: bool, options: EmbeddingOptions
     ) -> tuple[MediaRecord, StartResult | None]:
-        if not media.content.strip():
-            raise InvalidInput("'content' must not be empty", param="content")
-        if len(media.content.encode("utf-8")) > self._max_upload_bytes:   # JSON text has the upload cap too
-            param = "file" if media.source_filename else "content"
-            raise PayloadTooLarge(f"the media text is larger than {self._max_upload_bytes} bytes", param=param)
-        if media.title is not None and len(media.title) > MAX_TITLE:
-            raise InvalidInput(f"'title' is longer than {MAX_TITLE} characters", param="title")
-        provider, model_id, chunking = await self._embeddings.prepare(user, options)  # every check before writing
-        if generate_embeddings:
-            await self._embeddings.manager.check_capacity()
-        chunks = await asyncio.to_thread(   # seconds for a 25 MB text, and a tokenizer may load
-            self._embeddings.chunk, media.content, media.page_starts, provider, model_id, chunking)
+        chunks = await self._checked_chunks(user, media.content, media.page_starts, options, generate_embeddings,
+                                            param="file" if media.source_filename else "content", title=media.title)
         db = self._media_dbs.get(user.id)
 
         def write() -> MediaRecord:
@@ -89,19 +80,29 @@ class MediaService:
     ) -> tuple[MediaRecord, StartResult | None]:
         """Replace a media item's text (and title); its FTS chunks at once, then (by default) an
         embedding job, which reuses the vectors of unchanged chunks."""
-        if not content.strip():
-            raise InvalidInput("'content' must not be empty", param="content")
-        if len(content.encode("utf-8")) > self._max_upload_bytes:
-            raise PayloadTooLarge(f"the media text is larger than {self._max_upload_bytes} bytes", param="content")
-        provider, model_id, chunking = await self._embeddings.prepare(user, options)
-        if generate_embeddings:
-            await self._embeddings.manager.check_capacity()
-        chunks = await asyncio.to_thread(self._embeddings.chunk, content, None, provider, model_id, chunking)
+        chunks = await self._checked_chunks(user, content, None, options, generate_embeddings, param="content")
         db = self._media_dbs.get(user.id)
         record = await asyncio.to_thread(db.update_content, media_id, content, chunks, title, self._quota_bytes)
         if not generate_embeddings:
             return record, None
         return record, await self._embeddings.start(user, record.id, options)
+
+    async def _checked_chunks(self, user: User, content: str, page_starts: Sequence[int] | None,
+                              options: EmbeddingOptions, generate_embeddings: bool, *, param: str,
+                              title: str | None = None) -> list[Chunk]:
+        """Every check a write of this text needs, before anything is written (text, size, model,
+        chunking, job capacity), then its FTS chunks as the job will cut them."""
+        if not content.strip():
+            raise InvalidInput("'content' must not be empty", param="content")
+        if len(content.encode("utf-8")) > self._max_upload_bytes:   # JSON text has the upload cap too
+            raise PayloadTooLarge(f"the media text is larger than {self._max_upload_bytes} bytes", param=param)
+        if title is not None and len(title) > MAX_TITLE:
+            raise InvalidInput(f"'title' is longer than {MAX_TITLE} characters", param="title")
+        provider, model_id, chunking = await self._embeddings.prepare(user, options)
+        if generate_embeddings:
+            await self._embeddings.manager.check_capacity()
+        return await asyncio.to_thread(   # seconds for a 25 MB text, and a tokenizer may load
+            self._embeddings.chunk, content, page_starts, provider, model_id, chunking)
 
     async def get(self, user: User, media_id: int) -> MediaRecord:
         return await asyncio.to_thread(self._media_dbs.get(user.id).get_media, media_id)

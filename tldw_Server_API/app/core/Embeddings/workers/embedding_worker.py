@@ -36,9 +36,7 @@ async def reusable_vectors(context: StageContext, message: EmbeddingMessage, has
     where = {"$and": [{"media_id": message.media_id}, {"chunk_hash": {"$in": sorted(set(hashes))}}]}
 
     def read() -> dict[str, Any]:
-        if name not in store.list_collections():
-            return {}
-        rows = store.get(name, where=where, include_vectors=True)
+        rows = store.get(name, where=where, include_vectors=True)   # a collection not made yet: none
         return {str(r.metadata["chunk_hash"]): r.vector for r in rows
                 if r.vector is not None and r.metadata.get("embedding_model") == message.embedding_model
                 and r.metadata.get("embedding_provider") == message.embedding_provider}
