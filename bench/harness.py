@@ -83,7 +83,8 @@ def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
 
 class ServerProcess:
     """`python -m tldw_Server_API` serving `data_dir` in single-user mode; `env` adds settings
-    (e.g. `RAG__VECTOR_STORE_TYPE`). Waits until the health route answers; stops it on exit."""
+    (e.g. `RAG__VECTOR_STORE_TYPE`). Waits until the server is ready (`/health` 200: models warm);
+    stops it on exit."""
 
     def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None, ready_timeout_s: float = 300) -> None:
         self.port = free_port()
@@ -119,7 +120,9 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited with status {self.process.returncode} before it was ready")
             try:
-                response = httpx.get(f"{self.base_url}/api/v1/embeddings/health", headers=self.headers, timeout=5)
+                # /health is 503 `loading` until the start-up work (engine choice, preloaded models) is done:
+                # a measurement that started earlier would share the cores with it
+                response = httpx.get(f"{self.base_url}/health", headers=self.headers, timeout=5)
                 if response.status_code == 200:
                     return self
             except httpx.HTTPError:

@@ -104,6 +104,14 @@ class OnnxConfig:
 
 
 @dataclass(frozen=True)
+class EngineSelectionConfig:
+    engine: Literal["auto", "huggingface", "onnx"]   # what a bare local model id runs on; auto: measured
+    precision: Literal["exact", "fast"]               # fast: reduced-precision paths within the bar may win
+    min_mean_cosine: float                            # the quality bar of a reduced-precision path ...
+    min_cosine: float                                 # ... against fp32 on the calibration texts
+
+
+@dataclass(frozen=True)
 class BatchingConfig:
     max_wait_ms: float               # most a pass under its budget waits for more rows (0: never)
     max_queue_texts: int             # queued texts per model before 429 overloaded
@@ -144,6 +152,7 @@ class EngineConfig:
     openai: RemoteAPIConfig
     local_api: RemoteAPIConfig
     prompts_file: Path               # Qwen3-style instruction prompts
+    selection: EngineSelectionConfig = EngineSelectionConfig("auto", "exact", 0.99, 0.975)
 
 
 @dataclass(frozen=True)
@@ -405,6 +414,25 @@ class Settings(BaseSettings):
         "fp32", description="ONNX variant of a bare `onnx:<model>` id; `<model>@fp32` / `@int8` pick one explicitly."
     )
     embeddings_onnx_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 keeps its default.")
+    embeddings_engine: Literal["auto", "huggingface", "onnx"] = Field(
+        "auto", description="Engine of a bare local model id (`sentence-transformers/all-MiniLM-L6-v2`; a "
+        "`huggingface:`/`onnx:` prefix always pins one). auto: the fastest engine whose vectors equal torch fp32's "
+        "(cosine >= 0.9999 on every calibration text), measured at start-up with the preload and recorded in "
+        "`<model dir>/engine_choice.json`; until measured, onnx fp32 on a CPU, else huggingface."
+    )
+    embeddings_precision: Literal["exact", "fast"] = Field(
+        "exact", description="exact: bare ids run fp32 engines only. fast: the CPU's reduced-precision paths "
+        "(bf16 with AVX-512 BF16/AMX, int8 with VNNI/AMX) compete too when they clear the quality bar below; "
+        "their vectors go to a collection of their own. On a CPU without those instructions nothing changes."
+    )
+    embeddings_quality_min_mean_cosine: float = Field(
+        0.99, ge=0, le=1, description="Quality bar of a reduced-precision path: mean cosine to fp32 on the "
+        "calibration texts; a path below it is never a default."
+    )
+    embeddings_quality_min_cosine: float = Field(
+        0.975, ge=0, le=1, description="Quality bar of a reduced-precision path: lowest cosine to fp32 on any "
+        "calibration text; a path below it is never a default."
+    )
     embeddings_batch_max_wait_ms: float = Field(
         0.0, ge=0, description="Micro-batcher: right after a forward pass, most time the next pass waits for more "
         "rows when it would run under its padded-token budget (0: never; rows that arrive during a pass join "
@@ -764,6 +792,11 @@ class Settings(BaseSettings):
             openai=self._remote(self.openai_base_url, self.openai_api_key),
             local_api=self._remote(self.embeddings_local_api_url, self.embeddings_local_api_key),
             prompts_file=DEFAULT_PROMPTS_FILE,
+            selection=EngineSelectionConfig(
+                engine=self.embeddings_engine, precision=self.embeddings_precision,
+                min_mean_cosine=self.embeddings_quality_min_mean_cosine,
+                min_cosine=self.embeddings_quality_min_cosine,
+            ),
         )
 
     def _remote(self, base_url: str | None, key: SecretStr | None) -> RemoteAPIConfig:

@@ -68,6 +68,7 @@ class HopResult:
     rate_limit: Decision | None
     truncated: tuple[int, ...] = ()   # indexes of inputs longer than the model's window (cut to it)
     pooled: tuple[int, ...] = ()      # indexes of inputs pooled from window-sized pieces (`mean`)
+    engine: str = ""                  # local models: `provider:precision` that computed them
 
 
 def resolve_hop(registry: ProviderRegistry, hop: Hop, requested_model: str, *, first: bool) -> ResolvedModel | None:
@@ -162,7 +163,8 @@ class HopExecutor:
         hit_tokens = sum(counts[i] for i in cached) if counts else 0
         status: CacheStatus = "hit" if not misses else ("miss" if not cached else "partial")
         self._metrics.record_cache(len(cached), len(misses))
-        return HopResult(provider.name, list(ordered), hit_tokens + miss_tokens, status, budget.decision, truncated)
+        return HopResult(provider.name, list(ordered), hit_tokens + miss_tokens, status, budget.decision, truncated,
+                         engine=info.engine)
 
     @staticmethod
     async def _token_counts(

@@ -91,6 +91,7 @@ class EmbeddingOutcome:
     rate_limit: Decision | None = None
     truncated: tuple[int, ...] = ()           # inputs cut to the model's window
     pooled: tuple[int, ...] = ()              # inputs embedded as the mean of their pieces
+    engine: str = ""                          # local models: `provider:precision` that ran
 
     @property
     def input_count(self) -> int:
@@ -207,7 +208,7 @@ class EmbeddingService:
         return EmbeddingOutcome(
             model=call.model, provider=result.provider, embeddings=rows, prompt_tokens=result.tokens,
             cache=result.cache, fallback_from=fallback_from, rate_limit=result.rate_limit,
-            truncated=result.truncated, pooled=result.pooled,
+            truncated=result.truncated, pooled=result.pooled, engine=result.engine,
         )
 
     # --- internal callers ---------------------------------------------------------------------
@@ -248,6 +249,16 @@ class EmbeddingService:
         available models (a bare id where it reaches that engine, else `provider:model`), then
         the aliases (listing None)."""
         served: list[tuple[str, ModelListing | None]] = []
+        for bare_id in self.registry.bare_local_models():   # the bare ids, on the engine each runs on
+            chosen = self.registry.bare_engine(bare_id)
+            if chosen is None:
+                continue
+            try:
+                row = self.registry.listing(chosen)
+            except TLDWError:
+                continue
+            if self._policy.allowed(row.info.provider, bare_id, is_admin=user.is_admin):
+                served.append((bare_id, row))
         for row in self.registry.listings():
             provider, model_id = row.info.provider, row.info.model_id
             if not row.available or not self._policy.allowed(provider, model_id, is_admin=user.is_admin):
@@ -293,10 +304,16 @@ class EmbeddingService:
             "loaded_models": loaded,
             "circuit_breakers": breakers,
             "cache": self._executor.cache_stats(),
+            "engine_choice": self.registry.engine_report(),
         }
 
     async def preload(self, models: tuple[str, ...] | list[str]) -> None:
-        """PRELOAD_EMBEDDING_MODELS: load and warm each at startup; a failure is logged, not fatal."""
+        """PRELOAD_EMBEDDING_MODELS: first measure the engines of the catalog's bare local ids not
+        measured on this machine yet (EMBEDDINGS_ENGINE=auto), then load and warm each model at
+        startup; a failure is logged, not fatal. Nothing to preload: nothing is measured either."""
+        if models:
+            await self.registry.measure_engines(
+                [*self.registry.bare_local_models(), *(m for m in models if ":" not in m)])
         for model in models:
             try:
                 await self.warmup(model)

@@ -112,6 +112,7 @@ class HealthResponse(BaseModel):
     loaded_models: list[str]
     circuit_breakers: dict[str, Any]
     cache: dict[str, Any]
+    engine_choice: dict[str, Any] | None = None
     components: dict[str, ComponentStatus]
 
 
@@ -150,6 +151,8 @@ def render_embeddings(outcome: EmbeddingOutcome) -> Response:
 def embedding_headers(outcome: EmbeddingOutcome) -> dict[str, str]:
     headers = {"X-Embeddings-Provider": outcome.provider, "X-Cache": outcome.cache,
                "X-Embeddings-Truncated": str(len(outcome.truncated))}
+    if outcome.engine:
+        headers["X-Embeddings-Engine"] = outcome.engine
     if outcome.truncated:
         headers["X-Embeddings-Truncated-Inputs"] = index_ranges(outcome.truncated)
     if outcome.pooled:

@@ -10,7 +10,11 @@ line in `_PROVIDER_FACTORIES`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import asyncio
+import importlib.util
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
 
 from tldw_Server_API.app.core.config import EngineConfig
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.provider_types import (
@@ -23,8 +27,13 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.provider_types import
 from tldw_Server_API.app.core.Embeddings.input_processing import parse_model_name
 from tldw_Server_API.app.core.errors import ModelNotFound, ProviderNotImplemented, TLDWError, UnknownProvider
 
+if TYPE_CHECKING:
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.cpu_capabilities import CpuCapabilities
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.engine_selection import EngineChooser
+
 # Every provider family the seeds document. Those without a factory answer 501 until built.
 KNOWN_PROVIDERS: tuple[str, ...] = ("huggingface", "onnx", "openai", "local_api")
+LOCAL_ENGINES: tuple[str, ...] = ("huggingface", "onnx")
 
 
 class ProviderRegistry:
@@ -36,8 +45,10 @@ class ProviderRegistry:
         catalog: Sequence[str],
         default_model: str,
         default_provider: str = "huggingface",
+        chooser: EngineChooser | None = None,
     ) -> None:
         self._providers = dict(providers)
+        self._chooser = chooser
         self._default_provider = default_provider
         self._catalog: list[tuple[str, str]] = []
         for entry in catalog:
@@ -84,16 +95,80 @@ class ProviderRegistry:
         return ids or [self._default_model]
 
     def resolve(self, model: str) -> ResolvedModel:
-        """`provider:model` or a bare id -> provider + model info; ModelNotFound when absent."""
+        """`provider:model` or a bare id -> provider + model info; ModelNotFound when absent. A
+        bare id of a local model runs on the engine the chooser picked for it."""
         parsed = parse_model_name(model)
+        if parsed.provider is None:
+            chosen = self.bare_engine(parsed.model_id)
+            if chosen is not None:
+                return self.resolve(chosen)
         provider = self.get(parsed.provider or self.provider_for(parsed.model_id))
         return ResolvedModel(provider=provider, info=provider.model_info(parsed.model_id))
+
+    def bare_engine(self, model_id: str) -> str | None:
+        """`provider:model` a bare local id runs on (None: no choice applies, e.g. a remote model,
+        a variant, or a model with no local copy, which resolves and fails as before)."""
+        if self._chooser is None or "@" in model_id or self.provider_for(model_id) not in LOCAL_ENGINES:
+            return None
+        try:
+            return self._chooser.choice(model_id).chosen
+        except TLDWError:
+            return None
+
+    def bare_local_models(self) -> list[str]:
+        """The catalog's local models by their bare ids (what `measure_engines` looks at)."""
+        return list(dict.fromkeys(model_id.rpartition("@")[0] or model_id
+                                  for name, model_id in self._catalog if name in LOCAL_ENGINES))
+
+    async def measure_engines(self, model_ids: Iterable[str]) -> None:
+        """Measure the candidate engines of each bare id not measured yet on this machine and record
+        the choice; models that lose are unloaded again. Failures are logged (the rule stays)."""
+        for model_id in dict.fromkeys(model_ids):
+            try:
+                if self._chooser is None or self.bare_engine(model_id) is None \
+                        or not self._chooser.needs_measuring(model_id):
+                    continue
+                await self._measure(self._chooser, model_id)
+            except TLDWError as exc:
+                from loguru import logger
+
+                logger.warning("engine choice: {} not measured: {}", model_id, exc.message)
+
+    async def _measure(self, chooser: EngineChooser, model_id: str) -> None:
+        from tldw_Server_API.app.core.Embeddings.Embeddings_Server.engine_selection import Candidate, measure
+
+        options = chooser.options(model_id)
+        encoders: dict[str, Any] = {}
+        failures: dict[str, Exception] = {}
+        async with AsyncExitStack() as held:
+            for candidate in options:
+                provider: Any = self.get(candidate.provider)
+                try:
+                    await held.enter_async_context(provider.use(candidate.model_id))
+                    encoders[candidate.spec] = await provider.loaded_encoder(candidate.model_id)
+                except TLDWError as exc:
+                    failures[candidate.spec] = exc
+
+            def encode(candidate: Candidate, texts: Sequence[str]) -> Any:
+                if candidate.spec in failures:
+                    raise failures[candidate.spec]
+                return encoders[candidate.spec].encode(texts).vectors
+
+            results = await asyncio.to_thread(measure, options, encode, chooser.bar)
+        choice = chooser.decide(model_id, results)
+        for candidate in options:
+            if candidate.spec != choice.chosen:
+                loser: Any = self.get(candidate.provider)
+                await loser.unload(candidate.model_id)
+
+    def engine_report(self) -> dict[str, Any] | None:
+        return None if self._chooser is None else self._chooser.report()
 
     def listings(self) -> list[ModelListing]:
         rows = []
         for provider_name, model_id in self._catalog:
             provider = self._providers.get(provider_name)
-            loaded = provider is not None and model_id in provider.loaded_models()
+            loaded = provider is not None and _is_loaded(provider, model_id)
             try:
                 info = self.get(provider_name).model_info(model_id)
                 available = True
@@ -110,12 +185,18 @@ class ProviderRegistry:
             if row.info.model_id == parsed.model_id and parsed.provider in (None, row.info.provider):
                 return row
         resolved = self.resolve(model)  # a model outside the catalog that resolves locally
-        loaded = resolved.info.model_id in resolved.provider.loaded_models()
+        loaded = _is_loaded(resolved.provider, resolved.info.model_id)
         return ModelListing(resolved.info, True, loaded, default=False)
 
     async def aclose(self) -> None:
         for provider in self._providers.values():
             await provider.aclose()
+
+
+def _is_loaded(provider: EmbeddingProvider, model_id: str) -> bool:
+    """Whether what runs `model_id` is loaded (`<id>` and `<id>@fp32` name one onnx session)."""
+    engine_id: Callable[[str], str] = getattr(provider, "engine_id", lambda m: m)
+    return engine_id(model_id) in provider.loaded_models()
 
 
 def _huggingface(config: EngineConfig) -> EmbeddingProvider:
@@ -158,9 +239,38 @@ _PROVIDER_FACTORIES: dict[str, Callable[[EngineConfig], EmbeddingProvider]] = {
 }
 
 
-def create_provider_registry(config: EngineConfig) -> ProviderRegistry:
+def _engine_chooser(config: EngineConfig, providers: Mapping[str, EmbeddingProvider],
+                    caps: CpuCapabilities | None) -> EngineChooser:
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server import cpu_capabilities
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.engine_selection import (
+        ChoiceStore,
+        EngineChooser,
+        EngineFacts,
+    )
+
+    reference: Any = providers["huggingface"]
+    onnx_available = importlib.util.find_spec("onnxruntime") is not None
+
+    def facts(model_id: str) -> EngineFacts:
+        profile = reference.profile(model_id)   # ModelNotFound & co. for a model with no local copy
+        encoder = profile.padding_side is None and not profile.instructions
+        return EngineFacts(config.huggingface.device, onnx_available, config.onnx.quantize, encoder)
+
+    batching = config.batching
+    tag = (f"torch_threads={config.huggingface.torch_threads},onnx_threads={config.onnx.threads},"
+           f"passes={batching.parallel_passes},tokens={batching.max_padded_tokens},rows={batching.max_batch_rows},"
+           f"unpadded={config.huggingface.unpadded}")
+    return EngineChooser(config.selection, caps or cpu_capabilities.detect(),
+                         ChoiceStore(config.catalog.model_dir / "engine_choice.json"), facts,
+                         reference.model_revision, settings_tag=tag)
+
+
+def create_provider_registry(config: EngineConfig, caps: CpuCapabilities | None = None) -> ProviderRegistry:
+    """The providers of `config` and the engine chooser of bare ids; `caps`: the CPU's
+    capabilities (detected when None)."""
     providers = {name: factory(config) for name, factory in _PROVIDER_FACTORIES.items()}
-    return ProviderRegistry(providers, config.catalog.models, config.catalog.default_model)
+    return ProviderRegistry(providers, config.catalog.models, config.catalog.default_model,
+                            chooser=_engine_chooser(config, providers, caps))
 
 
 __all__ = [

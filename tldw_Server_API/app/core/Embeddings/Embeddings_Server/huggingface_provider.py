@@ -27,6 +27,7 @@ from tldw_Server_API.app.core.config import BatchingConfig, HuggingFaceConfig, M
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import Forward, LocalModelProvider
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_manager import Clock
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
+from tldw_Server_API.app.core.errors import InvalidInput
 
 
 def cpu_cores() -> int:
@@ -82,6 +83,20 @@ class IntraOpShare:
                 self._changed.notify_all()
 
 
+VARIANTS = ("fp32", "bf16")
+
+
+def split_variant(model_id: str) -> tuple[str, str]:
+    """`<id>` and `<id>@fp32`: fp32; `<id>@bf16`: bf16 matmuls under torch autocast (norms and
+    softmax stay fp32), fast on CPUs with AVX-512 BF16 or AMX, emulated (slow) elsewhere."""
+    base, sep, variant = model_id.rpartition("@")
+    if not sep:
+        return model_id, "fp32"
+    if variant not in VARIANTS:
+        raise InvalidInput(f"unknown huggingface variant '@{variant}'; use @fp32 or @bf16", param="model")
+    return base, variant
+
+
 class HuggingFaceProvider(LocalModelProvider):
     name = "huggingface"
 
@@ -92,6 +107,16 @@ class HuggingFaceProvider(LocalModelProvider):
         self._config = config
         self._threads: IntraOpShare | None = None   # on CPU, made with the first model
         self._unpadded: set[str] = set()            # models loaded with the unpadded encoder
+
+    def base_model_id(self, model_id: str) -> str:
+        return split_variant(model_id)[0]
+
+    def engine_id(self, model_id: str) -> str:
+        base, variant = split_variant(model_id)
+        return base if variant == "fp32" else f"{base}@{variant}"
+
+    def precision(self, model_id: str) -> str:
+        return split_variant(model_id)[1]
 
     def intra_op_threads(self) -> int:
         """Threads the passes share on CPU: EMBEDDINGS_TORCH_THREADS, else the cores this process may
@@ -124,12 +149,14 @@ class HuggingFaceProvider(LocalModelProvider):
         pooling = self.profile(model_id).pooling
         unpadded = unpadded_forward(model) if self._config.unpadded else None
         (self._unpadded.add if unpadded is not None else self._unpadded.discard)(model_id)
+        bf16 = self.precision(model_id) == "bf16"
 
         def forward(encoded: dict[str, np.ndarray]) -> np.ndarray:
             tensors: dict[str, Any] = {
                 k: torch.from_numpy(v).to(device) for k, v in encoded.items() if k in input_names
             }
-            with torch.inference_mode(), threads.share() if threads is not None else nullcontext():
+            autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else nullcontext()
+            with torch.inference_mode(), threads.share() if threads is not None else nullcontext(), autocast:
                 if unpadded is not None:
                     states = unpadded(tensors["input_ids"], tensors["attention_mask"],
                                       tensors.get("token_type_ids"), tensors.get("position_ids"))

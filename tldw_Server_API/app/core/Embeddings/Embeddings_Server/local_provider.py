@@ -164,6 +164,16 @@ class LocalModelProvider:
         """The id whose files hold the weights (a subclass may strip a variant suffix)."""
         return model_id
 
+    def engine_id(self, model_id: str) -> str:
+        """The one name of what runs: ids that run the same weights at the same precision (`<id>`
+        and `<id>@fp32`) share a loaded model, its batcher and its tokenizers. Every public entry
+        point that loads or runs applies it; `model_info` keeps the caller's id (vectors are stored
+        under that)."""
+        return model_id
+
+    def precision(self, model_id: str) -> str:  # noqa: ARG002 - subclasses read a variant from it
+        return "fp32"
+
     def _load_forward(self, model_id: str) -> tuple[Forward, int]:
         """The forward function of a loaded model and its estimated memory in bytes."""
         raise NotImplementedError
@@ -182,7 +192,8 @@ class LocalModelProvider:
             base = self.base_model_id(model_id)
             files = self._resolver.locate(base) or self._missing(base)
             meta = read_metadata(files.path)
-            info = ModelInfo(self.name, model_id, meta.dimension, meta.max_tokens, files.source, files.revision)
+            info = ModelInfo(self.name, model_id, meta.dimension, meta.max_tokens, files.source, files.revision,
+                             engine=f"{self.name}:{self.precision(model_id)}")
             self._files[model_id], self._meta[model_id], self._infos[model_id] = files, meta, info
         return info
 
@@ -316,9 +327,14 @@ class LocalModelProvider:
                                                      thread_name_prefix=f"{self.name}-pass")
         return self._pass_executor
 
+    async def loaded_encoder(self, model_id: str) -> BatchEncoder:
+        """The engine itself (no batcher), loaded when needed; the caller holds a `use`."""
+        return await self._loaded(model_id)
+
     async def _loaded(self, model_id: str) -> BatchEncoder:
         """The model's encoder, loaded (and other models evicted) when needed; caller holds a use.
         A loaded model is taken straight from the (locked) cache, without a hop to the loading thread."""
+        model_id = self.engine_id(model_id)
         encoder = self._cache.get(model_id)
         if encoder is not None:
             return encoder
@@ -367,6 +383,7 @@ class LocalModelProvider:
 
     async def warmup(self, model_id: str) -> ModelInfo:
         """Download if needed, load, and run one tiny forward pass."""
+        model_id = self.engine_id(model_id)
         info = await self.download(model_id)
         texts = self.prepare_texts(model_id, ["warmup"])
         async with self.use(model_id):
@@ -378,6 +395,7 @@ class LocalModelProvider:
     async def use(self, model_id: str) -> AsyncIterator[None]:
         """Hold a model in use for the block (e.g. across a job's batches): it is never evicted
         meanwhile, and its idle time starts when the last use ends."""
+        model_id = self.engine_id(model_id)
         self.model_info(model_id)
         self._start_sweeper()
         async with self._cache.use(model_id, self._release):
@@ -389,6 +407,7 @@ class LocalModelProvider:
 
     async def unload(self, model_id: str) -> bool:
         """Unload one model now; False when it is not loaded or in use."""
+        model_id = self.engine_id(model_id)
         evicted = self._cache.remove(model_id)
         unloaded = bool(evicted)
         await self._release(evicted)
@@ -420,6 +439,7 @@ class LocalModelProvider:
         return result
 
     async def count_tokens(self, model_id: str, texts: Sequence[str]) -> list[int]:
+        model_id = self.engine_id(model_id)
         prepared = self.prepare_texts(model_id, texts)
         end_token = self.profile(model_id).end_token
 
@@ -448,6 +468,7 @@ class LocalModelProvider:
         self, model_id: str, texts: Sequence[str], token_counts: Sequence[int] | None = None  # noqa: ARG002
     ) -> EmbeddingBatch:
         """Through the model's micro-batcher, which runs rows of concurrent requests in shared passes."""
+        model_id = self.engine_id(model_id)
         prepared = self.prepare_texts(model_id, texts)
         async with self.use(model_id):
             batcher = self._batchers.get(model_id)

@@ -48,6 +48,14 @@ class OnnxProvider(LocalModelProvider):
     def base_model_id(self, model_id: str) -> str:
         return split_variant(model_id, self._config.quantize)[0]
 
+    def engine_id(self, model_id: str) -> str:
+        """`<id>` runs EMBEDDINGS_ONNX_QUANTIZE's variant: the same session as `<id>@<variant>`."""
+        base, variant = split_variant(model_id, self._config.quantize)
+        return f"{base}@{variant}"
+
+    def precision(self, model_id: str) -> str:
+        return split_variant(model_id, self._config.quantize)[1]
+
     def graph_path(self, model_id: str) -> Path:
         """`onnx/<org--name>/<revision>/model.<variant>.onnx`: a new revision of the weights gets
         its own export, never a stale one ("local" when the revision is unknown)."""
@@ -80,6 +88,7 @@ class OnnxProvider(LocalModelProvider):
         if self._config.threads:
             options.intra_op_num_threads = self._config.threads
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         graph = self.ensure_exported(model_id)
         session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         input_names = {i.name for i in session.get_inputs()}

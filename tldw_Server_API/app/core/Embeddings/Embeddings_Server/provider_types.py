@@ -22,6 +22,7 @@ class ModelInfo:
     max_tokens: int | None
     source: str = ""          # where the weights come from: package, path, cache, remote
     revision: str = ""        # revision of the local copy ("" unknown); part of the cache key
+    engine: str = ""          # local models: `provider:precision` that computes the vectors ("" remote)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,297 @@
+"""Which local engine a bare model id runs on (EMBEDDINGS_ENGINE, EMBEDDINGS_PRECISION).
+
+A client that sends `sentence-transformers/all-MiniLM-L6-v2` means the model, not an engine; a
+`huggingface:` or `onnx:` prefix pins one. For a bare id of a local model the candidates are its
+exact engines -- torch fp32 (`huggingface`, the reference) and onnxruntime fp32 (`onnx`, for
+encoder models on the CPU) -- and, with EMBEDDINGS_PRECISION=fast, the reduced-precision paths
+this CPU has hardware for: bf16 (`huggingface:<id>@bf16`, torch autocast; AVX-512 BF16 / AMX) and
+int8 (`onnx:<id>@int8`; VNNI / AMX). Each candidate is measured on the calibration texts: its
+cosine to the reference's vectors and its time for the whole set. An exact candidate must agree
+with the reference within cosine `EXACT_COSINE` on every text; a reduced-precision one must clear
+the quality bar (mean and min cosine), else it is refused and never becomes the default. The
+fastest admitted one wins. The choice is measured at start-up (with the preload) and recorded in
+`<model dir>/engine_choice.json` per model revision, CPU, library versions and settings, so a
+restart reuses it. Until a model is measured, the documented rule applies: onnx fp32 where it is
+a candidate, else huggingface.
+
+`candidates`, `verdict` and `choose` are pure; `EngineChooser` holds the choices and measures.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from loguru import logger
+
+from tldw_Server_API.app.core.config import EngineSelectionConfig
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.calibration import CALIBRATION_TEXTS
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.cpu_capabilities import CpuCapabilities
+
+EXACT_COSINE = 0.9999          # an "exact" engine agrees with the reference this closely on every text
+LOCAL_ENGINES = ("huggingface", "onnx")
+Precision = Literal["fp32", "bf16", "int8"]
+Verdict = Literal["reference", "exact", "within_bar", "below_bar", "failed"]
+
+
+@dataclass(frozen=True)
+class QualityBar:
+    """What a reduced-precision path must keep against fp32 to be offered as a default."""
+
+    mean: float = 0.99
+    min: float = 0.975
+
+    def admits(self, cosine_mean: float, cosine_min: float) -> bool:
+        return cosine_mean >= self.mean and cosine_min >= self.min
+
+
+@dataclass(frozen=True)
+class Candidate:
+    provider: str          # "huggingface" | "onnx"
+    model_id: str          # as the provider takes it: `<id>` (its exact default), `<id>@int8`, `<id>@bf16`
+    precision: Precision
+
+    @property
+    def spec(self) -> str:
+        return f"{self.provider}:{self.model_id}"
+
+    @property
+    def engine(self) -> str:
+        return f"{self.provider}:{self.precision}"
+
+
+@dataclass
+class Measurement:
+    candidate: Candidate
+    seconds: float | None = None          # best time for the calibration workload
+    cosine_mean: float | None = None      # to the reference (torch fp32) vectors
+    cosine_min: float | None = None
+    verdict: Verdict = "failed"
+    error: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {"engine": self.candidate.engine, "model": self.candidate.spec,
+                "seconds": None if self.seconds is None else round(self.seconds, 4),
+                "cosine_mean": self.cosine_mean, "cosine_min": self.cosine_min,
+                "verdict": self.verdict, "error": self.error}
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What decides the candidates of one model on this server."""
+
+    device: str                    # torch device of the huggingface provider
+    onnx_available: bool           # onnxruntime importable
+    onnx_bare_variant: str         # EMBEDDINGS_ONNX_QUANTIZE: what `onnx:<id>` runs
+    encoder: bool                  # an encoder the ONNX export handles (not a left-padded decoder)
+
+
+def candidates(model_id: str, facts: EngineFacts, caps: CpuCapabilities,
+               precision: Literal["exact", "fast"]) -> list[Candidate]:
+    """The reference first, then the other exact engine, then (fast) the CPU's reduced-precision paths."""
+    on_cpu = facts.device == "cpu"
+    onnx = on_cpu and facts.onnx_available and facts.encoder
+    out = [Candidate("huggingface", model_id, "fp32")]
+    if onnx and facts.onnx_bare_variant == "fp32":
+        out.append(Candidate("onnx", model_id, "fp32"))
+    if precision == "fast" and on_cpu:
+        if caps.bf16:
+            out.append(Candidate("huggingface", f"{model_id}@bf16", "bf16"))
+        if onnx and caps.int8_dot:
+            out.append(Candidate("onnx", f"{model_id}@int8", "int8"))
+    return out
+
+
+def rule(options: Sequence[Candidate]) -> Candidate:
+    """The documented choice before (or without) a measurement: onnx fp32 where it is a
+    candidate (1.9-2.7x sentence-transformers against torch's 1.4-2.1x on the machines measured,
+    FACTS.md), else the torch reference."""
+    return next((c for c in options if c.provider == "onnx" and c.precision == "fp32"), options[0])
+
+
+def cosines(reference: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    ref = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    got = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.asarray((ref * got).sum(axis=1), dtype=np.float64)
+
+
+def verdict(candidate: Candidate, cosine_mean: float, cosine_min: float, bar: QualityBar) -> Verdict:
+    if candidate.precision == "fp32" and candidate.provider == "huggingface":
+        return "reference"
+    if cosine_min >= EXACT_COSINE:
+        return "exact"
+    if candidate.precision != "fp32" and bar.admits(cosine_mean, cosine_min):
+        return "within_bar"
+    return "below_bar"   # an fp32 engine that is not exact is as unusable as a path below the bar
+
+
+def choose(measurements: Sequence[Measurement], precision: Literal["exact", "fast"]) -> Measurement:
+    """The fastest admitted measurement: exact ones (and, with `fast`, those within the bar);
+    the reference when nothing else was admitted or timed."""
+    admitted = {"reference", "exact"} | ({"within_bar"} if precision == "fast" else set())
+    timed = [m for m in measurements if m.verdict in admitted and m.seconds is not None]
+    if timed:
+        return min(timed, key=lambda m: m.seconds or 0.0)
+    return next(m for m in measurements if m.verdict == "reference") if any(
+        m.verdict == "reference" for m in measurements) else measurements[0]
+
+
+# Encodes texts with a candidate's own engine (no batcher, no HTTP); returns (n, d) vectors.
+EncodeFn = Callable[[Candidate, Sequence[str]], np.ndarray]
+
+
+def measure(options: Sequence[Candidate], encode: EncodeFn, bar: QualityBar,
+            texts: Sequence[str] = CALIBRATION_TEXTS, rounds: int = 3, repeat: int = 4) -> list[Measurement]:
+    """Vectors of every candidate against the first (the reference), then `rounds` interleaved
+    timings of `repeat` copies of the texts each (best kept): drifts of a shared machine hit all
+    candidates alike. A candidate that fails (export, load) is recorded as failed."""
+    results = [Measurement(c) for c in options]
+    reference: np.ndarray | None = None
+    for m in results:
+        try:
+            vectors = np.asarray(encode(m.candidate, texts), dtype=np.float32)
+        except Exception as exc:  # an engine that cannot run this model is not a candidate
+            m.error = f"{type(exc).__name__}: {exc}"[:300]
+            logger.warning("engine choice: {} failed: {}", m.candidate.spec, m.error)
+            continue
+        if reference is None:
+            reference = vectors
+        cos = cosines(reference, vectors)
+        m.cosine_mean, m.cosine_min = round(float(cos.mean()), 6), round(float(cos.min()), 6)
+        m.verdict = verdict(m.candidate, m.cosine_mean, m.cosine_min, bar)
+    workload = list(texts) * repeat
+    for _ in range(rounds):
+        for m in results:
+            if m.verdict in ("failed", "below_bar"):
+                continue
+            start = time.perf_counter()
+            encode(m.candidate, workload)
+            elapsed = time.perf_counter() - start
+            m.seconds = elapsed if m.seconds is None else min(m.seconds, elapsed)
+    return results
+
+
+@functools.cache
+def library_versions() -> str:
+    from importlib import metadata
+
+    versions = []
+    for name in ("torch", "onnxruntime", "transformers"):
+        try:
+            versions.append(f"{name}={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{name}=none")
+    return ",".join(versions)
+
+
+@dataclass
+class Choice:
+    model_id: str
+    chosen: str                        # the spec a bare id resolves to
+    engine: str                        # provider:precision
+    how: Literal["configured", "rule", "measured"]
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+    key: str = ""
+    measured_at: float | None = None
+
+
+class ChoiceStore:
+    """Recorded measurements, one JSON file, written atomically; unreadable means empty."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        if self.path is None:
+            return {}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def save(self, key: str, choice: Choice) -> None:
+        if self.path is None:
+            return
+        data = self.load()
+        data[key] = asdict(choice)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+class EngineChooser:
+    """The engine of each bare local model id: configured, recorded/measured, or the rule."""
+
+    def __init__(self, config: EngineSelectionConfig, caps: CpuCapabilities, store: ChoiceStore,
+                 facts: Callable[[str], EngineFacts], revision: Callable[[str], str],
+                 settings_tag: str = "") -> None:
+        self.config = config
+        self.bar = QualityBar(config.min_mean_cosine, config.min_cosine)
+        self.caps = caps
+        self._store = store
+        self._facts = facts
+        self._revision = revision
+        self._settings_tag = settings_tag
+        self._choices: dict[str, Choice] = {}
+
+    def options(self, model_id: str) -> list[Candidate]:
+        return candidates(model_id, self._facts(model_id), self.caps, self.config.precision)
+
+    def key(self, model_id: str) -> str:
+        """What a recorded measurement must match to be reused."""
+        return "|".join((model_id, self._revision(model_id), self.caps.fingerprint(), library_versions(),
+                         self.config.precision, f"bar={self.bar.mean},{self.bar.min}",
+                         self._settings_tag))
+
+    def choice(self, model_id: str) -> Choice:
+        """The engine a bare id runs on now (sync: never measures, reads the record once)."""
+        known = self._choices.get(model_id)
+        if known is not None:
+            return known
+        if self.config.engine != "auto":
+            pinned = Candidate(self.config.engine, model_id, "fp32")
+            return self._remember(Choice(model_id, pinned.spec, pinned.engine, "configured"))
+        options = self.options(model_id)
+        recorded = self._store.load().get(self.key(model_id))
+        if recorded and recorded.get("chosen") in {c.spec for c in options}:
+            return self._remember(Choice(**{**recorded, "how": "measured"}))
+        first = rule(options)
+        return self._remember(Choice(model_id, first.spec, first.engine, "rule"))   # until measured
+
+    def _remember(self, choice: Choice) -> Choice:
+        self._choices[choice.model_id] = choice
+        return choice
+
+    def needs_measuring(self, model_id: str) -> bool:
+        return self.choice(model_id).how == "rule" and len(self.options(model_id)) > 1
+
+    def decide(self, model_id: str, measurements: Sequence[Measurement]) -> Choice:
+        """Record what the measurements chose (and why the others were not)."""
+        best = choose(measurements, self.config.precision)
+        key = self.key(model_id)
+        choice = Choice(model_id, best.candidate.spec, best.candidate.engine, "measured",
+                        [m.row() for m in measurements], key, time.time())
+        for m in measurements:
+            if m.verdict == "below_bar":
+                logger.warning("engine choice: {} refused as a default for {}: cosine mean {} / min {} below the "
+                               "bar {} / {}", m.candidate.spec, model_id, m.cosine_mean, m.cosine_min,
+                               self.bar.mean, self.bar.min)
+        logger.info("engine choice: {} runs on {} ({})", model_id, choice.chosen,
+                    ", ".join(f"{r['engine']} {r['seconds']} s cos>={r['cosine_min']} {r['verdict']}"
+                              for r in choice.measurements))
+        self._store.save(key, choice)
+        return self._remember(choice)
+
+    def report(self) -> dict[str, Any]:
+        return {"mode": self.config.engine, "precision": self.config.precision,
+                "quality_bar": asdict(self.bar), "cpu": self.caps.summary(),
+                "models": {m: asdict(c) for m, c in self._choices.items()}}
