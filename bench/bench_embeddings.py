@@ -34,7 +34,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import build_corpus  # noqa: E402
-from harness import CpuSteal, ServerProcess, load_average, machine_info, write_report  # noqa: E402
+from harness import (  # noqa: E402
+    CpuSteal,
+    ServerProcess,
+    load_average,
+    machine_info,
+    server_means_ms,
+    server_seconds,
+    write_report,
+)
 
 from tldw_Server_API.app.core.config import BUNDLED_MODEL_ID, Settings  # noqa: E402
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server import cpu_capabilities  # noqa: E402
@@ -261,9 +269,15 @@ def bench_latency(server: ServerProcess, engines: LocalEngines, texts: list[str]
         response.read()
         return response.status, response.getheader("x-cache")
 
+    import httpx
+
+    httpx.delete(f"{server.base_url}/api/v1/embeddings/cache", headers=server.headers).raise_for_status()
     for text in texts[:10]:
         post(f"warm {text}")
         encoder.encode([f"warm {text}"])
+
+    with httpx.Client(base_url=server.base_url, headers=server.headers) as metrics_client:
+        before = server_seconds(metrics_client, "/api/v1/embeddings")
     http_times, engine_times = [], []
     size = max(1, len(texts) // blocks)
     for start in range(0, len(texts), size):
@@ -281,8 +295,12 @@ def bench_latency(server: ServerProcess, engines: LocalEngines, texts: list[str]
                 raise RuntimeError(f"latency request answered {status}, cache {cache}")
         time.sleep(0.2)
     connection.close()
+    with httpx.Client(base_url=server.base_url, headers=server.headers) as metrics_client:
+        server_ms = server_means_ms(before, server_seconds(metrics_client, "/api/v1/embeddings"))
     http_p50, engine_p50 = statistics.median(http_times) * 1000, statistics.median(engine_times) * 1000
     return {"model": model, "engine": engine_spec, "requests": len(texts), "client": "http.client keep-alive",
+            "server_route_mean_ms": server_ms["server_mean_ms"],
+            "server_embedding_mean_ms": server_ms["embedding_mean_ms"],
             "http_p50_ms": http_p50, "http_p99_ms": float(np.percentile(http_times, 99)) * 1000,
             "engine_p50_ms": engine_p50, "overhead_p50_ms": http_p50 - engine_p50, "target_overhead_ms": 2.0}
 
@@ -339,30 +357,38 @@ def main() -> None:
                               "quality_bar": {"mean": BAR.mean, "min": BAR.min}}
     with tempfile.TemporaryDirectory(prefix="bench-models-") as model_dir, \
             tempfile.TemporaryDirectory(prefix="bench-http-") as data_dir:
-        engines: dict[str, Any] = {}
-        if not args.http_only:
-            engines, tokens = bench_engines(texts, Path(model_dir), args.repeats)
-            print(json.dumps(engines, indent=1), flush=True)
-        report["engines"] = engines
         local = LocalEngines(Path(model_dir))
-        env = {"EMBEDDINGS_MODEL_DIR": model_dir}   # the exports made above are reused
+        env = {"EMBEDDINGS_MODEL_DIR": model_dir}   # one model dir: one ONNX export for both processes
+        http: dict[str, Any] = {}
+        latency: dict[str, Any] = {}
         try:
             with ServerProcess(Path(data_dir), env=env) as server:
                 choice = server_choice(server)
                 report["server_engine_choice"] = choice
-                report["cache_hit"] = bench_cache_hit(server, MODEL)
-                http: dict[str, Any] = {}
-                latency: dict[str, Any] = {}
+                specs = {label: choice.get("chosen", f"huggingface:{MODEL}") if model == MODEL else model
+                         for label, model in HTTP_MODELS if label in wanted}
+                # 1. latency, first: on a server idle since its start, with nothing else loaded in this
+                # process yet (after a load, or beside the reference's threads, both sides run slower)
                 for label, model in HTTP_MODELS:
-                    if label not in wanted:
-                        continue
-                    spec = choice.get("chosen", f"huggingface:{MODEL}") if model == MODEL else model
-                    http[label] = bench_http(server, local, texts, tokens, label, model, spec, args.clients,
-                                             args.rounds)
-                    latency[label] = bench_latency(server, local, short_texts(tokenizer, args.latency_requests),
-                                                   model, spec)
-                    print(f"  {label} latency: HTTP p50 {latency[label]['http_p50_ms']:.2f} ms, engine "
-                          f"{latency[label]['engine_p50_ms']:.2f} ms", flush=True)
+                    if label in specs:
+                        latency[label] = bench_latency(server, local, short_texts(tokenizer, args.latency_requests),
+                                                       model, specs[label])
+                        row = latency[label]
+                        print(f"  {label} latency: HTTP p50 {row['http_p50_ms']:.2f} ms, engine "
+                              f"{row['engine_p50_ms']:.2f} ms, server route {row['server_route_mean_ms']:.2f} ms "
+                              f"of which provider call {row['server_embedding_mean_ms']:.2f} ms", flush=True)
+                report["cache_hit"] = bench_cache_hit(server, MODEL)
+                # 2. the engines alone against the reference (the server idles meanwhile)
+                engines: dict[str, Any] = {}
+                if not args.http_only:
+                    engines, tokens = bench_engines(texts, Path(model_dir), args.repeats)
+                    print(json.dumps(engines, indent=1), flush=True)
+                report["engines"] = engines
+                # 3. throughput: rounds of engine alone, then HTTP
+                for label, model in HTTP_MODELS:
+                    if label in specs:
+                        http[label] = bench_http(server, local, texts, tokens, label, model, specs[label],
+                                                 args.clients, args.rounds)
         finally:
             local.close()
     st = engines.get("sentence-transformers", {}).get("tokens_per_s")
@@ -374,6 +400,7 @@ def main() -> None:
     report["machine"]["load_average_at_end"] = load_average()
     write_report(args.out, report)
     print_table(report)
+    print(markdown_table(report))
     print(f"written to {args.out}")
 
 
@@ -396,6 +423,32 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{label:<20}{row['engine']:<22.22}{row['tokens_per_s']:>10.0f}"
               f"{(f'{vs_st:.2f}' if vs_st else '-'):>8}{row['vs_engine']:>10.2f}"
               f"{lat['http_p50_ms']:>12.2f}ms{lat['engine_p50_ms']:>10.2f}ms")
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The README's table: one row per engine alone, one per model id through HTTP."""
+    caps = report["machine"]["cpu"]
+    lines = [f"{caps['model_name']} ({', '.join(caps['flags']) or 'no AVX2'}), {report['machine']['cpus']} CPUs; "
+             f"`{report['model']}`; {report['corpus']['passages']} passages, {report['corpus']['tokens']:,} tokens; "
+             f"the server chose `{report.get('server_engine_choice', {}).get('engine', '?')}` for the bare id.", "",
+             "| path | tokens/s | vs sentence-transformers | vs its engine (median of rounds) "
+             "| cosine to fp32 mean / min | 16-token p50: HTTP / engine |", "|---|---|---|---|---|---|"]
+    for name, row in report["engines"].items():
+        quality = "reference" if "cosine_mean" not in row else (
+            f"{row['cosine_mean']:.5f} / {row['cosine_min']:.5f} "
+            f"({'exact' if row['exact'] else 'within bar' if row['within_quality_bar'] else 'below bar'})")
+        emulated = "" if row.get("hardware_support", True) else " (emulated on this CPU)"
+        lines.append(f"| {name} alone{emulated} | {row['tokens_per_s']:,.0f} | "
+                     f"{row.get('vs_sentence_transformers', 1.0):.2f}x | | {quality} | |")
+    for label, row in report["http"].items():
+        lat = report["latency"][label]
+        rounds = " / ".join(f"{r['vs_engine']:.2f}" for r in row["rounds"])
+        vs_st = row.get("vs_sentence_transformers")
+        named = ", ".join(row["engines_named_by_server"])
+        lines.append(f"| HTTP `{row['model']}` ({named}) | {row['tokens_per_s']:,.0f} "
+                     f"| {f'{vs_st:.2f}x' if vs_st else '-'} | **{row['vs_engine']:.2f}x** ({rounds}) | "
+                     f"| {lat['http_p50_ms']:.2f} / {lat['engine_p50_ms']:.2f} ms |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -138,8 +138,10 @@ def test_32_concurrent_clients_each_get_their_own_rows(live_server: LiveServer) 
         assert concurrent_rows.shape == single_rows.shape
         assert cosine_rows(concurrent_rows, single_rows).min() >= 0.9999
     health = httpx.get(f"{live_server.base_url}/api/v1/embeddings/health").json()
-    sizes = health["providers"]["huggingface"]["batchers"][MODEL]["recent_batch_sizes"]
-    assert health["providers"]["huggingface"]["batchers"][MODEL]["batches_run"] > 0 and sizes
+    provider, precision = health["engine_choice"]["models"][MODEL]["engine"].split(":")   # the bare id's engine
+    batchers = health["providers"][provider]["batchers"]
+    batcher = batchers.get(MODEL) or batchers[f"{MODEL}@{precision}"]
+    assert batcher["batches_run"] > 0 and batcher["recent_batch_sizes"]
 
 
 def test_langchain_embed_documents_on_a_5000_word_text(live_server: LiveServer, reference: Any) -> None:

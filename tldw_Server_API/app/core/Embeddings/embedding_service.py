@@ -148,19 +148,18 @@ class EmbeddingService:
 
     async def _create(self, call: EmbeddingCall, user: User) -> EmbeddingOutcome:
         items = normalize_input(call.input, max_inputs=self._config.max_inputs)
-        parsed = parse_model_name(call.model)
-        provider_name = self._requested_provider(call, parsed.provider, parsed.model_id)
+        provider_name, model_id = self._requested_model(call)
         try:
-            self._policy.check(provider_name, parsed.model_id, is_admin=user.is_admin)
+            self._policy.check(provider_name, model_id, is_admin=user.is_admin)
         except PermissionDenied:
             self._metrics.policy_denials.labels(provider_name).inc()
             raise
-        hops = self._policy.fallback_plan(provider_name, parsed.model_id,
+        hops = self._policy.fallback_plan(provider_name, model_id,
                                           pinned_by_header=call.provider_header is not None)
         failures: list[TLDWError] = []
         budget = RequestBudget(user.id)
         for position, hop in enumerate(hops):
-            resolved = resolve_hop(self.registry, hop, parsed.model_id, first=position == 0)
+            resolved = resolve_hop(self.registry, hop, model_id, first=position == 0)
             if resolved is None or not self._policy.allowed(hop.provider, resolved.info.model_id,
                                                             is_admin=user.is_admin):
                 continue
@@ -196,10 +195,14 @@ class EmbeddingService:
         vectors = pool_pieces(result.vectors, plan.groups, plan.weights)
         return replace(result, vectors=vectors, truncated=plan.owners(result.truncated), pooled=plan.pooled)
 
-    def _requested_provider(self, call: EmbeddingCall, prefix: str | None, model_id: str) -> str:
-        name = (call.provider_header or "").strip().lower() or prefix or self.registry.provider_for(model_id)
+    def _requested_model(self, call: EmbeddingCall) -> tuple[str, str]:
+        """(provider, model id) a request names: the `x-provider` header or a `provider:` prefix
+        pins the provider; a bare id goes where the registry routes it (the engine choice)."""
+        parsed = parse_model_name(call.model)
+        pinned = (call.provider_header or "").strip().lower() or parsed.provider
+        name, model_id = (pinned, parsed.model_id) if pinned else self.registry.route(parsed.model_id)
         self.registry.get(name)  # unknown -> 400, not built here -> 501, before any policy or work
-        return name
+        return name, model_id
 
     def _outcome(self, call: EmbeddingCall, result: HopResult, fallback_from: str | None) -> EmbeddingOutcome:
         rows: list[np.ndarray] | list[str] = (

@@ -41,7 +41,17 @@ def test_float_response_shape_and_numbers(app_client: TestClient, reference: Any
     assert cosine_rows(vectors, reference(TEXTS)).min() >= 0.9999
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > 0
-    assert response.headers["x-embeddings-provider"] == "huggingface"
+    # A bare id runs on the engine the server chose for it (unmeasured here: the rule, onnx fp32)
+    # and the response names it; `huggingface:` pins torch.
+    choice = app_client.get("/api/v1/embeddings/health").json()["engine_choice"]["models"][MODEL]
+    assert choice["how"] == "rule" and choice["engine"] == "onnx:fp32"
+    assert response.headers["x-embeddings-provider"] == "onnx"
+    assert response.headers["x-embeddings-engine"] == "onnx:fp32"
+    pinned = embed(app_client, model=f"huggingface:{MODEL}", input=TEXTS)
+    assert pinned.headers["x-embeddings-engine"] == "huggingface:fp32"
+    assert pinned.json()["model"] == f"huggingface:{MODEL}"
+    pinned_vectors = np.array([row["embedding"] for row in pinned.json()["data"]], dtype=np.float32)
+    assert cosine_rows(vectors, pinned_vectors).min() >= 0.9999     # the same vectors either way
     assert response.headers["x-request-id"]
 
 

@@ -98,12 +98,22 @@ class ProviderRegistry:
         """`provider:model` or a bare id -> provider + model info; ModelNotFound when absent. A
         bare id of a local model runs on the engine the chooser picked for it."""
         parsed = parse_model_name(model)
-        if parsed.provider is None:
-            chosen = self.bare_engine(parsed.model_id)
-            if chosen is not None:
-                return self.resolve(chosen)
-        provider = self.get(parsed.provider or self.provider_for(parsed.model_id))
-        return ResolvedModel(provider=provider, info=provider.model_info(parsed.model_id))
+        name, model_id = (parsed.provider, parsed.model_id) if parsed.provider else self.route(parsed.model_id)
+        provider = self.get(name)
+        return ResolvedModel(provider=provider, info=provider.model_info(model_id))
+
+    def route(self, model_id: str) -> tuple[str, str]:
+        """(provider, model id) a bare id runs as: the engine choice for a local model, else the
+        catalog's provider. The one rule for bare ids (requests, fallback plans, stored vectors)."""
+        chosen = self.bare_engine(model_id)
+        if chosen is None:
+            return self.provider_for(model_id), model_id
+        provider, _, concrete = chosen.partition(":")
+        return provider, concrete
+
+    @property
+    def chooser(self) -> EngineChooser | None:
+        return self._chooser
 
     def bare_engine(self, model_id: str) -> str | None:
         """`provider:model` a bare local id runs on (None: no choice applies, e.g. a remote model,
@@ -111,9 +121,13 @@ class ProviderRegistry:
         if self._chooser is None or "@" in model_id or self.provider_for(model_id) not in LOCAL_ENGINES:
             return None
         try:
-            return self._chooser.choice(model_id).chosen
+            choice = self._chooser.choice(model_id)
         except TLDWError:
             return None
+        provider: Any = self._providers.get(choice.chosen.partition(":")[0])
+        if choice.variant is not None and provider is not None:
+            provider.run_as(model_id, choice.variant)   # idempotent: a dict lookup once set
+        return choice.chosen
 
     def bare_local_models(self) -> list[str]:
         """The catalog's local models by their bare ids (what `measure_engines` looks at)."""
@@ -144,8 +158,8 @@ class ProviderRegistry:
             for candidate in options:
                 provider: Any = self.get(candidate.provider)
                 try:
-                    await held.enter_async_context(provider.use(candidate.model_id))
-                    encoders[candidate.spec] = await provider.loaded_encoder(candidate.model_id)
+                    await held.enter_async_context(provider.use(candidate.explicit_id))
+                    encoders[candidate.spec] = await provider.loaded_encoder(candidate.explicit_id)
                 except TLDWError as exc:
                     failures[candidate.spec] = exc
 
@@ -157,9 +171,9 @@ class ProviderRegistry:
             results = await asyncio.to_thread(measure, options, encode, chooser.bar)
         choice = chooser.decide(model_id, results)
         for candidate in options:
-            if candidate.spec != choice.chosen:
+            if candidate.engine != choice.engine:
                 loser: Any = self.get(candidate.provider)
-                await loser.unload(candidate.model_id)
+                await loser.unload(candidate.explicit_id)
 
     def engine_report(self) -> dict[str, Any] | None:
         return None if self._chooser is None else self._chooser.report()

@@ -66,6 +66,11 @@ class Candidate:
     def engine(self) -> str:
         return f"{self.provider}:{self.precision}"
 
+    @property
+    def explicit_id(self) -> str:
+        """The model id naming this precision whatever a bare id is set to run (`run_as`)."""
+        return f"{self.model_id.partition('@')[0]}@{self.precision}"
+
 
 @dataclass
 class Measurement:
@@ -93,26 +98,28 @@ class EngineFacts:
     encoder: bool                  # an encoder the ONNX export handles (not a left-padded decoder)
 
 
-def candidates(model_id: str, facts: EngineFacts, caps: CpuCapabilities,
-               precision: Literal["exact", "fast"]) -> list[Candidate]:
-    """The reference first, then the other exact engine, then (fast) the CPU's reduced-precision paths."""
+def candidates(model_id: str, facts: EngineFacts, caps: CpuCapabilities) -> list[Candidate]:
+    """The reference first, then the other exact engine, then the reduced-precision paths this CPU
+    has hardware for (bf16: AVX-512 BF16 / AMX; int8: VNNI / AMX). EMBEDDINGS_PRECISION does not
+    change the list, only what is admitted (`choose`): with `exact` a reduced-precision path must be
+    as exact as an fp32 engine. A CPU without those instructions has the fp32 engines only."""
     on_cpu = facts.device == "cpu"
     onnx = on_cpu and facts.onnx_available and facts.encoder
     out = [Candidate("huggingface", model_id, "fp32")]
     if onnx and facts.onnx_bare_variant == "fp32":
         out.append(Candidate("onnx", model_id, "fp32"))
-    if precision == "fast" and on_cpu:
-        if caps.bf16:
-            out.append(Candidate("huggingface", f"{model_id}@bf16", "bf16"))
-        if onnx and caps.int8_dot:
-            out.append(Candidate("onnx", f"{model_id}@int8", "int8"))
+    if on_cpu and caps.bf16:
+        out.append(Candidate("huggingface", f"{model_id}@bf16", "bf16"))
+    if onnx and caps.int8_dot:
+        out.append(Candidate("onnx", f"{model_id}@int8", "int8"))
     return out
 
 
 def rule(options: Sequence[Candidate]) -> Candidate:
     """The documented choice before (or without) a measurement: onnx fp32 where it is a
-    candidate (1.9-2.7x sentence-transformers against torch's 1.4-2.1x on the machines measured,
-    FACTS.md), else the torch reference."""
+    candidate (1.6-2.7x sentence-transformers against torch's 1.4-2.1x on the machines measured,
+    FACTS.md and bench/README.md), else the torch reference. Never a reduced precision: that
+    needs its cosines measured first."""
     return next((c for c in options if c.provider == "onnx" and c.precision == "fp32"), options[0])
 
 
@@ -132,13 +139,23 @@ def verdict(candidate: Candidate, cosine_mean: float, cosine_min: float, bar: Qu
     return "below_bar"   # an fp32 engine that is not exact is as unusable as a path below the bar
 
 
-def choose(measurements: Sequence[Measurement], precision: Literal["exact", "fast"]) -> Measurement:
+TIE_MARGIN = 0.05   # a candidate must beat the rule's engine by more than this to replace it
+
+
+def choose(measurements: Sequence[Measurement], precision: Literal["exact", "fast"],
+           prefer: Candidate | None = None) -> Measurement:
     """The fastest admitted measurement: exact ones (and, with `fast`, those within the bar);
-    the reference when nothing else was admitted or timed."""
+    the reference when nothing else was admitted or timed. `prefer` (the rule's engine) keeps a
+    tie (within TIE_MARGIN): on a machine where two engines run alike, noise must not flip the
+    choice from one start to the next."""
     admitted = {"reference", "exact"} | ({"within_bar"} if precision == "fast" else set())
     timed = [m for m in measurements if m.verdict in admitted and m.seconds is not None]
     if timed:
-        return min(timed, key=lambda m: m.seconds or 0.0)
+        best = min(timed, key=lambda m: m.seconds or 0.0)
+        preferred = next((m for m in timed if m.candidate == prefer), None)
+        if preferred is not None and (preferred.seconds or 0.0) <= (best.seconds or 0.0) * (1 + TIE_MARGIN):
+            return preferred
+        return best
     return next(m for m in measurements if m.verdict == "reference") if any(
         m.verdict == "reference" for m in measurements) else measurements[0]
 
@@ -197,6 +214,7 @@ class Choice:
     chosen: str                        # the spec a bare id resolves to
     engine: str                        # provider:precision
     how: Literal["configured", "rule", "measured"]
+    variant: str | None = None         # a reduced precision found exact: the bare id runs it, stored as the bare id
     measurements: list[dict[str, Any]] = field(default_factory=list)
     key: str = ""
     measured_at: float | None = None
@@ -244,7 +262,7 @@ class EngineChooser:
         self._choices: dict[str, Choice] = {}
 
     def options(self, model_id: str) -> list[Candidate]:
-        return candidates(model_id, self._facts(model_id), self.caps, self.config.precision)
+        return candidates(model_id, self._facts(model_id), self.caps)
 
     def key(self, model_id: str) -> str:
         """What a recorded measurement must match to be reused."""
@@ -262,7 +280,7 @@ class EngineChooser:
             return self._remember(Choice(model_id, pinned.spec, pinned.engine, "configured"))
         options = self.options(model_id)
         recorded = self._store.load().get(self.key(model_id))
-        if recorded and recorded.get("chosen") in {c.spec for c in options}:
+        if recorded and recorded.get("engine") in {c.engine for c in options}:
             return self._remember(Choice(**{**recorded, "how": "measured"}))
         first = rule(options)
         return self._remember(Choice(model_id, first.spec, first.engine, "rule"))   # until measured
@@ -276,10 +294,16 @@ class EngineChooser:
 
     def decide(self, model_id: str, measurements: Sequence[Measurement]) -> Choice:
         """Record what the measurements chose (and why the others were not)."""
-        best = choose(measurements, self.config.precision)
+        best = choose(measurements, self.config.precision, prefer=rule([m.candidate for m in measurements]))
         key = self.key(model_id)
-        choice = Choice(model_id, best.candidate.spec, best.candidate.engine, "measured",
-                        [m.row() for m in measurements], key, time.time())
+        won = best.candidate
+        # An exact winner keeps the bare id (its vectors are the reference's within EXACT_COSINE, so
+        # they share its collection and cache); a reduced precision merely within the bar is
+        # stored under its own id (`<id>@int8`), never mixed with fp32 vectors.
+        exact_variant = won.precision != "fp32" and best.verdict == "exact"
+        chosen = f"{won.provider}:{model_id}" if exact_variant else won.spec
+        choice = Choice(model_id, chosen, won.engine, "measured", variant=won.precision if exact_variant else None,
+                        measurements=[m.row() for m in measurements], key=key, measured_at=time.time())
         for m in measurements:
             if m.verdict == "below_bar":
                 logger.warning("engine choice: {} refused as a default for {}: cosine mean {} / min {} below the "

@@ -108,15 +108,9 @@ class HuggingFaceProvider(LocalModelProvider):
         self._threads: IntraOpShare | None = None   # on CPU, made with the first model
         self._unpadded: set[str] = set()            # models loaded with the unpadded encoder
 
-    def base_model_id(self, model_id: str) -> str:
-        return split_variant(model_id)[0]
-
-    def engine_id(self, model_id: str) -> str:
+    def split_variant(self, model_id: str) -> tuple[str, str]:
         base, variant = split_variant(model_id)
-        return base if variant == "fp32" else f"{base}@{variant}"
-
-    def precision(self, model_id: str) -> str:
-        return split_variant(model_id)[1]
+        return (base, self._preferred.get(model_id, variant)) if base == model_id else (base, variant)
 
     def intra_op_threads(self) -> int:
         """Threads the passes share on CPU: EMBEDDINGS_TORCH_THREADS, else the cores this process may

@@ -148,6 +148,7 @@ class LocalModelProvider:
         self._files: dict[str, ModelFiles] = {}
         self._meta: dict[str, ModelMetadata] = {}
         self._infos: dict[str, ModelInfo] = {}
+        self._preferred: dict[str, str] = {}            # bare id -> variant it runs (`run_as`)
         timeout = self._management.unload_timeout_s
         self._cache: ModelCache[BatchEncoder] = ModelCache(
             CacheLimits(self._management.max_models_in_memory, self._management.max_memory_mb * 2**20, timeout),
@@ -161,18 +162,31 @@ class LocalModelProvider:
 
     # --- hooks for subclasses -----------------------------------------------------------------
     def base_model_id(self, model_id: str) -> str:
-        """The id whose files hold the weights (a subclass may strip a variant suffix)."""
-        return model_id
+        """The id whose files hold the weights (without a variant suffix)."""
+        return self.split_variant(model_id)[0]
 
     def engine_id(self, model_id: str) -> str:
         """The one name of what runs: ids that run the same weights at the same precision (`<id>`
         and `<id>@fp32`) share a loaded model, its batcher and its tokenizers. Every public entry
         point that loads or runs applies it; `model_info` keeps the caller's id (vectors are stored
         under that)."""
-        return model_id
+        base, variant = self.split_variant(model_id)
+        return base if variant == "fp32" else f"{base}@{variant}"
 
-    def precision(self, model_id: str) -> str:  # noqa: ARG002 - subclasses read a variant from it
-        return "fp32"
+    def precision(self, model_id: str) -> str:
+        return self.split_variant(model_id)[1]
+
+    def split_variant(self, model_id: str) -> tuple[str, str]:
+        """(base id, precision) of an id; a bare id runs its preferred variant (`run_as`), else the
+        provider's default. Subclasses parse `<id>@<variant>`."""
+        return model_id, self._preferred.get(model_id, "fp32")
+
+    def run_as(self, model_id: str, variant: str) -> None:
+        """Run the bare `model_id` at `variant` from now on (the engine choice found that variant
+        exact for it: its vectors stay under the bare id)."""
+        if self._preferred.get(model_id) != variant:
+            self._preferred[model_id] = variant
+            self._infos.pop(model_id, None)
 
     def _load_forward(self, model_id: str) -> tuple[Forward, int]:
         """The forward function of a loaded model and its estimated memory in bytes."""

@@ -45,21 +45,20 @@ class OnnxProvider(LocalModelProvider):
         self._config = config
         self._onnx_root = resolver.model_dir / "onnx"
 
-    def base_model_id(self, model_id: str) -> str:
-        return split_variant(model_id, self._config.quantize)[0]
+    def split_variant(self, model_id: str) -> tuple[str, str]:
+        """`<id>@fp32` / `<id>@int8`; a bare `<id>` runs its preferred variant, else
+        EMBEDDINGS_ONNX_QUANTIZE's: the same session as `<id>@<variant>`."""
+        base, variant = split_variant(model_id, self._preferred.get(model_id, self._config.quantize))
+        return base, variant
 
     def engine_id(self, model_id: str) -> str:
-        """`<id>` runs EMBEDDINGS_ONNX_QUANTIZE's variant: the same session as `<id>@<variant>`."""
-        base, variant = split_variant(model_id, self._config.quantize)
+        base, variant = self.split_variant(model_id)
         return f"{base}@{variant}"
-
-    def precision(self, model_id: str) -> str:
-        return split_variant(model_id, self._config.quantize)[1]
 
     def graph_path(self, model_id: str) -> Path:
         """`onnx/<org--name>/<revision>/model.<variant>.onnx`: a new revision of the weights gets
         its own export, never a stale one ("local" when the revision is unknown)."""
-        base, variant = split_variant(model_id, self._config.quantize)
+        base, variant = self.split_variant(model_id)
         revision = re.sub(r"[^A-Za-z0-9_.-]", "_", self.model_revision(model_id)) or "local"
         return self._onnx_root / base.strip("/").replace("/", "--") / revision / f"model.{variant}.onnx"
 
