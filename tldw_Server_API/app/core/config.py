@@ -421,9 +421,10 @@ class Settings(BaseSettings):
         "`<model dir>/engine_choice.json`; until measured, onnx fp32 on a CPU, else huggingface."
     )
     embeddings_precision: Literal["exact", "fast"] = Field(
-        "exact", description="exact: bare ids run fp32 engines only. fast: the CPU's reduced-precision paths "
-        "(bf16 with AVX-512 BF16/AMX, int8 with VNNI/AMX) compete too when they clear the quality bar below; "
-        "their vectors go to a collection of their own. On a CPU without those instructions nothing changes."
+        "exact", description="The CPU's reduced-precision paths (bf16 with AVX-512 BF16/AMX, int8 with VNNI/AMX) "
+        "are measured with the fp32 engines. exact: one may run a bare id only if its vectors are exact too "
+        "(cosine >= 0.9999 on every calibration text). fast: also when it clears the quality bar below; its "
+        "vectors go to a collection of their own. On a CPU without those instructions nothing changes."
     )
     embeddings_quality_min_mean_cosine: float = Field(
         0.99, ge=0, le=1, description="Quality bar of a reduced-precision path: mean cosine to fp32 on the "

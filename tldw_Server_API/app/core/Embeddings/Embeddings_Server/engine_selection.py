@@ -1,20 +1,23 @@
 """Which local engine a bare model id runs on (EMBEDDINGS_ENGINE, EMBEDDINGS_PRECISION).
 
 A client that sends `sentence-transformers/all-MiniLM-L6-v2` means the model, not an engine; a
-`huggingface:` or `onnx:` prefix pins one. For a bare id of a local model the candidates are its
-exact engines -- torch fp32 (`huggingface`, the reference) and onnxruntime fp32 (`onnx`, for
-encoder models on the CPU) -- and, with EMBEDDINGS_PRECISION=fast, the reduced-precision paths
-this CPU has hardware for: bf16 (`huggingface:<id>@bf16`, torch autocast; AVX-512 BF16 / AMX) and
-int8 (`onnx:<id>@int8`; VNNI / AMX). Each candidate is measured on the calibration texts: its
-cosine to the reference's vectors and its time for the whole set. An exact candidate must agree
-with the reference within cosine `EXACT_COSINE` on every text; a reduced-precision one must clear
-the quality bar (mean and min cosine), else it is refused and never becomes the default. The
-fastest admitted one wins. The choice is measured at start-up (with the preload) and recorded in
+`huggingface:` or `onnx:` prefix pins one. For a bare id of a local model the candidates are torch
+fp32 (`huggingface`, the reference), onnxruntime fp32 (`onnx`, encoder models on the CPU) and the
+reduced-precision paths this CPU has hardware for: bf16 (torch autocast; AVX-512 BF16 / AMX) and
+int8 (onnxruntime; VNNI / AMX). Each is measured on the calibration texts: its cosine to the
+reference's vectors on every text and its time for the set. A candidate is *exact* when every
+cosine is >= `EXACT_COSINE`; with EMBEDDINGS_PRECISION=exact only exact candidates are admitted
+(an exact bf16 path runs the bare id, its vectors stored under the bare id); with `fast` a
+reduced-precision path within the quality bar (mean and min cosine) is admitted too, stored under
+its own id (`<id>@int8`). A path below the bar is refused and never becomes the default. The
+fastest admitted candidate wins, except that the rule's engine keeps a tie (within TIE_MARGIN).
+The choice is measured at start-up (with the preload) and recorded in
 `<model dir>/engine_choice.json` per model revision, CPU, library versions and settings, so a
 restart reuses it. Until a model is measured, the documented rule applies: onnx fp32 where it is
 a candidate, else huggingface.
 
-`candidates`, `verdict` and `choose` are pure; `EngineChooser` holds the choices and measures.
+`candidates`, `verdict`, `choose` and `measure` (given an encode function) are pure;
+`EngineChooser` holds the choices and their record.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.calibration import CA
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.cpu_capabilities import CpuCapabilities
 
 EXACT_COSINE = 0.9999          # an "exact" engine agrees with the reference this closely on every text
-LOCAL_ENGINES = ("huggingface", "onnx")
 Precision = Literal["fp32", "bf16", "int8"]
 Verdict = Literal["reference", "exact", "within_bar", "below_bar", "failed"]
 
