@@ -62,6 +62,19 @@ def test_candidates_by_cpu_capabilities() -> None:
     assert rule(every).spec == f"onnx:{MODEL}"    # never a reduced precision unmeasured
 
 
+def test_a_configured_engine_applies_where_it_can_run_the_model() -> None:
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.engine_selection import ChoiceStore, EngineChooser
+
+    def chooser(engine: str, facts: EngineFacts) -> EngineChooser:
+        config = EngineSelectionConfig(engine, "exact", 0.99, 0.975)  # type: ignore[arg-type]
+        return EngineChooser(config, AVX2_ONLY, ChoiceStore(None), lambda _m: facts, lambda _m: "r")
+
+    assert chooser("onnx", CPU_FACTS).choice(MODEL).chosen == f"onnx:{MODEL}"
+    decoder = dataclasses.replace(CPU_FACTS, encoder=False)      # e.g. a Qwen3 embedding model: no onnx export
+    assert chooser("onnx", decoder).choice(MODEL).chosen == f"huggingface:{MODEL}"
+    assert chooser("huggingface", CPU_FACTS).choice(MODEL).how == "configured"
+
+
 def _m(provider: str, precision: str, seconds: float, mean: float, low: float) -> Measurement:
     model = MODEL if precision == "fp32" else f"{MODEL}@{precision}"
     c = Candidate(provider, model, precision)  # type: ignore[arg-type]

@@ -277,10 +277,11 @@ class EngineChooser:
         known = self._choices.get(model_id)
         if known is not None:
             return known
-        if self.config.engine != "auto":
-            pinned = Candidate(self.config.engine, model_id, "fp32")
-            return self._remember(Choice(model_id, pinned.spec, pinned.engine, "configured"))
         options = self.options(model_id)
+        if self.config.engine != "auto":   # the configured engine where it can run this model, else the reference
+            pinned = next((c for c in options if c.provider == self.config.engine and c.precision == "fp32"),
+                          options[0])
+            return self._remember(Choice(model_id, pinned.spec, pinned.engine, "configured"))
         recorded = self._store.load().get(self.key(model_id))
         if recorded and recorded.get("engine") in {c.engine for c in options}:
             return self._remember(Choice(**{**recorded, "how": "measured"}))
