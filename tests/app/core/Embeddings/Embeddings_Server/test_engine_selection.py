@@ -75,6 +75,18 @@ def test_a_configured_engine_applies_where_it_can_run_the_model() -> None:
     assert chooser("huggingface", CPU_FACTS).choice(MODEL).how == "configured"
 
 
+def test_a_record_that_cannot_be_written_leaves_the_choice_in_this_process(tmp_path: Path) -> None:
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.engine_selection import ChoiceStore, EngineChooser
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the model dir should be")
+    config = EngineSelectionConfig("auto", "exact", 0.99, 0.975)
+    chooser = EngineChooser(config, AVX2_ONLY, ChoiceStore(blocker / "engine_choice.json"),
+                            lambda _m: CPU_FACTS, lambda _m: "r")
+    chosen = chooser.decide(MODEL, [_m("huggingface", "fp32", 0.5, 1.0, 1.0), _m("onnx", "fp32", 1.0, 1.0, 1.0)])
+    assert chosen.chosen == f"huggingface:{MODEL}" and chooser.choice(MODEL).how == "measured"
+
+
 def _m(provider: str, precision: str, seconds: float, mean: float, low: float) -> Measurement:
     model = MODEL if precision == "fp32" else f"{MODEL}@{precision}"
     c = Candidate(provider, model, precision)  # type: ignore[arg-type]

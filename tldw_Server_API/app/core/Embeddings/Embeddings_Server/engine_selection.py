@@ -22,6 +22,7 @@ a candidate, else huggingface.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -242,10 +243,15 @@ class ChoiceStore:
             return
         data = self.load()
         data[key] = asdict(choice)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:   # a read-only model dir: the choice holds for this process only
+            logger.warning("engine choice: could not record it in {}: {}", self.path, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
 class EngineChooser:
