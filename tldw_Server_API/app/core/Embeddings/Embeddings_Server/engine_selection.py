@@ -159,8 +159,7 @@ def choose(measurements: Sequence[Measurement], precision: Literal["exact", "fas
         if preferred is not None and (preferred.seconds or 0.0) <= (best.seconds or 0.0) * (1 + TIE_MARGIN):
             return preferred
         return best
-    return next(m for m in measurements if m.verdict == "reference") if any(
-        m.verdict == "reference" for m in measurements) else measurements[0]
+    return next((m for m in measurements if m.verdict == "reference"), measurements[0])
 
 
 # Encodes texts with a candidate's own engine (no batcher, no HTTP); returns (n, d) vectors.

@@ -27,7 +27,6 @@ from tldw_Server_API.app.core.config import BatchingConfig, HuggingFaceConfig, M
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import Forward, LocalModelProvider
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_manager import Clock
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
-from tldw_Server_API.app.core.errors import InvalidInput
 
 
 def cpu_cores() -> int:
@@ -83,22 +82,11 @@ class IntraOpShare:
                 self._changed.notify_all()
 
 
-VARIANTS = ("fp32", "bf16")
-
-
-def split_variant(model_id: str) -> tuple[str, str]:
-    """`<id>` and `<id>@fp32`: fp32; `<id>@bf16`: bf16 matmuls under torch autocast (norms and
-    softmax stay fp32), fast on CPUs with AVX-512 BF16 or AMX, emulated (slow) elsewhere."""
-    base, sep, variant = model_id.rpartition("@")
-    if not sep:
-        return model_id, "fp32"
-    if variant not in VARIANTS:
-        raise InvalidInput(f"unknown huggingface variant '@{variant}'; use @fp32 or @bf16", param="model")
-    return base, variant
-
-
 class HuggingFaceProvider(LocalModelProvider):
     name = "huggingface"
+    # `@bf16`: bf16 matmuls under torch autocast (norms and softmax stay fp32), fast on CPUs with
+    # AVX-512 BF16 or AMX, emulated (slow) elsewhere
+    variants = ("fp32", "bf16")
 
     def __init__(self, config: HuggingFaceConfig, resolver: ModelResolver, batching: BatchingConfig,
                  models: ModelManagerConfig | None = None, prompts_file: Path | None = None, *,
@@ -107,10 +95,6 @@ class HuggingFaceProvider(LocalModelProvider):
         self._config = config
         self._threads: IntraOpShare | None = None   # on CPU, made with the first model
         self._unpadded: set[str] = set()            # models loaded with the unpadded encoder
-
-    def split_variant(self, model_id: str) -> tuple[str, str]:
-        base, variant = split_variant(model_id)
-        return (base, self._preferred.get(model_id, variant)) if base == model_id else (base, variant)
 
     def intra_op_threads(self) -> int:
         """Threads the passes share on CPU: EMBEDDINGS_TORCH_THREADS, else the cores this process may

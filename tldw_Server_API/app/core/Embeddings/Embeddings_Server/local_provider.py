@@ -176,10 +176,22 @@ class LocalModelProvider:
     def precision(self, model_id: str) -> str:
         return self.split_variant(model_id)[1]
 
+    variants: tuple[str, ...] = ("fp32",)   # the `@<variant>` suffixes this provider runs
+
+    def default_variant(self) -> str:
+        """What a bare id runs when the engine choice set nothing (`run_as`)."""
+        return "fp32"
+
     def split_variant(self, model_id: str) -> tuple[str, str]:
-        """(base id, precision) of an id; a bare id runs its preferred variant (`run_as`), else the
-        provider's default. Subclasses parse `<id>@<variant>`."""
-        return model_id, self._preferred.get(model_id, "fp32")
+        """(base id, precision) of `<id>` or `<id>@<variant>`; a bare id runs its preferred variant
+        (`run_as`), else the provider's default. An unknown variant is a 400."""
+        base, sep, variant = model_id.rpartition("@")
+        if not sep:
+            return model_id, self._preferred.get(model_id, self.default_variant())
+        if variant not in self.variants:
+            allowed = " or ".join(f"@{v}" for v in self.variants)
+            raise InvalidInput(f"unknown {self.name} variant '@{variant}'; use {allowed}", param="model")
+        return base, variant
 
     def run_as(self, model_id: str, variant: str) -> None:
         """Run the bare `model_id` at `variant` from now on (the engine choice found that variant

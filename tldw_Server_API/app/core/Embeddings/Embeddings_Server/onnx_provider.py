@@ -21,22 +21,11 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_manager import Clock
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.provider_types import ModelInfo
-from tldw_Server_API.app.core.errors import InvalidInput
-
-VARIANTS = ("fp32", "int8")
-
-
-def split_variant(model_id: str, default: str) -> tuple[str, str]:
-    base, sep, variant = model_id.rpartition("@")
-    if not sep:
-        return model_id, default
-    if variant not in VARIANTS:
-        raise InvalidInput(f"unknown ONNX variant '@{variant}'; use @fp32 or @int8", param="model")
-    return base, variant
 
 
 class OnnxProvider(LocalModelProvider):
     name = "onnx"
+    variants = ("fp32", "int8")
 
     def __init__(self, config: OnnxConfig, resolver: ModelResolver, batching: BatchingConfig,
                  models: ModelManagerConfig | None = None, prompts_file: Path | None = None, *,
@@ -45,11 +34,9 @@ class OnnxProvider(LocalModelProvider):
         self._config = config
         self._onnx_root = resolver.model_dir / "onnx"
 
-    def split_variant(self, model_id: str) -> tuple[str, str]:
-        """`<id>@fp32` / `<id>@int8`; a bare `<id>` runs its preferred variant, else
-        EMBEDDINGS_ONNX_QUANTIZE's: the same session as `<id>@<variant>`."""
-        base, variant = split_variant(model_id, self._preferred.get(model_id, self._config.quantize))
-        return base, variant
+    def default_variant(self) -> str:
+        """EMBEDDINGS_ONNX_QUANTIZE: a bare `<id>` shares the session of `<id>@<variant>`."""
+        return self._config.quantize
 
     def engine_id(self, model_id: str) -> str:
         base, variant = self.split_variant(model_id)
