@@ -341,6 +341,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(label for label, _ in HTTP_MODELS),
                         help="comma-separated labels of the HTTP models to run")
     parser.add_argument("--http-only", action="store_true", help="skip the engine table (and the reference)")
+    parser.add_argument("--latency-only", action="store_true", help="only the 16-token latency part")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "embeddings.json")
     args = parser.parse_args()
 
@@ -377,6 +378,8 @@ def main() -> None:
                         print(f"  {label} latency: HTTP p50 {row['http_p50_ms']:.2f} ms, engine "
                               f"{row['engine_p50_ms']:.2f} ms, server route {row['server_route_mean_ms']:.2f} ms "
                               f"of which provider call {row['server_embedding_mean_ms']:.2f} ms", flush=True)
+                if args.latency_only:
+                    return print(json.dumps(latency, indent=1))
                 report["cache_hit"] = bench_cache_hit(server, MODEL)
                 # 2. the engines alone against the reference (the server idles meanwhile)
                 engines: dict[str, Any] = {}

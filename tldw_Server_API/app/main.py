@@ -17,6 +17,7 @@ from tldw_Server_API.app.api.health import router as health_router
 from tldw_Server_API.app.api.metrics import router as metrics_router
 from tldw_Server_API.app.api.middleware import OpenAIBasePathMiddleware, RequestContextMiddleware
 from tldw_Server_API.app.api.v1 import API_V1_PREFIX
+from tldw_Server_API.app.api.v1.deps import install_security
 from tldw_Server_API.app.api.v1.endpoints.embeddings_operations import router as operations_router
 from tldw_Server_API.app.api.v1.endpoints.embeddings_v5_production_enhanced import router as embeddings_router
 from tldw_Server_API.app.api.v1.endpoints.files_openai import router as files_router
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="tldw_server embeddings", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_docs(app)
     install_examples(app)
+    install_security(app)
     upload_cap = settings.storage_config().max_upload_bytes + 256 * 1024   # file + multipart envelope
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes,
                        path_limits={f"{API_V1_PREFIX}/media/add": max(upload_cap, settings.max_request_bytes),

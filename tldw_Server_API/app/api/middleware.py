@@ -8,9 +8,10 @@ path: `/v1/<resource>` for the OpenAI-shaped resources is served by the very `/a
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from loguru import logger
@@ -60,13 +61,17 @@ class RequestContextMiddleware:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.path_limits = path_limits or {}   # exact path -> its own cap (file uploads)
+        # A request without a usable X-Request-ID gets this process's random prefix and a counter:
+        # 32 hex characters, unique across processes, without a getrandom() call per request.
+        self._id_prefix = os.urandom(8).hex()
+        self._ids = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else f"{self._id_prefix}{next(self._ids):016x}"
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         started = time.perf_counter()

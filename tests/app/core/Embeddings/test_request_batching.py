@@ -99,6 +99,7 @@ class RecordingModel:
 
     def __init__(self, fail_on: str | None = None, delay: float = 0.001) -> None:
         self.passes: list[list[list[int]]] = []
+        self.lone: list[bool] = []          # per pass: what the batcher said of it
         self.fail_on = tokens_of(fail_on) if fail_on is not None else None
         self.delay = delay
         self.release: asyncio.Event | None = None
@@ -107,8 +108,9 @@ class RecordingModel:
         await asyncio.sleep(0)
         return [tokens_of(t) for t in texts]
 
-    async def run_pass(self, rows: list[list[int]]) -> np.ndarray:
+    async def run_pass(self, rows: list[list[int]], lone: bool = False) -> np.ndarray:
         self.passes.append(rows)
+        self.lone.append(lone)
         await asyncio.sleep(self.delay)
         if self.release is not None:
             await self.release.wait()
@@ -290,12 +292,12 @@ def test_passes_run_side_by_side_up_to_parallel_passes(parallel: int) -> None:
         running = peak = 0
         inner = model.run_pass
 
-        async def counted(rows: list[list[int]]) -> np.ndarray:
+        async def counted(rows: list[list[int]], lone: bool) -> np.ndarray:
             nonlocal running, peak
             running += 1
             peak = max(peak, running)
             try:
-                return await inner(rows)
+                return await inner(rows, lone)
             finally:
                 running -= 1
 
@@ -339,3 +341,22 @@ def test_a_request_right_after_the_last_answer_is_served() -> None:
         return await asyncio.wait_for(scenario(), timeout=5)
 
     assert asyncio.run(bounded()) == [fingerprint(tokens_of(t)) for t in ("one", "two", "three", "four")]
+
+
+def test_a_pass_is_lone_only_when_nothing_else_of_the_batcher_runs_or_waits() -> None:
+    """`run_pass` is told a pass is lone (the provider may then run it on the event loop's thread)
+    only when no other pass of the batcher is running and no row is left waiting."""
+    async def scenario() -> list[bool]:
+        model = RecordingModel()
+        model.release = asyncio.Event()
+        batcher = model.batcher(max_batch_rows=1, max_padded_tokens=64)
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        await asyncio.sleep(0.01)                      # a's pass runs (held)
+        rest = [asyncio.ensure_future(batcher.submit([text])) for text in "bc"]
+        await asyncio.sleep(0.01)
+        model.release.set()
+        await asyncio.gather(first, *rest)
+        await batcher.aclose()
+        return model.lone
+
+    assert asyncio.run(scenario()) == [True, False, True]   # b's pass leaves c waiting

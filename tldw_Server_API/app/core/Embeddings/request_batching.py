@@ -11,6 +11,8 @@ while other passes run, so the pool stays full under load and a lone request (a 
 runs at once. Right after a pass, a next pass that would run under its budget may wait up to
 `max_wait_ms` for more rows (0: never); a worker that found the pool empty starts the next
 arrival at once. A full pool answers `Overloaded` (429) at once instead of queueing forever.
+`run_pass` learns whether its pass is lone: no other pass of this batcher running and no row
+left waiting (the provider may then run a small one without a thread hand-off).
 
 `choose_pass` is the pure scheduling rule; `MicroBatcher` the asyncio plumbing around it.
 """
@@ -34,7 +36,7 @@ from tldw_Server_API.app.core.errors import Overloaded, ServiceUnavailable
 from tldw_Server_API.app.core.tracing import record_span
 
 Tokenize = Callable[[list[str]], Awaitable[list[list[int]]]]      # texts -> token ids per text
-RunPass = Callable[[list[list[int]]], Awaitable[np.ndarray]]       # token rows -> (rows, d) vectors
+RunPass = Callable[[list[list[int]], bool], Awaitable[np.ndarray]]  # (token rows, lone) -> (rows, d) vectors
 
 
 def choose_pass(rows: Sequence[tuple[int, int]], max_padded_tokens: int, max_rows: int) -> list[int]:
@@ -78,6 +80,7 @@ class MicroBatcher:
         self._seq = itertools.count()
         self._arrived = asyncio.Event()
         self._workers: set[asyncio.Task[None]] = set()
+        self._running = 0                       # passes in progress
         self.batches_run = 0
         self.last_batch_sizes: deque[int] = deque(maxlen=256)
         self.busy_seconds = 0.0                 # inside forward passes
@@ -159,14 +162,17 @@ class MicroBatcher:
         now_ns = time.time_ns()
         for row in rows:
             row.request.started_ns = row.request.started_ns or now_ns
+        lone = not self._pool and self._running == 0
+        self._running += 1
         try:
-            vectors = await self._run_pass([row.ids for row in rows])
+            vectors = await self._run_pass([row.ids for row in rows], lone)
         except Exception as exc:  # fails the requests of this pass; their other rows are dropped
             for request in {id(row.request): row.request for row in rows}.values():
                 if not request.future.done():
                     request.future.set_exception(exc)
             return
         finally:
+            self._running -= 1
             self.busy_seconds += time.perf_counter() - started
         for row, vector in zip(rows, vectors, strict=True):
             request = row.request

@@ -26,6 +26,8 @@ BATCHING = BatchingConfig(max_wait_ms=1, max_queue_texts=1000,
 TEXTS = ["The cat sat on the mat.", "Interest rates rose by a quarter point.", "short"]
 TINY = ["org/tiny-a", "org/tiny-b", "org/tiny-c"]
 COPY = "org/minilm-copy"
+DEFAULT_MODELS = ModelManagerConfig(max_models_in_memory=3, max_memory_mb=0, unload_timeout_s=0, revisions={},
+                                    trusted_remote_code=(), auto_download=False, preload=())
 
 
 class FakeClock:
@@ -329,5 +331,43 @@ def test_counted_rows_never_embedded_are_bounded(root: Path, monkeypatch: pytest
             assert [text for _, text in provider._pending_rows] == [f"text number {i}" for i in range(7, 12)]
         finally:
             await provider.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_lone_small_pass_runs_on_the_event_loop_thread(root: Path) -> None:
+    """EMBEDDINGS_INLINE_PASS_TOKENS: a lone pass of a query-sized text runs on the event loop's
+    thread (no thread hand-off); a pass over the limit, and every pass with the limit at 0, runs
+    on a pass thread; the vectors are the same either way."""
+    import threading
+    from dataclasses import replace
+
+    long_text = "word " * 40   # 42 tokens with [CLS]/[SEP]
+
+    async def run() -> None:
+        inline = HuggingFaceProvider(HuggingFaceConfig(torch_threads=0, device="cpu"),
+                                     ModelResolver.from_config(root, DEFAULT_MODELS),
+                                     replace(BATCHING, inline_pass_tokens=32), DEFAULT_MODELS)
+        threaded = _provider(root)
+        try:
+            threads: list[int] = []
+            for provider in (inline, threaded):
+                await provider.load(COPY)
+                encoder = await provider.loaded_encoder(COPY)
+                forward = encoder.forward
+                encoder.forward = lambda encoded, forward=forward: (threads.append(threading.get_ident()),
+                                                                    forward(encoded))[1]
+            loop_thread = threading.get_ident()
+            short = (await inline.embed(COPY, TEXTS[:1])).vectors
+            assert threads == [loop_thread] and inline.inline_passes == 1
+            long = (await inline.embed(COPY, [long_text])).vectors
+            assert threads[1] != loop_thread and inline.inline_passes == 1
+            np.testing.assert_allclose(short, (await threaded.embed(COPY, TEXTS[:1])).vectors, atol=1e-6)
+            np.testing.assert_allclose(long, (await threaded.embed(COPY, [long_text])).vectors, atol=1e-6)
+            assert loop_thread not in threads[2:] and threaded.inline_passes == 0
+            assert (await inline.health())["inline_passes"] == 1
+        finally:
+            await inline.aclose()
+            await threaded.aclose()
 
     asyncio.run(run())

@@ -1,7 +1,8 @@
 """Shared base of the in-process model providers (`huggingface`, `onnx`): model resolution and
 background hub downloads, the model cache (LRU, count/memory caps, idle unload; models in use
 are never evicted), a micro-batcher per loaded model, Qwen3 embedding behaviour, and the threads
-that do the work: one loads models, `parallel_passes()` run forward passes, and one counts
+that do the work: one loads models, `parallel_passes()` run forward passes (a lone small pass,
+a search query on an idle server, runs on the event loop's thread: `_inline`), and one counts
 tokens with its own tokenizers (so counts never wait behind a model call). Requests of a few
 short texts (a search query) are tokenised on the event loop with a tokenizer instance of its
 own: a hop to the counting thread and back costs more than the work. Rows tokenised for counting
@@ -140,6 +141,8 @@ class LocalModelProvider:
         self._batchers: dict[str, MicroBatcher] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-load")
         self._pass_executor: ThreadPoolExecutor | None = None     # made on first use: parallel_passes()
+        self._passes_in_threads = 0                     # passes running on the pass threads now
+        self.inline_passes = 0                          # passes run on the event loop's thread (`_inline`)
         self._count_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-count")
         self._download_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-download")
         self._count_tokenizers: dict[str, Any] = {}     # used on the counting thread only
@@ -513,22 +516,37 @@ class LocalModelProvider:
                 rows = [next(fresh) if row is None else row for row in rows]
             return rows  # type: ignore[return-value]
 
-        async def run_pass(rows: list[list[int]]) -> np.ndarray:
+        async def run_pass(rows: list[list[int]], lone: bool) -> np.ndarray:
             encoder = await self._loaded(model_id)
             try:
-                vectors: np.ndarray = await self._run(encoder.run_rows, rows, executor=self._passes())
+                if lone and self._inline(rows):
+                    self.inline_passes += 1
+                    return encoder.run_rows(rows)
+                self._passes_in_threads += 1
+                try:
+                    vectors: np.ndarray = await self._run(encoder.run_rows, rows, executor=self._passes())
+                finally:
+                    self._passes_in_threads -= 1
             except (RuntimeError, ValueError, OSError) as exc:  # model runtime failures, not caller errors
                 raise ProviderError(f"the local model '{model_id}' failed to embed the inputs") from exc
             return vectors
 
         return MicroBatcher(tokenize, run_pass, replace(self._batching, parallel_passes=self.parallel_passes()))
 
+    def _inline(self, rows: Sequence[Sequence[int]]) -> bool:
+        """Whether a lone pass over `rows` runs on the event loop's thread: it is small
+        (EMBEDDINGS_INLINE_PASS_TOKENS) and no pass of this provider runs on a pass thread (the
+        loop never waits for another pass's threads, e.g. torch's shared intra-op threads). The
+        two thread hand-offs it saves cost more than the pass itself delays the loop."""
+        return (self._passes_in_threads == 0
+                and len(rows) * max(len(row) for row in rows) <= self._batching.inline_pass_tokens)
+
     def batcher_stats(self) -> dict[str, dict[str, Any]]:
         return {model_id: b.stats() for model_id, b in self._batchers.items()}
 
     async def health(self) -> dict[str, Any]:
         return {"status": "healthy", "loaded_models": self.loaded_models(), "batchers": self.batcher_stats(),
-                "parallel_passes": self.parallel_passes(),
+                "parallel_passes": self.parallel_passes(), "inline_passes": self.inline_passes,
                 "model_cache": self._cache.stats(), "counting_tokenizers": sorted(self._count_tokenizers),
                 "inline_tokenizers": sorted(self._inline_tokenizers)}
 
