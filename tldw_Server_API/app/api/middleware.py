@@ -66,12 +66,15 @@ class RequestContextMiddleware:
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count(1)
 
+    def _new_request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):016x}"
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else f"{self._id_prefix}{next(self._ids):016x}"
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else self._new_request_id()
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         started = time.perf_counter()

@@ -270,7 +270,8 @@ def test_short_requests_are_tokenised_on_the_event_loop(root: Path) -> None:
 
 
 class _CountingTokenizer:
-    """Delegates to a real tokenizer and records the texts of each call."""
+    """Delegates to a real tokenizer and records the texts of each call, through transformers'
+    call or straight to its Rust backend."""
 
     def __init__(self, real: Any, calls: list[list[str]]) -> None:
         self._real, self._calls = real, calls
@@ -278,6 +279,22 @@ class _CountingTokenizer:
     def __call__(self, texts: list[str], **kwargs: Any) -> Any:
         self._calls.append(list(texts))
         return self._real(texts, **kwargs)
+
+    @property
+    def backend_tokenizer(self) -> Any:
+        return _CountingBackend(self._real.backend_tokenizer, self._calls)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+class _CountingBackend:
+    def __init__(self, real: Any, calls: list[list[str]]) -> None:
+        self._real, self._calls = real, calls
+
+    def encode_batch(self, texts: list[str], *args: Any, **kwargs: Any) -> Any:
+        self._calls.append(list(texts))
+        return self._real.encode_batch(texts, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)

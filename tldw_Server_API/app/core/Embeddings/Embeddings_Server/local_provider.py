@@ -480,18 +480,13 @@ class LocalModelProvider:
         return [len(row) for row in rows]
 
     def _keep_rows(self, model_id: str, texts: Sequence[str], rows: Sequence[list[int]]) -> None:
-        """Remember counted rows for the batcher (`_take_row`); the oldest go beyond PENDING_ROWS_MAX."""
+        """Remember counted rows for the batcher (its `tokenize`); the oldest go beyond PENDING_ROWS_MAX."""
         pending = self._pending_rows
         for text, row in zip(texts, rows, strict=True):
             pending[(model_id, text)] = row
             pending.move_to_end((model_id, text))
         while len(pending) > PENDING_ROWS_MAX:
             pending.popitem(last=False)
-
-    def _take_row(self, model_id: str, text: str, encoder: BatchEncoder) -> list[int] | None:
-        """The counted row of `text` when it is what the model takes (no truncation applies)."""
-        row = self._pending_rows.pop((model_id, text), None)
-        return row if row is not None and encoder.untruncated(row) else None
 
     async def embed(
         self, model_id: str, texts: Sequence[str], token_counts: Sequence[int] | None = None  # noqa: ARG002
@@ -507,13 +502,18 @@ class LocalModelProvider:
 
     def _new_batcher(self, model_id: str) -> MicroBatcher:
         async def tokenize(texts: list[str]) -> list[list[int]]:
+            """Each text's counted row when no truncation applies to it, else tokenised now
+            (a counted one over the window goes straight to the tokenizer's truncation)."""
             encoder = await self._loaded(model_id)
-            rows = [self._take_row(model_id, text, encoder) for text in texts]
-            todo = [texts[i] for i, row in enumerate(rows) if row is None]
+            counted = [self._pending_rows.pop((model_id, text), None) for text in texts]
+            rows = [row if row is not None and encoder.untruncated(row) else None for row in counted]
+            todo = [i for i, row in enumerate(rows) if row is None]
             if todo:
-                fresh = iter(await self._with_tokenizer(
-                    model_id, todo, lambda tokenizer: encoder.tokenize(todo, tokenizer)))
-                rows = [next(fresh) if row is None else row for row in rows]
+                todo_texts, long = [texts[i] for i in todo], [counted[i] is not None for i in todo]
+                fresh = await self._with_tokenizer(
+                    model_id, todo_texts, lambda tokenizer: encoder.tokenize(todo_texts, tokenizer, long))
+                for i, row in zip(todo, fresh, strict=True):
+                    rows[i] = row
             return rows  # type: ignore[return-value]
 
         async def run_pass(rows: list[list[int]], lone: bool) -> np.ndarray:
