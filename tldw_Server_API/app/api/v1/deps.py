@@ -15,7 +15,7 @@ as per-request `Security` dependencies.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -76,6 +76,16 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
 }
 
 
+_SELF_AUTHENTICATING: set[Callable[..., Any]] = set()
+
+
+def authenticates_itself(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark an endpoint that calls `get_current_user` itself rather than through a dependency
+    (the hot route), so the schema declares the key for it as for the others."""
+    _SELF_AUTHENTICATING.add(endpoint)
+    return endpoint
+
+
 def _needs_key(dependant: Dependant) -> bool:
     return any(d.call is get_current_user or _needs_key(d) for d in dependant.dependencies)
 
@@ -100,7 +110,8 @@ def install_security(app: FastAPI) -> None:
             spec = generate()
             spec.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
             for route in _api_routes(app.routes):
-                if route.include_in_schema and _needs_key(route.dependant):
+                if route.include_in_schema and (route.endpoint in _SELF_AUTHENTICATING
+                                                or _needs_key(route.dependant)):
                     for method in route.methods:
                         operation = spec["paths"].get(route.path_format, {}).get(method.lower())
                         if operation is not None:
