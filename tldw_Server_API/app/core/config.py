@@ -447,8 +447,9 @@ class Settings(BaseSettings):
     embeddings_inline_pass_tokens: int = Field(
         64, ge=0, description="A lone forward pass of a local model (nothing else running or waiting in its provider) "
         "of at most this many padded tokens (rows x longest row: a search query) runs on the event loop's thread "
-        "instead of a pass thread: two thread hand-offs less (0.3-0.9 ms on a 2-core VM), the loop busy for that "
-        "pass (about 1-5 ms on a CPU). 0: every pass on a pass thread."
+        "instead of a pass thread, once that model's recent small passes took at most 25 ms (median; the first "
+        "ones are timed on a pass thread): two thread hand-offs less (0.3-0.9 ms on a 2-core VM), the loop busy "
+        "for that pass. 0: every pass on a pass thread."
     )
     embeddings_batch_queue_size: int = Field(
         8192, ge=1, description="Micro-batcher: queued texts per model before requests get 429 `overloaded`."

@@ -353,11 +353,16 @@ def test_counted_rows_never_embedded_are_bounded(root: Path, monkeypatch: pytest
 
 
 def test_a_lone_small_pass_runs_on_the_event_loop_thread(root: Path) -> None:
-    """EMBEDDINGS_INLINE_PASS_TOKENS: a lone pass of a query-sized text runs on the event loop's
-    thread (no thread hand-off); a pass over the limit, and every pass with the limit at 0, runs
-    on a pass thread; the vectors are the same either way."""
+    """EMBEDDINGS_INLINE_PASS_TOKENS: once the model's small passes are timed (the first runs on a
+    pass thread), a lone pass of a query-sized text runs on the event loop's thread (no thread
+    hand-off); a pass over the limit, every pass with the limit at 0, and every pass of a model
+    whose small passes take longer than INLINE_PASS_MAX_S run on a pass thread; the vectors are
+    the same either way."""
     import threading
+    import time
     from dataclasses import replace
+
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import INLINE_PASS_MAX_S
 
     long_text = "word " * 40   # 42 tokens with [CLS]/[SEP]
 
@@ -374,15 +379,33 @@ def test_a_lone_small_pass_runs_on_the_event_loop_thread(root: Path) -> None:
                 forward = encoder.forward
                 encoder.forward = lambda encoded, forward=forward: (threads.append(threading.get_ident()),
                                                                     forward(encoded))[1]
+            encoder_of_inline = await inline.loaded_encoder(COPY)
             loop_thread = threading.get_ident()
-            short = (await inline.embed(COPY, TEXTS[:1])).vectors
-            assert threads == [loop_thread] and inline.inline_passes == 1
+            first = (await inline.embed(COPY, TEXTS[:1])).vectors       # not timed yet: a pass thread
+            assert threads[0] != loop_thread and inline.inline_passes == 0
+            for text in ("warm one", "warm two", "warm three"):          # past a slow first pass
+                await inline.embed(COPY, [text])
+            threads.clear()
+            passes = inline.inline_passes
+            short = (await inline.embed(COPY, TEXTS[1:2])).vectors
+            assert threads == [loop_thread] and inline.inline_passes == passes + 1
             long = (await inline.embed(COPY, [long_text])).vectors
-            assert threads[1] != loop_thread and inline.inline_passes == 1
-            np.testing.assert_allclose(short, (await threaded.embed(COPY, TEXTS[:1])).vectors, atol=1e-6)
+            assert threads[1] != loop_thread and inline.inline_passes == passes + 1
+            np.testing.assert_allclose(first, (await threaded.embed(COPY, TEXTS[:1])).vectors, atol=1e-6)
+            np.testing.assert_allclose(short, (await threaded.embed(COPY, TEXTS[1:2])).vectors, atol=1e-6)
             np.testing.assert_allclose(long, (await threaded.embed(COPY, [long_text])).vectors, atol=1e-6)
             assert loop_thread not in threads[2:] and threaded.inline_passes == 0
-            assert (await inline.health())["inline_passes"] == 1
+            assert (await inline.health())["inline_passes"] == passes + 1
+
+            slow_forward = encoder_of_inline.forward            # a model whose small passes are slow
+            encoder_of_inline.forward = lambda encoded: (time.sleep(INLINE_PASS_MAX_S * 1.5),
+                                                         slow_forward(encoded))[1]
+            for text in ("slow one", "slow two", "slow three", "slow four"):   # the median passes the limit
+                await inline.embed(COPY, [text])
+            before = inline.inline_passes
+            for text in ("slow five", "slow six"):
+                await inline.embed(COPY, [text])
+            assert inline.inline_passes == before
         finally:
             await inline.aclose()
             await threaded.aclose()

@@ -16,7 +16,7 @@ import asyncio
 import gc
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
@@ -75,6 +75,8 @@ QWEN3_END_TOKEN = "<|endoftext|>"
 DOWNLOAD_RETRY_AFTER_S = 10.0
 INLINE_TOKENIZE_CHARS = 2_000   # texts this short (in all) are tokenised on the event loop (~0.2 ms),
                                 # not on the counting thread (a round trip of ~0.5 ms on 2 busy cores)
+INLINE_PASS_MAX_S = 0.025      # a small pass runs on the event loop only for a model whose small passes
+                                # take at most this (MiniLM: 1-6 ms with onnx, 5-18 ms with torch)
 PENDING_ROWS_MAX = 4_096        # rows counted and not yet embedded (a refused request never embeds)
 # transformers resolves its names lazily, and two threads resolving them at once can see a module
 # half imported ("cannot import name 'AutoTokenizer'"): the first onnx and huggingface loads of a
@@ -143,6 +145,7 @@ class LocalModelProvider:
         self._pass_executor: ThreadPoolExecutor | None = None     # made on first use: parallel_passes()
         self._passes_in_threads = 0                     # passes running on the pass threads now
         self.inline_passes = 0                          # passes run on the event loop's thread (`_inline`)
+        self._small_pass_s: dict[str, deque[float]] = {}   # model -> times of its last small passes
         self._count_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-count")
         self._download_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-download")
         self._count_tokenizers: dict[str, Any] = {}     # used on the counting thread only
@@ -518,28 +521,39 @@ class LocalModelProvider:
 
         async def run_pass(rows: list[list[int]], lone: bool) -> np.ndarray:
             encoder = await self._loaded(model_id)
+            started = time.perf_counter()
             try:
-                if lone and self._inline(rows):
+                if lone and self._inline(model_id, rows):
                     self.inline_passes += 1
-                    return encoder.run_rows(rows)
-                self._passes_in_threads += 1
-                try:
-                    vectors: np.ndarray = await self._run(encoder.run_rows, rows, executor=self._passes())
-                finally:
-                    self._passes_in_threads -= 1
+                    vectors: np.ndarray = encoder.run_rows(rows)
+                else:
+                    self._passes_in_threads += 1
+                    try:
+                        vectors = await self._run(encoder.run_rows, rows, executor=self._passes())
+                    finally:
+                        self._passes_in_threads -= 1
             except (RuntimeError, ValueError, OSError) as exc:  # model runtime failures, not caller errors
                 raise ProviderError(f"the local model '{model_id}' failed to embed the inputs") from exc
+            if self._small(rows):
+                self._small_pass_s.setdefault(model_id, deque(maxlen=5)).append(time.perf_counter() - started)
             return vectors
 
         return MicroBatcher(tokenize, run_pass, replace(self._batching, parallel_passes=self.parallel_passes()))
 
-    def _inline(self, rows: Sequence[Sequence[int]]) -> bool:
+    def _small(self, rows: Sequence[Sequence[int]]) -> bool:
+        return len(rows) * max(len(row) for row in rows) <= self._batching.inline_pass_tokens
+
+    def _inline(self, model_id: str, rows: Sequence[Sequence[int]]) -> bool:
         """Whether a lone pass over `rows` runs on the event loop's thread: it is small
-        (EMBEDDINGS_INLINE_PASS_TOKENS) and no pass of this provider runs on a pass thread (the
-        loop never waits for another pass's threads, e.g. torch's shared intra-op threads). The
-        two thread hand-offs it saves cost more than the pass itself delays the loop."""
-        return (self._passes_in_threads == 0
-                and len(rows) * max(len(row) for row in rows) <= self._batching.inline_pass_tokens)
+        (EMBEDDINGS_INLINE_PASS_TOKENS); this model's recent small passes took at most
+        INLINE_PASS_MAX_S at the median (the first ones run on a pass thread and are timed: a
+        large model never holds the loop, a slow first pass does not count for long); and no
+        pass of this provider runs on a pass thread (the loop never waits for another pass's
+        threads, e.g. torch's shared intra-op threads). The two thread hand-offs it saves cost
+        more than the pass itself delays the loop."""
+        recent = sorted(self._small_pass_s.get(model_id, ()))
+        return (self._passes_in_threads == 0 and self._small(rows)
+                and bool(recent) and recent[len(recent) // 2] <= INLINE_PASS_MAX_S)
 
     def batcher_stats(self) -> dict[str, dict[str, Any]]:
         return {model_id: b.stats() for model_id, b in self._batchers.items()}
