@@ -24,11 +24,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import resource
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +81,25 @@ HTTP_MODELS = (("bare id", MODEL), ("huggingface fp32", f"huggingface:{MODEL}"),
 BAR = QualityBar()
 
 
-def bench_engines(texts: list[str], model_dir: Path, repeats: int, with_reference: bool = True,
+def reference_encode(model_path: str, texts: list[str], repeats: int) -> tuple[float, Any]:
+    """sentence-transformers `encode` as its users call it (full width, the calling thread)."""
+    from sentence_transformers import SentenceTransformer
+
+    st_model = SentenceTransformer(model_path, device="cpu")
+    st_model.encode(texts[:64], batch_size=32)
+    return timed(lambda: st_model.encode(texts, batch_size=32, normalize_embeddings=True), repeats)
+
+
+def in_own_process(fn: Any, *args: Any) -> Any:
+    """`fn(*args)` in a fresh process, as a user runs it: torch keeps an OpenMP pool for each thread
+    that ran wide, and two pools in one process on these 2-core machines made every pass 2-3x
+    slower (`pass_threads`): the reference must neither suffer from this process's engines nor
+    leave its own pool behind for them."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def bench_engines(texts: list[str], local: LocalEngines, repeats: int, with_reference: bool = True,
                   engines: tuple[tuple[str, str, str], ...] = ENGINES) -> tuple[dict[str, Any], int]:
     """Tokens/s of each engine's own `BatchEncoder.encode` over the whole corpus (no batcher, no
     HTTP) and, with the reference, of sentence-transformers `encode` with cosines against it."""
@@ -91,20 +111,12 @@ def bench_engines(texts: list[str], model_dir: Path, repeats: int, with_referenc
     results: dict[str, Any] = {}
     reference = None
     if with_reference:
-        from sentence_transformers import SentenceTransformer
-
-        st_model = SentenceTransformer(model_path, device="cpu")
-        st_model.encode(texts[:64], batch_size=32)
-        st_seconds, reference = timed(
-            lambda: st_model.encode(texts, batch_size=32, normalize_embeddings=True), repeats)
+        st_seconds, reference = in_own_process(reference_encode, model_path, texts, repeats)
         results["sentence-transformers"] = {"seconds": st_seconds, "tokens_per_s": tokens / st_seconds}
 
-    registry = create_provider_registry(Settings(embeddings_model_dir=model_dir).engine_config())
-    loop = asyncio.new_event_loop()
     caps = cpu_capabilities.detect()
     for label, provider_name, model_id in engines:
-        provider = registry.get(provider_name)
-        encoder = loop.run_until_complete(provider.loaded_encoder(model_id))  # the engine itself: no batcher, no HTTP
+        encoder = local.encoder(f"{provider_name}:{model_id}")   # the engine itself: no batcher, no HTTP
         encoder.encode(texts[:64])
         # bf16 without hardware support is emulated (several times slower): its quality still counts,
         # its speed is measured on a sample only
@@ -122,9 +134,6 @@ def bench_engines(texts: list[str], model_dir: Path, repeats: int, with_referenc
             results[label] |= {"vs_sentence_transformers": st_seconds / seconds,
                                "cosine_mean": mean, "cosine_min": low, "within_quality_bar": BAR.admits(mean, low),
                                "exact": low >= 0.9999}
-        loop.run_until_complete(provider.unload(model_id))
-    loop.run_until_complete(registry.aclose())
-    loop.close()
     return results, tokens
 
 
@@ -411,7 +420,7 @@ def main() -> None:
                 # 2. the engines alone against the reference (the server idles meanwhile)
                 engines: dict[str, Any] = {}
                 if not args.http_only:
-                    engines, tokens = bench_engines(texts, Path(model_dir), args.repeats)
+                    engines, tokens = bench_engines(texts, local, args.repeats)
                     print(json.dumps(engines, indent=1), flush=True)
                 report["engines"] = engines
                 # 3. throughput: rounds of engine alone, then HTTP

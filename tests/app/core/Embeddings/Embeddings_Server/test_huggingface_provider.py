@@ -231,3 +231,50 @@ def test_two_passes_at_once_give_the_vectors_of_one_at_a_time(tmp_path: Path, re
     for vectors in (one_batched, two_encoded, two_batched):
         np.testing.assert_allclose(vectors, one_encoded, atol=1e-5)
     assert cosine_rows(two_batched, reference(TEXTS)).min() >= 0.9999
+
+
+def test_only_the_lone_pass_thread_ever_runs_torch_wide(tmp_path: Path, reference: Any) -> None:
+    """libgomp keeps an OpenMP pool for every thread that ran torch wider than one thread; two such
+    pools on 2 cores made a 16-token pass 2-3x slower (`pass_threads`). With two intra-op threads:
+    every lone pass -- the batcher's and a single-pass `encode` from any caller -- runs on the one
+    lone-pass thread at full width, never inline on the event loop; passes beside others and
+    `encode`'s several passes run on the pass threads at their share (one thread), even when one
+    starts alone; the loading thread runs torch single-threaded; the vectors are the reference's."""
+    import torch
+
+    provider = HuggingFaceProvider(HuggingFaceConfig(torch_threads=2, device="cpu"), ModelResolver(tmp_path),
+                                   BatchingConfig(max_wait_ms=0, max_queue_texts=1000, max_padded_tokens=300,
+                                                  max_batch_rows=8, parallel_passes=2, inline_pass_tokens=64))
+    seen: list[tuple[int, int]] = []                 # (thread, torch's count there) per pass
+
+    async def run() -> None:
+        try:
+            encoder = await provider._loaded(MODEL)
+            forward = encoder.forward
+            def counted(encoded: dict[str, np.ndarray]) -> np.ndarray:
+                vectors = forward(encoded)                           # then the count the pass ran with
+                seen.append((threading.get_ident(), torch.get_num_threads()))
+                return vectors
+
+            encoder.forward = counted
+            loop_thread = threading.get_ident()
+            for text in TEXTS[:6]:                                   # lone queries, one after another
+                vectors = (await provider.embed(MODEL, [text])).vectors
+                assert cosine_rows(vectors, reference([text])).min() >= 0.9999
+            lone_thread = seen[0][0]
+            assert seen == [(lone_thread, 2)] * 6 and lone_thread != loop_thread
+            assert provider.inline_passes == 0 and not provider.inline_capable()
+
+            seen.clear()
+            one_pass = await asyncio.to_thread(encoder.encode, TEXTS[:3])   # a single pass: the lone thread
+            assert seen == [(lone_thread, 2)]
+            seen.clear()
+            many = await asyncio.to_thread(encoder.encode, TEXTS)           # several passes: the pass threads
+            assert len(seen) > 2 and all(thread != lone_thread and count == 1 for thread, count in seen)
+            assert cosine_rows(many.vectors, reference(TEXTS)).min() >= 0.9999
+            np.testing.assert_allclose(one_pass.vectors, many.vectors[:3], atol=1e-5)
+            assert await provider._run(torch.get_num_threads) == 1          # the loading thread
+        finally:
+            await provider.aclose()
+
+    asyncio.run(run())

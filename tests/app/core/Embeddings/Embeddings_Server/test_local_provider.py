@@ -357,7 +357,7 @@ def test_a_lone_small_pass_runs_on_the_event_loop_thread(root: Path) -> None:
     pass thread), a lone pass of a query-sized text runs on the event loop's thread (no thread
     hand-off); a pass over the limit, every pass with the limit at 0, and every pass of a model
     whose small passes take longer than INLINE_PASS_MAX_S run on a pass thread; the vectors are
-    the same either way."""
+    the same either way. (torch with one intra-op thread: see the next test for more.)"""
     import threading
     import time
     from dataclasses import replace
@@ -367,7 +367,8 @@ def test_a_lone_small_pass_runs_on_the_event_loop_thread(root: Path) -> None:
     long_text = "word " * 40   # 42 tokens with [CLS]/[SEP]
 
     async def run() -> None:
-        inline = HuggingFaceProvider(HuggingFaceConfig(torch_threads=0, device="cpu"),
+        # single-threaded torch: with more intra-op threads no pass runs inline (its own test)
+        inline = HuggingFaceProvider(HuggingFaceConfig(torch_threads=1, device="cpu"),
                                      ModelResolver.from_config(root, DEFAULT_MODELS),
                                      replace(BATCHING, inline_pass_tokens=32), DEFAULT_MODELS)
         threaded = _provider(root)

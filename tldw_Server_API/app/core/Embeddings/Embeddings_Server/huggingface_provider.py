@@ -5,9 +5,11 @@ batching, tokenizers, Qwen3 input handling and the inference threads come from
 encoders run unpadded (`unpadded_encoder`) unless EMBEDDINGS_UNPADDED_ENCODER=false.
 
 On a CPU with 2+ cores two forward passes run at once under load and `IntraOpShare` splits
-torch's intra-op threads between them (a lone pass, a search query, takes them all): two
-single-threaded passes on 2 cores do ~15 % more than one two-threaded pass, and lose less when
-the event loop takes a core, since no thread waits at a barrier for a descheduled sibling.
+torch's intra-op threads between them (a lone pass, a search query, takes them all, on the one
+lone-pass thread: `pass_threads`): two single-threaded passes on 2 cores do ~15 % more than one
+two-threaded pass, and lose less when the event loop takes a core, since no thread waits at a
+barrier for a descheduled sibling. With more than one intra-op thread no pass runs on the event
+loop's thread: it would own a second wide OpenMP pool.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tldw_Server_API.app.core.config import BatchingConfig, HuggingFaceConfig, M
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import Forward, LocalModelProvider
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_manager import Clock
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.pass_threads import single_threaded_torch
 
 
 def cpu_cores() -> int:
@@ -45,13 +48,18 @@ class IntraOpShare:
     them all (a lone search query runs at full width), any other takes `total // slots`, waiting
     if need be for a lone pass to end rather than oversubscribe the cores (one pass at most; under
     load rare, since a pass is never alone while another waits). A pass that waited keeps its
-    share, so two workers never fall into taking turns at full width. `set_threads` runs in the
-    pass's own thread, only when its count changes."""
+    share, so two workers never fall into taking turns at full width. Only a thread for which
+    `wide()` holds (the lone-pass thread) is ever given more than the share: every thread that
+    once ran wide keeps an OpenMP pool, and more pooled threads than CPUs make every operator
+    wait for a sleeping worker (`pass_threads`). `set_threads` runs in the pass's own thread,
+    only when its count changes."""
 
-    def __init__(self, total: int, slots: int, set_threads: Callable[[int], None]) -> None:
+    def __init__(self, total: int, slots: int, set_threads: Callable[[int], None],
+                 wide: Callable[[], bool] = lambda: True) -> None:
         self.total = max(1, total)
         self.slots = max(1, slots)
         self._set_threads = set_threads
+        self._wide = wide
         self._changed = threading.Condition()
         self._in_use = 0          # threads held by passes running
         self._passes = 0          # passes running or waiting for threads
@@ -66,7 +74,8 @@ class IntraOpShare:
         """Hold this pass's threads for the block, set in the calling thread; yields their number."""
         with self._changed:
             self._passes += 1
-            wanted = self.total if self._passes == 1 else max(1, self.total // self.slots)
+            share = max(1, self.total // self.slots)
+            wanted = self.total if self._passes == 1 and self._wide() else share
             while self._in_use + wanted > self.total:   # a pass that had to wait has company: it
                 self._changed.wait()                     # keeps its share, so passes interleave
             self._in_use += wanted
@@ -118,8 +127,11 @@ class HuggingFaceProvider(LocalModelProvider):
 
         device = self._config.device
         if self._threads is None and device == "cpu":
-            self._threads = IntraOpShare(self.intra_op_threads(), self.parallel_passes(), torch.set_num_threads)
+            self._threads = IntraOpShare(self.intra_op_threads(), self.parallel_passes(), torch.set_num_threads,
+                                         wide=self._passes().on_lone_thread)
         threads = self._threads
+        if threads is not None:
+            single_threaded_torch()   # the loading thread: never a second wide OpenMP pool
         model = self._from_pretrained(AutoModel, model_id).to(device).eval()
         size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
         input_names = set(inspect.signature(model.forward).parameters)
@@ -144,6 +156,11 @@ class HuggingFaceProvider(LocalModelProvider):
             return pool(hidden, encoded["attention_mask"], pooling)
 
         return forward, int(size)
+
+    def inline_capable(self) -> bool:
+        """Not with torch's intra-op threads above one on the CPU: the event loop's thread would
+        own a second wide OpenMP pool (`pass_threads`)."""
+        return self._config.device != "cpu" or self.intra_op_threads() <= 1
 
     async def health(self) -> dict[str, Any]:
         return {**await super().health(), "device": self._config.device,

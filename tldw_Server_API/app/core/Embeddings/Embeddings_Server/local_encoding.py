@@ -2,21 +2,24 @@
 passes out of length-sorted rows by a padded-token budget (rows x longest row): the fullest pass
 that includes a given row. `BatchEncoder` applies it to one list of texts (`encode`) and exposes
 the two halves, `tokenize` and `run_rows`, that the micro-batcher schedules itself; `encode`
-runs `workers` passes at once, as the micro-batcher does. Right or left padding (Qwen3; left
-passes position ids counted from each row's first real token), and an optional end token
-appended to rows the tokenizer did not end with it. numpy only.
+runs its passes on the provider's pass threads (`PassThreads`), as the micro-batcher does.
+Right or left padding (Qwen3; left passes position ids counted from each row's first real
+token), and an optional end token appended to rows the tokenizer did not end with it. numpy
+only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.provider_types import EmbeddingBatch
+
+if TYPE_CHECKING:
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.pass_threads import PassThreads
 
 Forward = Callable[[dict[str, np.ndarray]], np.ndarray]  # encoded batch (numpy) -> pooled (n, d) float32
 
@@ -144,7 +147,7 @@ class BatchEncoder:
     max_padded_tokens: int
     padding_side: str = "right"           # "left" for Qwen3 embedding models
     end_token_id: int | None = None       # appended to rows not ending with it (Qwen3)
-    workers: int = 1                      # passes `encode` runs at once, each on its own thread
+    threads: PassThreads | None = None    # where `encode` runs its passes (None: the caller's thread, in turn)
 
     def tokenize(self, texts: Sequence[str], tokenizer: Any | None = None,
                  long: Sequence[bool] | None = None) -> list[list[int]]:
@@ -174,9 +177,8 @@ class BatchEncoder:
         def run(rows: list[int]) -> None:
             vectors[rows] = self.run_rows([token_ids[i] for i in rows])
 
-        if self.workers > 1 and len(passes) > 1:
-            with ThreadPoolExecutor(max_workers=min(self.workers, len(passes))) as pool:
-                list(pool.map(run, passes))
+        if self.threads is not None:
+            self.threads.run_all(run, passes)
         else:
             for rows in passes:
                 run(rows)

@@ -1,8 +1,9 @@
 """Shared base of the in-process model providers (`huggingface`, `onnx`): model resolution and
 background hub downloads, the model cache (LRU, count/memory caps, idle unload; models in use
 are never evicted), a micro-batcher per loaded model, Qwen3 embedding behaviour, and the threads
-that do the work: one loads models, `parallel_passes()` run forward passes (a lone small pass,
-a search query on an idle server, runs on the event loop's thread: `_inline`), and one counts
+that do the work: one loads models, the pass threads (`PassThreads`: one for a pass alone on
+the model, `parallel_passes()` for passes beside others) run forward passes (a lone small pass,
+a search query on an idle server, may run on the event loop's thread: `_inline`), and one counts
 tokens with its own tokenizers (so counts never wait behind a model call). Requests of a few
 short texts (a search query) are tokenised on the event loop with a tokenizer instance of its
 own: a hop to the counting thread and back costs more than the work. Rows tokenised for counting
@@ -54,6 +55,7 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution impo
     trust_remote_code_allowed,
     weights_bytes,
 )
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.pass_threads import PassThreads
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.provider_types import EmbeddingBatch, ModelInfo
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.qwen3_instructions import (
     InstructionPrompts,
@@ -142,7 +144,7 @@ class LocalModelProvider:
         self._hub_endpoint = hub_endpoint
         self._batchers: dict[str, MicroBatcher] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-load")
-        self._pass_executor: ThreadPoolExecutor | None = None     # made on first use: parallel_passes()
+        self._pass_threads: PassThreads | None = None   # made on first use: parallel_passes()
         self._passes_in_threads = 0                     # passes running on the pass threads now
         self.inline_passes = 0                          # passes run on the event loop's thread (`_inline`)
         self._small_pass_s: dict[str, deque[float]] = {}   # model -> times of its last small passes
@@ -342,7 +344,7 @@ class LocalModelProvider:
         encoder = BatchEncoder(
             tokenizer=tokenizer, forward=forward, max_tokens=info.max_tokens or 512, dimension=info.dimension or 0,
             batch_size=self._batching.max_batch_rows, max_padded_tokens=self._batching.max_padded_tokens,
-            workers=self.parallel_passes(),
+            threads=self._passes(),
             padding_side=profile.padding_side or str(getattr(tokenizer, "padding_side", "right")),
             end_token_id=find_end_token_id(tokenizer, profile.end_token),
         )
@@ -353,11 +355,10 @@ class LocalModelProvider:
         """Run on the loading thread (default) or the given executor."""
         return await asyncio.get_running_loop().run_in_executor(executor or self._executor, fn, *args)
 
-    def _passes(self) -> ThreadPoolExecutor:
-        if self._pass_executor is None:
-            self._pass_executor = ThreadPoolExecutor(max_workers=self.parallel_passes(),
-                                                     thread_name_prefix=f"{self.name}-pass")
-        return self._pass_executor
+    def _passes(self) -> PassThreads:
+        if self._pass_threads is None:
+            self._pass_threads = PassThreads(self.parallel_passes(), self.name)
+        return self._pass_threads
 
     async def loaded_encoder(self, model_id: str) -> BatchEncoder:
         """The engine itself (no batcher), loaded when needed; the caller holds a `use`."""
@@ -528,8 +529,10 @@ class LocalModelProvider:
                     vectors: np.ndarray = encoder.run_rows(rows)
                 else:
                     self._passes_in_threads += 1
+                    threads = self._passes()
                     try:
-                        vectors = await self._run(encoder.run_rows, rows, executor=self._passes())
+                        vectors = await asyncio.wrap_future(
+                            (threads.lone if lone else threads.shared)(encoder.run_rows, rows))
                     finally:
                         self._passes_in_threads -= 1
             except (RuntimeError, ValueError, OSError) as exc:  # model runtime failures, not caller errors
@@ -552,8 +555,13 @@ class LocalModelProvider:
         threads, e.g. torch's shared intra-op threads). The two thread hand-offs it saves cost
         more than the pass itself delays the loop."""
         recent = sorted(self._small_pass_s.get(model_id, ()))
-        return (self._passes_in_threads == 0 and self._small(rows)
+        return (self._passes_in_threads == 0 and self.inline_capable() and self._small(rows)
                 and bool(recent) and recent[len(recent) // 2] <= INLINE_PASS_MAX_S)
+
+    def inline_capable(self) -> bool:
+        """Whether this provider's passes may run on the event loop's thread at all (not where that
+        thread would become a second owner of a wide torch thread pool: `pass_threads`)."""
+        return True
 
     def batcher_stats(self) -> dict[str, dict[str, Any]]:
         return {model_id: b.stats() for model_id, b in self._batchers.items()}
@@ -570,8 +578,8 @@ class LocalModelProvider:
             await batcher.aclose()
         self._batchers.clear()
         self._executor.shutdown(wait=True, cancel_futures=True)
-        if self._pass_executor is not None:
-            self._pass_executor.shutdown(wait=True, cancel_futures=True)
+        if self._pass_threads is not None:
+            self._pass_threads.shutdown()
         self._count_executor.shutdown(wait=True, cancel_futures=True)
         self._download_executor.shutdown(wait=False, cancel_futures=True)
         self._cache.clear()

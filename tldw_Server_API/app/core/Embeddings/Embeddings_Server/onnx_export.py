@@ -27,8 +27,10 @@ def export_onnx(model_path: Path, output: Path) -> None:
     from transformers import AutoModel, AutoTokenizer
 
     from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import quiet_transformers
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.pass_threads import single_threaded_torch
 
     quiet_transformers()
+    single_threaded_torch()   # a provider's loading thread: never a second wide OpenMP pool
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     model = AutoModel.from_pretrained(str(model_path), attn_implementation="eager").eval()
     sample = tokenizer(["an example sentence", "two"], padding=True, return_tensors="pt")
