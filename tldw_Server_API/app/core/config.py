@@ -414,7 +414,10 @@ class Settings(BaseSettings):
     embeddings_onnx_quantize: Literal["fp32", "int8"] = Field(
         "fp32", description="ONNX variant of a bare `onnx:<model>` id; `<model>@fp32` / `@int8` pick one explicitly."
     )
-    embeddings_onnx_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 keeps its default.")
+    embeddings_onnx_threads: int = Field(
+        0, ge=0, description="onnxruntime intra-op threads of one session; 0: on 2+ cores each model gets a wide "
+        "session (every core) for a pass alone on the model and a single-threaded one for the 2 passes run side "
+        "by side under load (weights held twice); a set count: one session of that width.")
     embeddings_engine: Literal["auto", "huggingface", "onnx"] = Field(
         "auto", description="Engine of a bare local model id (`sentence-transformers/all-MiniLM-L6-v2`; a "
         "`huggingface:`/`onnx:` prefix always pins one). auto: the fastest engine whose vectors equal torch fp32's "
@@ -442,7 +445,8 @@ class Settings(BaseSettings):
     )
     embeddings_inference_workers: int = Field(
         0, ge=0, description="Forward passes one local model runs at once, each on its own thread with its share "
-        "of the intra-op threads (a lone pass gets them all); 0: 2 for huggingface on a CPU with 2+ cores, else 1."
+        "of the intra-op threads (a lone pass gets them all); 0: 2 on a CPU with 2+ cores (onnx: with "
+        "EMBEDDINGS_ONNX_THREADS 0), else 1."
     )
     embeddings_inline_pass_tokens: int = Field(
         64, ge=0, description="A lone forward pass of a local model (nothing else running or waiting in its provider) "

@@ -15,7 +15,6 @@ loop's thread: it would own a second wide OpenMP pool.
 from __future__ import annotations
 
 import inspect
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,15 +28,7 @@ from tldw_Server_API.app.core.config import BatchingConfig, HuggingFaceConfig, M
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import Forward, LocalModelProvider
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_manager import Clock
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
-from tldw_Server_API.app.core.Embeddings.Embeddings_Server.pass_threads import single_threaded_torch
-
-
-def cpu_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # not Linux
-        return os.cpu_count() or 1
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.pass_threads import cpu_cores, single_threaded_torch
 
 
 class IntraOpShare:
