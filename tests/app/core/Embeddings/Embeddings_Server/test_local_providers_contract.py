@@ -103,9 +103,10 @@ def test_onnx_unknown_variant_is_a_400(registry: Any) -> None:
 
 @pytest.mark.parametrize("model_id", [f"{MODEL}@fp32", f"{MODEL}@int8"])
 def test_onnx_runs_lone_passes_wide_and_shared_passes_single_threaded(registry: Any, model_id: str) -> None:
-    """EMBEDDINGS_ONNX_THREADS auto on 2+ cores: two passes at once, a wide session for the lone-pass
-    thread and a single-threaded one for the shared threads (a session's width is fixed); both
-    give the same vectors, and the model's cache entry counts both sessions."""
+    """EMBEDDINGS_ONNX_THREADS auto on 2+ cores: two passes at once, a wide session for a pass alone
+    (the lone-pass thread, or inline on the event loop) and a single-threaded one for the shared
+    threads (a session's width is fixed); both give the same vectors, and the model's cache entry
+    counts both sessions."""
     import os
 
     import onnxruntime
@@ -115,14 +116,19 @@ def test_onnx_runs_lone_passes_wide_and_shared_passes_single_threaded(registry: 
     if cores < 2:
         pytest.skip("one core: one session, one pass at a time")
     made: list[tuple[int, Any]] = []
-    ran: list[tuple[int, bool]] = []                # (session width, on the lone-pass thread) per run
+
+    def where() -> str:
+        threads = provider._passes()
+        return "lone" if threads.on_lone_thread() else "shared" if threads.on_pass_thread() else "other"
+
+    ran: list[tuple[int, str]] = []                 # (session width, where) per run
     real = onnxruntime.InferenceSession
 
     def recording(path: str, options: Any, **kwargs: Any) -> Any:
         made.append((options.intra_op_num_threads, path))
         session = real(path, options, **kwargs)
         width, run = options.intra_op_num_threads, session.run
-        session.run = lambda *a, **k: (ran.append((width, provider._passes().on_lone_thread())), run(*a, **k))[1]
+        session.run = lambda *a, **k: (ran.append((width, where())), run(*a, **k))[1]
         return session
 
     async def run() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -135,11 +141,14 @@ def test_onnx_runs_lone_passes_wide_and_shared_passes_single_threaded(registry: 
         lone = await asyncio.to_thread(encoder.encode, TEXTS[:4])          # one pass: the lone thread
         threads = provider._passes()
         shared = await asyncio.wrap_future(threads.shared(encoder.encode, TEXTS[:4]))  # in place, shared thread
+        inline = encoder.run_rows(encoder.tokenize(TEXTS[:1]))   # as an inline pass on the event loop runs it
+        alone = await asyncio.to_thread(encoder.encode, TEXTS[:1])   # int8: quantised per pass, so one text
+        np.testing.assert_allclose(inline, alone.vectors, atol=1e-5)
         return lone.vectors, shared.vectors, await provider.health()
 
     lone, shared, health = asyncio.run(run())
     assert sorted(threads for threads, _ in made) == [1, cores] and len({path for _, path in made}) == 1
-    assert set(ran) == {(cores, True), (1, False)}
+    assert set(ran) == {(cores, "lone"), (1, "shared"), (cores, "other")}
     assert provider.parallel_passes() == 2
     assert health["session_threads"] == {"lone": cores, "shared": 1}
     graph = provider.graph_path(model_id)

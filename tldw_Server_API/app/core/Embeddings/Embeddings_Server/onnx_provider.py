@@ -8,8 +8,9 @@ local providers (`LocalModelProvider`).
 
 Threads: an onnxruntime session's intra-op pool has a fixed width, so with EMBEDDINGS_ONNX_THREADS
 0 (auto) on a CPU with 2+ cores a model gets two sessions over one graph: a wide one (every
-core) for the lone-pass thread (a search query, a long text on an idle server) and a
-single-threaded one that the `parallel_passes()` (2) shared threads run side by side under load.
+core) for a pass alone on the model (on the lone-pass thread or inline: a search query, a long
+text on an idle server) and a single-threaded one that the `parallel_passes()` (2) shared
+threads run side by side under load.
 Measured on a 2-vCPU Xeon: side by side single-threaded passes did 15-20 % more through HTTP
 (fp32 5,890 -> 6,778 tok/s, int8 10,300 -> 12,506) and lost less to the event loop (int8 0.82x ->
 0.90x its engine), while a lone 256-token text still runs wide (45 vs 69 ms single-threaded).
@@ -106,13 +107,16 @@ class OnnxProvider(LocalModelProvider):
         split = self._split_sessions()
         wide = session(cpu_cores() if split else self._config.threads)
         narrow = session(1) if split else wide
-        on_lone_thread = self._passes().on_lone_thread
+        threads = self._passes()
         input_names = {i.name for i in wide.get_inputs()}
         pooling = self.profile(model_id).pooling
 
         def forward(encoded: dict[str, np.ndarray]) -> np.ndarray:
             feeds = {k: v.astype(np.int64, copy=False) for k, v in encoded.items() if k in input_names}
-            hidden = (wide if on_lone_thread() else narrow).run(["last_hidden_state"], feeds)[0]
+            # narrow on the shared pass threads; wide for a pass alone (the lone thread, or inline on
+            # the event loop: a session's pool is its own, not the calling thread's)
+            shared = threads.on_pass_thread() and not threads.on_lone_thread()
+            hidden = (narrow if shared else wide).run(["last_hidden_state"], feeds)[0]
             return pool(hidden, encoded["attention_mask"], pooling)
 
         return forward, graph.stat().st_size * (2 if split else 1)
