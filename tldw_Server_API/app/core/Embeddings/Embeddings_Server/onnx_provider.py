@@ -57,6 +57,10 @@ class OnnxProvider(LocalModelProvider):
         """Two sessions (wide for the lone thread, single-threaded for the shared ones)."""
         return not self._config.threads and self.parallel_passes() > 1
 
+    def _session_threads(self) -> tuple[int, int]:
+        """Intra-op threads of the (lone, shared) sessions; 0: onnxruntime's default."""
+        return (cpu_cores(), 1) if self._split_sessions() else (self._config.threads, self._config.threads)
+
     def default_variant(self) -> str:
         """EMBEDDINGS_ONNX_QUANTIZE: a bare `<id>` shares the session of `<id>@<variant>`."""
         return self._config.quantize
@@ -105,8 +109,9 @@ class OnnxProvider(LocalModelProvider):
             return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
         split = self._split_sessions()
-        wide = session(cpu_cores() if split else self._config.threads)
-        narrow = session(1) if split else wide
+        lone_threads, shared_threads = self._session_threads()
+        wide = session(lone_threads)
+        narrow = session(shared_threads) if split else wide
         threads = self._passes()
         input_names = {i.name for i in wide.get_inputs()}
         pooling = self.profile(model_id).pooling
@@ -128,6 +133,6 @@ class OnnxProvider(LocalModelProvider):
         return info
 
     async def health(self) -> dict[str, Any]:
+        lone_threads, shared_threads = self._session_threads()
         return {**await super().health(), "default_variant": self._config.quantize,
-                "session_threads": {"lone": cpu_cores(), "shared": 1} if self._split_sessions()
-                else {"lone": self._config.threads or None, "shared": self._config.threads or None}}
+                "session_threads": {"lone": lone_threads or None, "shared": shared_threads or None}}
