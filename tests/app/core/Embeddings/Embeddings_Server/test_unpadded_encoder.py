@@ -19,6 +19,7 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.huggingface_provider 
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_encoding import pad_rows
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.unpadded_encoder import (
+    packed_linear,
     supports_unpadded,
     unpadded_forward,
 )
@@ -95,6 +96,51 @@ def test_models_it_does_not_reproduce_are_refused() -> None:
         intermediate_size=64, head_dim=8))
     assert unpadded_forward(qwen3) is None
     assert supports_unpadded(_tiny(transformers.BertConfig, transformers.BertModel))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_packed_linear_uses_onednn_prepacked_weights_and_equals_f_linear(dtype: str) -> None:
+    """On the CPU the weight is reordered once for oneDNN (not re-packed by MKL on every call), and
+    the product is F.linear's: the same sums in fp32, the same bf16 rounding in bf16."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.fail("this torch has no oneDNN: the CPU fast path cannot be checked")
+    generator = torch.Generator().manual_seed(3)
+    weight, bias = torch.randn(96, 48, generator=generator), torch.randn(96, generator=generator)
+    linear = packed_linear(weight, bias, getattr(torch, dtype))
+    assert linear.__name__ == "onednn_linear"
+    for rows in (1, 16, 37):
+        x = torch.randn(rows, 48, generator=generator)
+        with torch.inference_mode():
+            got = linear(x)
+            want = torch.nn.functional.linear(x.to(getattr(torch, dtype)), weight.to(getattr(torch, dtype)),
+                                              bias.to(getattr(torch, dtype)))
+        assert got.dtype == getattr(torch, dtype) and got.shape == (rows, 96)
+        assert torch.allclose(got.float(), want.float(), atol=1e-4 if dtype == "float32" else 0.05, rtol=0.01)
+
+
+def test_bf16_unpadded_minilm_matches_the_autocast_model() -> None:
+    """`unpadded_forward(model, bfloat16)`: linears in bf16 (weights held in bf16), the rest fp32,
+    as transformers' model under CPU autocast; the pooled vectors agree with fp32's to 0.9999."""
+    model = _minilm()
+    rows = _rows([7, 40, 3, 19], model.config.vocab_size, seed=4)
+    encoded = {k: torch.from_numpy(v) for k, v in pad_rows(rows, 0, 40, left=False).items()}
+    hidden = unpadded_forward(model, torch.bfloat16)
+    assert hidden is not None
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = model(**encoded).last_hidden_state.float()
+        fp32 = model(**encoded).last_hidden_state
+        got = hidden(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"])
+    assert got.dtype == torch.float32                  # the residual stream (and the output) stays fp32
+    mask = encoded["attention_mask"].unsqueeze(-1).float()
+
+    def pooled(states: Any) -> Any:
+        vectors = (states * mask).sum(1) / mask.sum(1)
+        return vectors / vectors.norm(dim=1, keepdim=True)
+
+    assert float((pooled(got) * pooled(autocast)).sum(1).min()) >= 0.9999
+    assert float((pooled(got) * pooled(fp32)).sum(1).min()) >= 0.9999
+    assert not torch.allclose(pooled(got), pooled(fp32), atol=1e-6)   # it did run in bf16
 
 
 def _provider(tmp_path: Path, unpadded: bool) -> HuggingFaceProvider:

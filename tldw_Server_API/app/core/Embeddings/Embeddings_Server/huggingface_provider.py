@@ -84,8 +84,9 @@ class IntraOpShare:
 
 class HuggingFaceProvider(LocalModelProvider):
     name = "huggingface"
-    # `@bf16`: bf16 matmuls under torch autocast (norms and softmax stay fp32), fast on CPUs with
-    # AVX-512 BF16 or AMX, emulated (slow) elsewhere
+    # `@bf16`: bf16 matmuls (the unpadded encoder's linears hold bf16 weights; other models run under
+    # torch autocast), norms and softmax stay fp32; fast on CPUs with AVX-512 BF16 or AMX, emulated
+    # (slow) elsewhere
     variants = ("fp32", "bf16")
 
     def __init__(self, config: HuggingFaceConfig, resolver: ModelResolver, batching: BatchingConfig,
@@ -128,9 +129,9 @@ class HuggingFaceProvider(LocalModelProvider):
         input_names = set(inspect.signature(model.forward).parameters)
         extra = {"use_cache": False} if "use_cache" in input_names else {}   # decoder models (Qwen3)
         pooling = self.profile(model_id).pooling
-        unpadded = unpadded_forward(model) if self._config.unpadded else None
-        (self._unpadded.add if unpadded is not None else self._unpadded.discard)(model_id)
         bf16 = self.precision(model_id) == "bf16"
+        unpadded = unpadded_forward(model, torch.bfloat16 if bf16 else None) if self._config.unpadded else None
+        (self._unpadded.add if unpadded is not None else self._unpadded.discard)(model_id)
 
         def forward(encoded: dict[str, np.ndarray]) -> np.ndarray:
             tensors: dict[str, Any] = {
