@@ -917,12 +917,14 @@ def apply_library_defaults() -> None:
     """Process-wide defaults of libraries we run, unless the operator set them: HF tokenizers'
     thread pool off (requests are tokenised a few texts at a time, where the pool doubled the CPU
     and blocked 7x longer per call, measured; it also warns after a fork); oneDNN's primitive cache
-    off: torch keeps a primitive (with its buffers) per distinct matmul shape, up to 1,024 of them,
-    and request batches come in every shape, so the server's RSS rose ~200 MB/min under load for
-    minutes on end, while recreating primitives cost no measurable throughput (290 vs 289 passes).
-    Read by oneDNN when torch first uses it: set before any model runs."""
+    at 256: torch keeps a primitive (JIT-compiled code and buffers, ~1.4 KB per matrix row) per
+    distinct matmul shape, by default up to 1,024, and request batches came in every shape, so the
+    server's RSS rose ~200 MB/min under load for minutes on end; with no cache every product of
+    every pass was compiled again (0.15-1.6 ms each, more than a 16-token pass's arithmetic). The
+    unpadded encoder pads a pass's tokens to one of ~40 sizes (`token_rows`), so 256 holds its
+    shapes and bounds the rest. Read by oneDNN when torch first uses it: set before any model runs."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
 
 
 def _show_default(default: Any) -> str:

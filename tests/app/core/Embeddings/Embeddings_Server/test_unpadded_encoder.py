@@ -21,6 +21,7 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution impo
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.unpadded_encoder import (
     packed_linear,
     supports_unpadded,
+    token_rows,
     unpadded_forward,
 )
 
@@ -96,6 +97,16 @@ def test_models_it_does_not_reproduce_are_refused() -> None:
         intermediate_size=64, head_dim=8))
     assert unpadded_forward(qwen3) is None
     assert supports_unpadded(_tiny(transformers.BertConfig, transformers.BertModel))
+
+
+def test_token_rows_are_few_sizes_with_little_waste() -> None:
+    """A pass's token matrix is padded to one of few sizes (oneDNN compiles one primitive per
+    shape; its cache must hold them all), never shrunk, wasting at most 1/8 from 64 tokens."""
+    sizes = {n: token_rows(n) for n in range(1, 2049)}
+    assert all(size >= n for n, size in sizes.items())
+    assert len(set(sizes.values())) <= 48 and len({sizes[n] for n in range(1, 1025)}) <= 40
+    assert all(size <= n * 1.125 for n, size in sizes.items() if n >= 64)
+    assert sizes[16] == 16 and sizes[17] == 24 and sizes[1024] == 1024
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

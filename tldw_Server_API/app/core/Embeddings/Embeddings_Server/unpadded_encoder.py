@@ -88,6 +88,16 @@ def packed_linear(weight: Any, bias: Any, dtype: Any = None) -> Linear:
     return torch_linear
 
 
+def token_rows(tokens: int) -> int:
+    """Rows a pass's token matrix is padded to: `tokens` rounded up to a multiple of 8, or of an
+    eighth of its power of two from 128 (48 sizes up to 2,048; waste <= 1/8 from 64 tokens). oneDNN makes (JIT
+    compiles) a primitive per matrix shape, 0.15-1.6 ms each on a 2-core AMD EPYC, about what a
+    16-token product itself costs; with few shapes its primitive cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY)
+    keeps them all, and its memory stays bounded (a primitive holds ~1.4 KB per row)."""
+    step = max(8, 1 << max(0, tokens.bit_length() - 4))
+    return -(-tokens // step) * step
+
+
 def unpadded_forward(model: Any, dtype: Any = None) -> HiddenStates | None:
     """The model's last hidden state computed on real tokens only; padded positions come back zero.
     With `dtype` (torch.bfloat16) the linear layers run in it, as under autocast: their input is
@@ -115,26 +125,32 @@ def unpadded_forward(model: Any, dtype: Any = None) -> HiddenStates | None:
         hidden_size = embedded.shape[-1]
         head_size = hidden_size // heads
         flat = embedded.reshape(-1, hidden_size)
-        if bool(attention_mask.all()):                               # nothing padded: no packing
-            keep, key_mask, x = None, None, flat
-        else:
-            keep = attention_mask.reshape(-1).nonzero().squeeze(1)   # flat positions of real tokens
-            key_mask = attention_mask.bool()[:, None, None, :]       # (rows, 1, 1, width)
-            x = flat.index_select(0, keep)                           # (tokens, hidden)
+        dense = bool(attention_mask.all())                           # nothing padded: positions = tokens
+        real = attention_mask.reshape(-1).nonzero().squeeze(1)       # flat positions of real tokens
+        tokens = int(real.numel())
+        size = token_rows(tokens)
+        # the (size, hidden) matrix the per-token layers run on: the real tokens, then repeats of the
+        # first one up to `size` (computed alongside, never read back)
+        gather = real if size == tokens else torch.cat([real, real[:1].expand(size - tokens)])
+        key_mask = None if dense else attention_mask.bool()[:, None, None, :]   # (rows, 1, 1, width)
+
+        def packed(positions: Any) -> Any:                           # (rows * width, c) -> (size, c)
+            return positions if dense and size == tokens else positions.index_select(0, gather)
+
+        def unpacked(matrix: Any) -> Any:                            # (size, c) -> (rows * width, c)
+            if dense:
+                return matrix[:tokens]
+            return matrix.new_zeros(rows * width, matrix.shape[1]).index_copy_(0, real, matrix[:tokens])
+
+        x = packed(flat)
         for qkv_linear, attention_out, intermediate, output, layer in layers:
-            qkv = qkv_linear(x)
-            if keep is not None:
-                qkv = qkv.new_zeros(rows * width, 3 * hidden_size).index_copy_(0, keep, qkv)
+            qkv = unpacked(qkv_linear(x))
             q, k, v = qkv.view(rows, width, 3, heads, head_size).permute(2, 0, 3, 1, 4)
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)   # (rows, heads, width, head)
-            context = context.transpose(1, 2).reshape(rows * width, hidden_size)
-            if keep is not None:
-                context = context.index_select(0, keep)
+            context = packed(context.transpose(1, 2).reshape(rows * width, hidden_size))
             attended = layer.attention.output.LayerNorm(attention_out(context) + x)
             inner = layer.intermediate.intermediate_act_fn(intermediate(attended))
             x = layer.output.LayerNorm(output(inner) + attended)
-        if keep is not None:
-            x = x.new_zeros(rows * width, hidden_size).index_copy_(0, keep, x)
-        return x.view(rows, width, hidden_size)
+        return unpacked(x).view(rows, width, hidden_size)
 
     return hidden_states
