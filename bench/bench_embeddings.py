@@ -76,7 +76,7 @@ def timed(fn: Any, repeats: int) -> tuple[float, Any]:
 ENGINES = (("huggingface fp32", "huggingface", MODEL), ("huggingface bf16", "huggingface", f"{MODEL}@bf16"),
            ("onnx fp32", "onnx", f"{MODEL}@fp32"), ("onnx int8", "onnx", f"{MODEL}@int8"))
 # Model ids sent over HTTP: the bare id (the server's choice) and each engine pinned.
-HTTP_MODELS = (("bare id", MODEL), ("huggingface fp32", f"huggingface:{MODEL}"),
+HTTP_MODELS = (("bare id", MODEL), ("huggingface fp32", f"huggingface:{MODEL}@fp32"),
                ("onnx fp32", f"onnx:{MODEL}@fp32"), ("onnx int8", f"onnx:{MODEL}@int8"))
 BAR = QualityBar()
 
@@ -88,6 +88,14 @@ def reference_encode(model_path: str, texts: list[str], repeats: int) -> tuple[f
     st_model = SentenceTransformer(model_path, device="cpu")
     st_model.encode(texts[:64], batch_size=32)
     return timed(lambda: st_model.encode(texts, batch_size=32, normalize_embeddings=True), repeats)
+
+
+def bare_engine_spec(choice: dict[str, Any]) -> str:
+    """The engine the server runs a bare id on, as this process names it: an exact reduced
+    precision keeps the bare id (`chosen` has no `@`) and says so in `variant`."""
+    chosen = str(choice.get("chosen") or f"huggingface:{MODEL}")
+    variant = choice.get("variant")
+    return f"{chosen}@{variant}" if variant and "@" not in chosen else chosen
 
 
 def in_own_process(fn: Any, *args: Any) -> Any:
@@ -402,7 +410,7 @@ def main() -> None:
             with ServerProcess(Path(data_dir), env=env) as server:
                 choice = server_choice(server)
                 report["server_engine_choice"] = choice
-                specs = {label: choice.get("chosen", f"huggingface:{MODEL}") if model == MODEL else model
+                specs = {label: bare_engine_spec(choice) if model == MODEL else model
                          for label, model in HTTP_MODELS if label in wanted}
                 # 1. latency, first: on a server idle since its start, with nothing else loaded in this
                 # process yet (after a load, or beside the reference's threads, both sides run slower)

@@ -240,8 +240,17 @@ def test_an_exact_reduced_precision_keeps_the_bare_id_and_a_lossy_one_gets_its_o
     resolved = exact.resolve(MODEL)
     assert (resolved.provider.name, resolved.info.model_id, resolved.info.engine) == (
         "huggingface", MODEL, "huggingface:bf16")
+    assert exact.resolve(f"huggingface:{MODEL}").info.engine == "huggingface:bf16"   # the same engine
+    assert exact.resolve(f"huggingface:{MODEL}@fp32").info.engine == "huggingface:fp32"   # still pinnable
     batch = asyncio.run(resolved.provider.embed(MODEL, ["runs in bf16"]))
     assert batch.vectors.shape == (1, 384) and exact.get("huggingface").loaded_models() == [f"{MODEL}@bf16"]
+    pinned = asyncio.run(resolved.provider.embed(f"{MODEL}@fp32", ["runs in bf16"]))   # a model of its own,
+    assert sorted(exact.get("huggingface").loaded_models()) == [f"{MODEL}@bf16", f"{MODEL}@fp32"]   # in fp32
+    plain = _registry(model_dir / "fp32-only")
+    reference = asyncio.run(plain.get("huggingface").embed(MODEL, ["runs in bf16"]))
+    asyncio.run(plain.aclose())
+    assert np.allclose(pinned.vectors, reference.vectors, atol=1e-5)
+    assert not np.allclose(batch.vectors, reference.vectors, atol=1e-5)
     asyncio.run(exact.aclose())
 
     lossy = _registry(model_dir / "won-int8", caps=WITH_FAST_PATHS, precision="fast")

@@ -174,12 +174,15 @@ class LocalModelProvider:
         return self.split_variant(model_id)[0]
 
     def engine_id(self, model_id: str) -> str:
-        """The one name of what runs: ids that run the same weights at the same precision (`<id>`
-        and `<id>@fp32`) share a loaded model, its batcher and its tokenizers. Every public entry
-        point that loads or runs applies it; `model_info` keeps the caller's id (vectors are stored
-        under that)."""
+        """The one name of what runs: ids that run the same weights at the same precision share a
+        loaded model, its batcher and its tokenizers -- `<id>` and `<id>@fp32` while the bare id runs
+        fp32; once the engine choice runs it at another precision (`run_as`), `<id>` shares
+        `<id>@bf16`'s and `<id>@fp32` is an engine of its own (a name that loads at the precision
+        it says). Every public entry point that loads or runs applies it; `model_info` keeps the
+        caller's id (vectors are stored under that)."""
         base, variant = self.split_variant(model_id)
-        return base if variant == "fp32" else f"{base}@{variant}"
+        bare_runs = self._preferred.get(base, self.default_variant())
+        return base if variant == "fp32" == bare_runs else f"{base}@{variant}"
 
     def precision(self, model_id: str) -> str:
         return self.split_variant(model_id)[1]
