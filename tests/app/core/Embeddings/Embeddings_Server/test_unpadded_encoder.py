@@ -175,4 +175,7 @@ def test_the_provider_runs_minilm_unpadded_with_the_padded_paths_vectors(tmp_pat
     padded_vectors, padded_health = asyncio.run(run(False))
     assert unpadded_health["unpadded_models"] == [MODEL]
     assert padded_health["unpadded_models"] == []
+    held = {health["model_cache"]["models"][MODEL]["estimated_mb"] for health in (unpadded_health, padded_health)}
+    linear_weights = 6 * (4 * 384 * 384 + 2 * 384 * 1536)     # MiniLM's: its fp32 copies count in the cache
+    assert max(held) - min(held) == pytest.approx(4 * linear_weights / 2**20, abs=0.5)
     np.testing.assert_allclose(unpadded_vectors, padded_vectors, atol=2e-6, rtol=0)

@@ -132,6 +132,9 @@ class HuggingFaceProvider(LocalModelProvider):
         bf16 = self.precision(model_id) == "bf16"
         unpadded = unpadded_forward(model, torch.bfloat16 if bf16 else None) if self._config.unpadded else None
         (self._unpadded.add if unpadded is not None else self._unpadded.discard)(model_id)
+        if unpadded is not None:   # it holds its own copy of every linear weight (reordered, bf16 for bf16)
+            size += sum(m.weight.numel() for m in model.encoder.layer.modules()
+                        if isinstance(m, torch.nn.Linear)) * (2 if bf16 else 4)
 
         def forward(encoded: dict[str, np.ndarray]) -> np.ndarray:
             tensors: dict[str, Any] = {
