@@ -115,7 +115,10 @@ class HuggingFaceProvider(LocalModelProvider):
         from transformers import AutoModel
 
         from tldw_Server_API.app.core.Embeddings.Embeddings_Server.pooling import pool
-        from tldw_Server_API.app.core.Embeddings.Embeddings_Server.unpadded_encoder import unpadded_forward
+        from tldw_Server_API.app.core.Embeddings.Embeddings_Server.unpadded_encoder import (
+            held_weight_bytes,
+            unpadded_forward,
+        )
 
         device = self._config.device
         if self._threads is None and device == "cpu":
@@ -130,11 +133,11 @@ class HuggingFaceProvider(LocalModelProvider):
         extra = {"use_cache": False} if "use_cache" in input_names else {}   # decoder models (Qwen3)
         pooling = self.profile(model_id).pooling
         bf16 = self.precision(model_id) == "bf16"
-        unpadded = unpadded_forward(model, torch.bfloat16 if bf16 else None) if self._config.unpadded else None
+        linear_dtype = torch.bfloat16 if bf16 else None
+        unpadded = unpadded_forward(model, linear_dtype) if self._config.unpadded else None
         (self._unpadded.add if unpadded is not None else self._unpadded.discard)(model_id)
-        if unpadded is not None:   # it holds its own copy of every linear weight (reordered, bf16 for bf16)
-            size += sum(m.weight.numel() for m in model.encoder.layer.modules()
-                        if isinstance(m, torch.nn.Linear)) * (2 if bf16 else 4)
+        if unpadded is not None:
+            size += held_weight_bytes(model, linear_dtype)
 
         def forward(encoded: dict[str, np.ndarray]) -> np.ndarray:
             tensors: dict[str, Any] = {

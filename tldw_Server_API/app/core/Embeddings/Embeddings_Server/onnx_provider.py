@@ -124,7 +124,7 @@ class OnnxProvider(LocalModelProvider):
             hidden = (narrow if shared else wide).run(["last_hidden_state"], feeds)[0]
             return pool(hidden, encoded["attention_mask"], pooling)
 
-        return forward, graph.stat().st_size * (2 if split else 1)
+        return forward, self._estimate_bytes(model_id)   # exported now: the graph's size, per session
 
     async def download(self, model_id: str) -> ModelInfo:
         """The transformers weights (hub download when needed), then the exported graph."""

@@ -88,6 +88,16 @@ def packed_linear(weight: Any, bias: Any, dtype: Any = None) -> Linear:
     return torch_linear
 
 
+def held_weight_bytes(model: Any, dtype: Any = None) -> int:
+    """Bytes of the weight copies `unpadded_forward(model, dtype)` holds beside the model's own:
+    every linear weight of its layers (QKV fused, reordered for oneDNN), in `dtype` (default fp32)."""
+    import torch
+
+    size = torch.empty(0, dtype=dtype or torch.float32).element_size()
+    return size * sum(module.weight.numel() for module in model.encoder.layer.modules()
+                      if isinstance(module, torch.nn.Linear))
+
+
 def token_rows(tokens: int) -> int:
     """Rows a pass's token matrix is padded to: `tokens` rounded up to a multiple of 8, or of an
     eighth of its power of two from 128 (48 sizes up to 2,048; waste <= 1/8 from 64 tokens). oneDNN makes (JIT
