@@ -917,14 +917,16 @@ def apply_library_defaults() -> None:
     """Process-wide defaults of libraries we run, unless the operator set them: HF tokenizers'
     thread pool off (requests are tokenised a few texts at a time, where the pool doubled the CPU
     and blocked 7x longer per call, measured; it also warns after a fork); oneDNN's primitive cache
-    at 256: torch keeps a primitive (JIT-compiled code and buffers, ~1.4 KB per matrix row) per
-    distinct matmul shape, by default up to 1,024, and request batches came in every shape, so the
-    server's RSS rose ~200 MB/min under load for minutes on end; with no cache every product of
-    every pass was compiled again (0.15-1.6 ms each, more than a 16-token pass's arithmetic). The
-    unpadded encoder pads a pass's tokens to one of ~40 sizes (`token_rows`), so 256 holds its
-    shapes and bounds the rest. Read by oneDNN when torch first uses it: set before any model runs."""
+    at 1,024 (oneDNN's own default, stated): torch keeps a primitive (JIT-compiled code, ~0.45 MB
+    on average for MiniLM's products) per matmul shape and thread count. With no cache every
+    product of every pass was compiled again (0.15-1.6 ms each, more than a 16-token pass's
+    arithmetic); at 256 the unpadded encoder's 40 token-matrix sizes x 4 products x 2 pass widths
+    (320) did not fit, primitives were evicted and made again, and the server's RSS rose 13 MB/min
+    under load. Those 320 are made at warm-up (`UnpaddedEncoder.prime`), so 1,024 holds them with
+    room for the engine measurement's and another model's. Read by oneDNN when torch first uses
+    it: set before any model runs."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024")
 
 
 def _show_default(default: Any) -> str:

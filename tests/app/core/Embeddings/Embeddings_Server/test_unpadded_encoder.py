@@ -7,6 +7,9 @@ for MiniLM, with vectors equal to the padded path's."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_encoding import
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.unpadded_encoder import (
     packed_linear,
+    row_sizes,
     supports_unpadded,
     token_rows,
     unpadded_forward,
@@ -71,6 +75,14 @@ def test_roberta_positions_count_from_the_padding_index() -> None:
     model = _tiny(transformers.RobertaConfig, transformers.RobertaModel)
     assert supports_unpadded(model)
     _compare(model, _rows([9, 30, 4, 17], 120, seed=1), pad_id=1, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["gelu_new", "relu"])
+def test_activations_other_than_exact_gelu_run_after_the_product(activation: str) -> None:
+    """Only BERT's exact (erf) "gelu" is fused into oneDNN's product; any other activation runs
+    as the model's own module after it, with transformers' result."""
+    model = _tiny(transformers.BertConfig, transformers.BertModel, hidden_act=activation)
+    _compare(model, _rows([9, 30, 4], model.config.vocab_size, seed=5), pad_id=1, atol=2e-5)
 
 
 def test_left_padding_with_position_ids_matches_transformers() -> None:
@@ -127,6 +139,76 @@ def test_packed_linear_uses_onednn_prepacked_weights_and_equals_f_linear(dtype: 
                                               bias.to(getattr(torch, dtype)))
         assert got.dtype == getattr(torch, dtype) and got.shape == (rows, 96)
         assert torch.allclose(got.float(), want.float(), atol=1e-4 if dtype == "float32" else 0.05, rtol=0.01)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_packed_linear_fuses_the_exact_gelu(dtype: str) -> None:
+    """`gelu=True`: the erf GELU runs inside oneDNN's product (a post-op), with F.gelu's values:
+    fp32 to rounding, bf16 no worse than GELU applied to the bf16 product (rounded once, not twice)."""
+    generator = torch.Generator().manual_seed(4)
+    weight, bias = torch.randn(96, 48, generator=generator) * 0.2, torch.randn(96, generator=generator)
+    fused = packed_linear(weight, bias, getattr(torch, dtype), gelu=True)
+    plain = packed_linear(weight, bias, getattr(torch, dtype))
+    assert fused.__name__ == "onednn_linear"
+    x = torch.randn(37, 48, generator=generator)
+    with torch.inference_mode():
+        got, separate = fused(x).float(), torch.nn.functional.gelu(plain(x)).float()
+        want = torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias))
+    assert float((got - want).abs().max()) <= (1e-5 if dtype == "float32" else float((separate - want).abs().max()))
+    assert not torch.allclose(got, torch.nn.functional.linear(x, weight, bias), atol=0.01)   # a GELU ran
+
+
+def test_row_sizes_are_every_token_rows_size() -> None:
+    assert row_sizes(1024) == sorted({token_rows(n) for n in range(1, 1025)}) and len(row_sizes(1024)) == 40
+    assert row_sizes(8) == [8] and row_sizes(1025)[-1] == 1152
+
+
+PRIMED = """
+import asyncio, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from tldw_Server_API.app.core.config import BatchingConfig, HuggingFaceConfig
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.huggingface_provider import HuggingFaceProvider
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
+
+async def main():
+    provider = HuggingFaceProvider(HuggingFaceConfig(torch_threads=2, device="cpu"), ModelResolver(Path(sys.argv[2])),
+                                   BatchingConfig(max_wait_ms=0, max_queue_texts=1000, max_padded_tokens=1024,
+                                                  max_batch_rows=64, parallel_passes=2))
+    try:
+        await (provider.warmup if sys.argv[4] == "warmup" else provider.load)(sys.argv[3])
+        print("== traffic ==", flush=True)
+        words = "the quick brown fox jumps over the lazy dog and keeps on running".split()
+        requests = [[" ".join(words[: 1 + (i * 7 + j) % len(words)]) * (1 + i % 5) for j in range(1 + i % 8)]
+                    for i in range(40)]
+        for start in range(0, len(requests), 8):
+            await asyncio.gather(*(provider.embed(sys.argv[3], texts) for texts in requests[start:start + 8]))
+    finally:
+        await provider.aclose()
+
+asyncio.run(main())
+"""
+
+
+def _primitives_made_under_traffic(tmp_path: Path, how: str) -> list[str]:
+    env = {**os.environ, "ONEDNN_VERBOSE": "profile_create", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}
+    run = subprocess.run([sys.executable, "-c", PRIMED, str(Path(__file__).parents[5]), str(tmp_path), MODEL, how],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    before, marker, after = run.stdout.partition("== traffic ==")
+    assert marker and "create:cache_miss" in before      # oneDNN ran and reported what it made
+    return [line for line in after.splitlines() if "create:cache_miss" in line and "inner_product" in line]
+
+
+def test_warmup_makes_every_primitive_the_unpadded_passes_need(tmp_path: Path) -> None:
+    """After the provider's warm-up (`UnpaddedEncoder.prime` on the lone thread and on a shared
+    one), concurrent requests of many lengths -- passes of many token-matrix sizes, at both
+    widths -- make no new oneDNN product: every one was compiled and cached at warm-up. Loaded
+    without warm-up, the same traffic makes them one by one."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.fail("this torch has no oneDNN: the CPU fast path cannot be checked")
+    assert _primitives_made_under_traffic(tmp_path, "warmup") == []
+    assert len(_primitives_made_under_traffic(tmp_path, "load")) >= 8
 
 
 def test_bf16_unpadded_minilm_matches_the_autocast_model() -> None:

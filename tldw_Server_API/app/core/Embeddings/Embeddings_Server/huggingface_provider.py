@@ -14,9 +14,11 @@ loop's thread: it would own a second wide OpenMP pool.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -25,7 +27,11 @@ from typing import Any
 import numpy as np
 
 from tldw_Server_API.app.core.config import BatchingConfig, HuggingFaceConfig, ModelManagerConfig
-from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import Forward, LocalModelProvider
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import (
+    BatchEncoder,
+    Forward,
+    LocalModelProvider,
+)
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_manager import Clock
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.pass_threads import cpu_cores, single_threaded_torch
@@ -96,6 +102,8 @@ class HuggingFaceProvider(LocalModelProvider):
         self._config = config
         self._threads: IntraOpShare | None = None   # on CPU, made with the first model
         self._unpadded: set[str] = set()            # models loaded with the unpadded encoder
+        # a loaded unpadded model's `UnpaddedEncoder.prime`, by its forward (gone with its encoder)
+        self._primers: weakref.WeakKeyDictionary[Forward, Callable[[int], None]] = weakref.WeakKeyDictionary()
 
     def intra_op_threads(self) -> int:
         """Threads the passes share on CPU: EMBEDDINGS_TORCH_THREADS, else the cores this process may
@@ -153,7 +161,31 @@ class HuggingFaceProvider(LocalModelProvider):
                 hidden = states.float().cpu().numpy()
             return pool(hidden, encoded["attention_mask"], pooling)
 
+        if unpadded is not None and threads is not None:
+            self._primers[forward] = unpadded.prime
         return forward, int(size)
+
+    async def _prime(self, encoder: BatchEncoder) -> None:
+        """A CPU model on the unpadded encoder: make oneDNN's primitives for every token-matrix
+        size its passes run on (`UnpaddedEncoder.prime`), at both widths a pass runs at (the lone
+        thread's and a shared one's: oneDNN keys a primitive by its thread count too), so the
+        primitive cache is filled at warm-up, not shape by shape under load (where each new
+        shape costs a JIT compile inside a request and the server's memory climbs for minutes)."""
+        prime, threads = self._primers.get(encoder.forward), self._threads
+        if prime is None or threads is None:
+            return
+        import torch
+
+        limit = max(encoder.max_padded_tokens, encoder.max_tokens)
+
+        def run() -> None:
+            with torch.inference_mode(), threads.share():
+                prime(limit)
+
+        passes = self._passes()
+        await asyncio.wrap_future(passes.lone(run))
+        if passes.parallel > 1:
+            await asyncio.wrap_future(passes.shared(run))
 
     def inline_capable(self) -> bool:
         """Not with torch's intra-op threads above one on the CPU: the event loop's thread would

@@ -418,14 +418,20 @@ class LocalModelProvider:
         return self.model_info(model_id)
 
     async def warmup(self, model_id: str) -> ModelInfo:
-        """Download if needed, load, and run one tiny forward pass."""
+        """Download if needed, load, run one tiny forward pass, and prime what the engine prepares
+        per input shape (`_prime`)."""
         model_id = self.engine_id(model_id)
         info = await self.download(model_id)
         texts = self.prepare_texts(model_id, ["warmup"])
         async with self.use(model_id):
             encoder = await self._loaded(model_id)
             await self._run(encoder.encode, texts)
+            await self._prime(encoder)
         return info
+
+    async def _prime(self, encoder: BatchEncoder) -> None:
+        """Prepare, at warm-up, what the engine would otherwise make on first sight of each input
+        shape under load; nothing by default."""
 
     @asynccontextmanager
     async def use(self, model_id: str) -> AsyncIterator[None]:

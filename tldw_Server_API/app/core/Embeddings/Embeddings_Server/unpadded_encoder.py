@@ -21,10 +21,6 @@ LAYER_PARTS = ("attention.self.query", "attention.self.key", "attention.self.val
                "output.dense", "output.LayerNorm")
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "camembert"}
 
-# (input_ids, attention_mask, token_type_ids, position_ids) -> (B, L, H) last hidden state
-HiddenStates = Callable[[Any, Any, Any | None, Any | None], Any]
-
-
 def _part(layer: Any, path: str) -> Any:
     for name in path.split("."):
         layer = getattr(layer, name, None)
@@ -49,8 +45,10 @@ def supports_unpadded(model: Any) -> bool:
 Linear = Callable[[Any], Any]
 
 
-def packed_linear(weight: Any, bias: Any, dtype: Any = None) -> Linear:
-    """`F.linear` with `weight` (and `bias`) in `dtype` (default: their own), its input cast to it.
+def packed_linear(weight: Any, bias: Any, dtype: Any = None, gelu: bool = False) -> Linear:
+    """`F.linear` with `weight` (and `bias`) in `dtype` (default: their own), its input cast to it;
+    with `gelu`, followed by the exact (erf) GELU, fused into the product where oneDNN runs it
+    (one pass over the output, and the bf16 output rounded once, after the GELU).
 
     On the CPU the weight is reordered once into oneDNN's blocked layout
     (`mkldnn._reorder_linear_weight`, what torch's own compiler does for frozen CPU graphs): torch's
@@ -67,21 +65,25 @@ def packed_linear(weight: Any, bias: Any, dtype: Any = None) -> Linear:
     weight, bias = weight.detach().to(dtype), None if bias is None else bias.detach().to(dtype)
 
     def torch_linear(x: Any) -> Any:
-        return F.linear(x.to(dtype), weight, bias)
+        out = F.linear(x.to(dtype), weight, bias)
+        return F.gelu(out) if gelu else out
 
     if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return torch_linear
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
 
+        post_op, algorithm = ("gelu", "none") if gelu else ("none", "")   # "none": erf, not tanh
+
         def onednn_linear(x: Any) -> Any:
-            return torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, bias, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, bias, post_op, [], algorithm)
 
         with torch.inference_mode():
             probe = torch.randn(5, weight.shape[1], generator=torch.Generator().manual_seed(0))
             got, want = onednn_linear(probe).float(), torch_linear(probe).float()
         scale = float(want.abs().max()) or 1.0
-        if got.shape == want.shape and float((got - want).abs().max()) <= 1e-3 * scale:
+        tolerance = 1e-3 if dtype == torch.float32 else 1e-2   # bf16 GELU: rounded once, not twice
+        if got.shape == want.shape and float((got - want).abs().max()) <= tolerance * scale:
             return onednn_linear
     except (RuntimeError, AttributeError, TypeError):
         pass
@@ -103,33 +105,69 @@ def token_rows(tokens: int) -> int:
     eighth of its power of two from 128 (48 sizes up to 2,048; waste <= 1/8 from 64 tokens). oneDNN makes (JIT
     compiles) a primitive per matrix shape, 0.15-1.6 ms each on a 2-core AMD EPYC, about what a
     16-token product itself costs; with few shapes its primitive cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY)
-    keeps them all, and its memory stays bounded (a primitive holds ~1.4 KB per row)."""
+    keeps them all (made at warm-up: `UnpaddedEncoder.prime`), and its memory stays bounded."""
     step = max(8, 1 << max(0, tokens.bit_length() - 4))
     return -(-tokens // step) * step
 
 
-def unpadded_forward(model: Any, dtype: Any = None) -> HiddenStates | None:
-    """The model's last hidden state computed on real tokens only; padded positions come back zero.
-    With `dtype` (torch.bfloat16) the linear layers run in it, as under autocast: their input is
-    cast, their weights are held in it (once), their output stays in it and joins the fp32
-    residual stream in fp32. None when the model is not one `supports_unpadded` accepts."""
-    if not supports_unpadded(model):
-        return None
-    import torch
-    import torch.nn.functional as F  # noqa: N812
+def _then(linear: Linear, activation: Callable[[Any], Any]) -> Linear:
+    return lambda x: activation(linear(x))
 
-    heads = int(model.config.num_attention_heads)
-    layers = []
-    for layer in model.encoder.layer:
-        attention = layer.attention.self
-        qkv = packed_linear(torch.cat([attention.query.weight, attention.key.weight, attention.value.weight]),
-                            torch.cat([attention.query.bias, attention.key.bias, attention.value.bias]), dtype)
-        dense = [packed_linear(part.weight, part.bias, dtype)
-                 for part in (layer.attention.output.dense, layer.intermediate.dense, layer.output.dense)]
-        layers.append((qkv, *dense, layer))
 
-    def hidden_states(input_ids: Any, attention_mask: Any, token_type_ids: Any | None = None,
-                      position_ids: Any | None = None) -> Any:
+def row_sizes(max_tokens: int) -> list[int]:
+    """Every `token_rows` size a pass of up to `max_tokens` real tokens runs on (40 up to 1,024)."""
+    return sorted({token_rows(tokens) for tokens in range(1, max_tokens + 1)})
+
+
+class UnpaddedEncoder:
+    """`encoder(input_ids, attention_mask, token_type_ids, position_ids)`: the model's last hidden
+    state computed on real tokens only; padded positions come back zero. With `dtype`
+    (torch.bfloat16) the linear layers run in it, as under autocast: their input is cast, their
+    weights are held in it (once), their output stays in it and joins the fp32 residual stream in
+    fp32. Built by `unpadded_forward`."""
+
+    def __init__(self, model: Any, dtype: Any = None) -> None:
+        import torch
+
+        self.model = model
+        self.heads = int(model.config.num_attention_heads)
+        # BERT's "gelu" is the exact (erf) one; any other activation runs after the product
+        gelu = getattr(model.config, "hidden_act", None) == "gelu"
+        self.layers = []
+        for layer in model.encoder.layer:
+            attention = layer.attention.self
+            qkv = packed_linear(torch.cat([attention.query.weight, attention.key.weight, attention.value.weight]),
+                                torch.cat([attention.query.bias, attention.key.bias, attention.value.bias]), dtype)
+            attention_out, output = (packed_linear(part.weight, part.bias, dtype)
+                                     for part in (layer.attention.output.dense, layer.output.dense))
+            intermediate = packed_linear(layer.intermediate.dense.weight, layer.intermediate.dense.bias, dtype,
+                                         gelu=gelu)
+            if not gelu:
+                intermediate = _then(intermediate, layer.intermediate.intermediate_act_fn)
+            self.layers.append((qkv, attention_out, intermediate, output, layer))
+
+    def prime(self, max_tokens: int) -> None:
+        """Run each of a layer's products once at every row count a pass of up to `max_tokens`
+        tokens uses (`row_sizes`), on zeros, in the calling thread: oneDNN then makes (JIT
+        compiles) all the primitives a pass on this thread's width needs now, before traffic,
+        instead of one shape at a time under load. Every layer has the same shapes, so layer 0's
+        products cover them all. Call under torch.inference_mode, at the thread count the passes run on."""
+        import torch
+
+        qkv, attention_out, intermediate, output, _ = self.layers[0]
+        hidden_size = int(self.model.config.hidden_size)
+        for rows in row_sizes(max_tokens):
+            x = torch.zeros(rows, hidden_size)
+            qkv(x)
+            attention_out(x)
+            output(intermediate(x))
+
+    def __call__(self, input_ids: Any, attention_mask: Any, token_type_ids: Any | None = None,
+                 position_ids: Any | None = None) -> Any:
+        import torch
+        import torch.nn.functional as F  # noqa: N812
+
+        heads, model = self.heads, self.model
         rows, width = input_ids.shape
         embedded = model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
         hidden_size = embedded.shape[-1]
@@ -153,14 +191,17 @@ def unpadded_forward(model: Any, dtype: Any = None) -> HiddenStates | None:
             return matrix.new_zeros(rows * width, matrix.shape[1]).index_copy_(0, real, matrix[:tokens])
 
         x = packed(flat)
-        for qkv_linear, attention_out, intermediate, output, layer in layers:
+        for qkv_linear, attention_out, intermediate, output, layer in self.layers:
             qkv = unpacked(qkv_linear(x))
             q, k, v = qkv.view(rows, width, 3, heads, head_size).permute(2, 0, 3, 1, 4)
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)   # (rows, heads, width, head)
             context = packed(context.transpose(1, 2).reshape(rows * width, hidden_size))
             attended = layer.attention.output.LayerNorm(attention_out(context) + x)
-            inner = layer.intermediate.intermediate_act_fn(intermediate(attended))
-            x = layer.output.LayerNorm(output(inner) + attended)
+            x = layer.output.LayerNorm(output(intermediate(attended)) + attended)
         return unpacked(x).view(rows, width, hidden_size)
 
-    return hidden_states
+
+def unpadded_forward(model: Any, dtype: Any = None) -> UnpaddedEncoder | None:
+    """The model's `UnpaddedEncoder` (linears in `dtype`, default the model's own), or None when
+    the model is not one `supports_unpadded` accepts."""
+    return UnpaddedEncoder(model, dtype) if supports_unpadded(model) else None
