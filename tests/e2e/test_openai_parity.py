@@ -191,6 +191,21 @@ def test_a_batch_with_one_corrupt_file_counts_it_failed_and_attributes_filter_se
     assert {r.file_id for r in only.data} == {tagged.id}, only.data
 
 
+def test_listing_stores_counts_each_stores_files(server: LiveServer) -> None:
+    """`GET /vector_stores` gives every store on the page its own file counts (read for the page
+    at once, not per file)."""
+    alice = client(server)
+    one, two = alice.vector_stores.create(name="one"), alice.vector_stores.create(name="two")
+    alice.vector_stores.file_batches.upload_and_poll(one.id, files=[
+        ("x.txt", b"Kites fly high over the windy beach."), ("y.txt", b"Sandcastles fall to the rising tide."),
+        ("z.pdf", b"%PDF-1.7 not a pdf at all")])
+    alice.vector_stores.files.upload_and_poll(vector_store_id=two.id, file=("w.txt", b"Gulls circle the pier."))
+    listed = {s.id: s.file_counts for s in alice.vector_stores.list(limit=100)}
+    assert (listed[one.id].total, listed[one.id].completed, listed[one.id].failed) == (3, 2, 1)
+    assert (listed[two.id].total, listed[two.id].completed, listed[two.id].failed) == (1, 1, 0)
+    assert listed[one.id] == alice.vector_stores.retrieve(one.id).file_counts
+
+
 def test_another_users_file_cannot_be_attached(server: LiveServer) -> None:
     alice, dana = client(server), client(server, key=USER_KEY)
     secret = alice.files.create(file=("secret.txt", b"Alice's private notes about the harbour."),

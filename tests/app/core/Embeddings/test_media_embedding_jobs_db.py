@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import text
+from sqlalchemy import event, text
 from support import SteppingClock
 
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import (
@@ -142,6 +142,32 @@ def test_other_users_never_see_a_job(jobs_db_url: str) -> None:
     assert db.latest_job_for_media("bob", 1) is None
     with pytest.raises(NotFound):
         db.get_job("alice", "job_missing")
+
+
+def test_many_jobs_are_read_in_one_query_per_500_ids_and_only_the_callers(jobs_db_url: str) -> None:
+    """`get_jobs`: what a listing of many store files reads for their statuses, without a query
+    per file; another user's and unknown ids are left out."""
+    db = JobsDB(jobs_db_url)
+    mine = [new_job(db, "alice", media_id=i) for i in range(3)]
+    theirs = new_job(db, "bob")
+    run_to(db, mine[1], JobStatus.EMBEDDING)
+    selects: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        found = db.get_jobs("alice", [*mine, theirs, "job_missing", mine[0]])
+        assert len(selects) == 1
+        assert set(found) == set(mine) and found[mine[1]].status == JobStatus.EMBEDDING
+        selects.clear()
+        assert set(db.get_jobs("alice", [*mine, *(f"job_{i}" for i in range(1000))])) == set(mine)
+        assert len(selects) == 3                           # 1,003 ids: three queries of <= 500
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    assert db.get_jobs("alice", []) == {}
 
 
 @DB_SETTINGS

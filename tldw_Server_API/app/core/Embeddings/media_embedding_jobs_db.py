@@ -9,6 +9,7 @@ May import SQLAlchemy, `_sql_engine` and core errors; no HTTP, no queues, no env
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -338,6 +339,18 @@ class JobsDB:
         """The caller's job; NotFound for a missing job or another user's."""
         with transaction(self.engine) as conn:
             return self._read(conn, job_id, user_id)
+
+    def get_jobs(self, user_id: str, job_ids: Sequence[str]) -> dict[str, JobRecord]:
+        """The caller's jobs among `job_ids`, by id (missing ones and other users' left out): one
+        query per 500 ids, for listings that show many jobs' states (vector store file counts)."""
+        wanted = list(dict.fromkeys(job_ids))
+        found: dict[str, JobRecord] = {}
+        with transaction(self.engine) as conn:
+            for start in range(0, len(wanted), 500):
+                query = select(jobs_table).where(jobs_table.c.user_id == user_id,
+                                                 jobs_table.c.job_id.in_(wanted[start:start + 500]))
+                found.update((row["job_id"], JobRecord.from_row(row)) for row in conn.execute(query).mappings())
+        return found
 
     def get_by_id(self, job_id: str) -> JobRecord:
         """Unscoped read for executors (no caller to scope by); NotFound for an unknown job."""

@@ -65,7 +65,7 @@ async def list_vector_stores(
     order: Order = "desc", after: str | None = None, before: str | None = None,
 ) -> StoreList:
     records, has_more = await service.list_stores(user, limit=limit, order=order, after=after, before=before)
-    return store_list(records, has_more, [await files.file_counts(user, r.id) for r in records])
+    return store_list(records, has_more, await files.stores_file_counts(user, [r.id for r in records]))
 
 
 @router.post("/vector_stores/create_from_media", response_model=VectorStoreFromMediaObject)
