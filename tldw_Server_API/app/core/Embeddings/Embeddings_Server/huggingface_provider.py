@@ -111,10 +111,8 @@ class HuggingFaceProvider(LocalModelProvider):
         torch.set_num_threads() in the process (a pass's own) changes what new threads start with."""
         return self._config.torch_threads or cpu_cores()
 
-    def parallel_passes(self) -> int:
-        """EMBEDDINGS_INFERENCE_WORKERS, else 2 on a CPU with 2+ threads to share and 1 on a GPU."""
-        if self._batching.parallel_passes:
-            return self._batching.parallel_passes
+    def _default_parallel_passes(self) -> int:
+        """2 on a CPU with 2+ threads to share, 1 on a GPU."""
         on_cpu = self._config.device == "cpu"
         return 2 if on_cpu and self.intra_op_threads() >= 2 else 1
 

@@ -219,8 +219,12 @@ class LocalModelProvider:
         return weights_bytes(self.model_path(model_id))
 
     def parallel_passes(self) -> int:
-        """Forward passes of one model that run at once (EMBEDDINGS_INFERENCE_WORKERS, else 1)."""
-        return max(1, self._batching.parallel_passes)
+        """Forward passes of one model that run at once: EMBEDDINGS_INFERENCE_WORKERS, else the
+        provider's own default (`_default_parallel_passes`)."""
+        return self._batching.parallel_passes or self._default_parallel_passes()
+
+    def _default_parallel_passes(self) -> int:
+        return 1
 
     # --- metadata (cheap, no weights, no network) ---------------------------------------------
     def model_info(self, model_id: str) -> ModelInfo:

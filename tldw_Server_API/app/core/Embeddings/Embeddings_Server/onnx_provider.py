@@ -46,11 +46,9 @@ class OnnxProvider(LocalModelProvider):
         self._config = config
         self._onnx_root = resolver.model_dir / "onnx"
 
-    def parallel_passes(self) -> int:
-        """EMBEDDINGS_INFERENCE_WORKERS, else 2 on 2+ cores with EMBEDDINGS_ONNX_THREADS auto
-        (a wide session for lone passes, a single-threaded one shared by these), else 1."""
-        if self._batching.parallel_passes:
-            return self._batching.parallel_passes
+    def _default_parallel_passes(self) -> int:
+        """2 on 2+ cores with EMBEDDINGS_ONNX_THREADS auto (a wide session for lone passes, a
+        single-threaded one shared by these), else 1."""
         return 2 if not self._config.threads and cpu_cores() >= 2 else 1
 
     def _split_sessions(self) -> bool:
