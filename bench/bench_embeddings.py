@@ -207,6 +207,8 @@ class LocalEngines:
         if spec not in self._encoders:
             resolved = self.registry.resolve(spec)
             provider: Any = resolved.provider
+            # warmed as the server warms its models (a pass, and the primitives of every pass shape)
+            self.loop.run_until_complete(provider.warmup(resolved.info.model_id))
             encoder = self.loop.run_until_complete(provider.loaded_encoder(resolved.info.model_id))
             encoder.encode(["warm up"] * 8)
             self._encoders[spec] = encoder
