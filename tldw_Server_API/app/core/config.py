@@ -920,10 +920,11 @@ def apply_library_defaults() -> None:
     at 1,024 (oneDNN's own default, stated): torch keeps a primitive (JIT-compiled code, ~0.45 MB
     on average for MiniLM's products) per matmul shape and thread count. With no cache every
     product of every pass was compiled again (0.15-1.6 ms each, more than a 16-token pass's
-    arithmetic); at 256 the unpadded encoder's 40 token-matrix sizes x 4 products x 2 pass widths
-    (320) did not fit, primitives were evicted and made again, and the server's RSS rose 13 MB/min
-    under load. Those 320 are made at warm-up (`UnpaddedEncoder.prime`), so 1,024 holds them with
-    room for the engine measurement's and another model's. Read by oneDNN when torch first uses
+    arithmetic); at 256 the unpadded encoder's token-matrix sizes (40 up to the default batch of
+    1,024 tokens) x 4 products x 2 pass widths (320) did not fit, primitives were evicted and made
+    again, and the server's RSS rose 13 MB/min under load. A preloaded or warmed model makes
+    those at warm-up (`UnpaddedEncoder.prime`), so 1,024 holds them with room for the engine
+    measurement's and another model's. Read by oneDNN when torch first uses
     it: set before any model runs."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from loguru import logger
 
 from tldw_Server_API.app.core.config import BatchingConfig, HuggingFaceConfig, ModelManagerConfig
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_provider import (
@@ -66,13 +67,17 @@ class IntraOpShare:
     def passes(self) -> int:
         return self._passes
 
+    @property
+    def shared_width(self) -> int:
+        """Threads of a pass that has company (or runs off the lone thread)."""
+        return max(1, self.total // self.slots)
+
     @contextmanager
     def share(self) -> Iterator[int]:
         """Hold this pass's threads for the block, set in the calling thread; yields their number."""
         with self._changed:
             self._passes += 1
-            share = max(1, self.total // self.slots)
-            wanted = self.total if self._passes == 1 and self._wide() else share
+            wanted = self.total if self._passes == 1 and self._wide() else self.shared_width
             while self._in_use + wanted > self.total:   # a pass that had to wait has company: it
                 self._changed.wait()                     # keeps its share, so passes interleave
             self._in_use += wanted
@@ -165,25 +170,36 @@ class HuggingFaceProvider(LocalModelProvider):
 
     async def _prime(self, encoder: BatchEncoder) -> None:
         """A CPU model on the unpadded encoder: make oneDNN's primitives for every token-matrix
-        size its passes run on (`UnpaddedEncoder.prime`), at both widths a pass runs at (the lone
-        thread's and a shared one's: oneDNN keys a primitive by its thread count too), so the
-        primitive cache is filled at warm-up, not shape by shape under load (where each new
-        shape costs a JIT compile inside a request and the server's memory climbs for minutes)."""
+        size a pass within the batch budget runs on (`row_sizes(EMBEDDINGS_LOCAL_BATCH_TOKENS)`,
+        40 at the default 1,024; a single text longer than the budget makes its own on first
+        sight), at both widths a pass runs at (the lone thread's and a shared one's: oneDNN keys a
+        primitive by its thread count too), so the primitive cache is filled at warm-up, not
+        shape by shape under load (where each new shape costs a JIT compile inside a request and
+        the server's memory climbed for minutes). One size at a time, each holding its threads
+        like a pass, so live traffic interleaves; once per loaded model; a failure is logged."""
         prime, threads = self._primers.get(encoder.forward), self._threads
         if prime is None or threads is None:
             return
         import torch
 
-        limit = max(encoder.max_padded_tokens, encoder.max_tokens)
+        from tldw_Server_API.app.core.Embeddings.Embeddings_Server.unpadded_encoder import row_sizes
+
+        sizes = row_sizes(encoder.max_padded_tokens)
 
         def run() -> None:
-            with torch.inference_mode(), threads.share():
-                prime(limit)
+            for rows in sizes:
+                with torch.inference_mode(), threads.share():
+                    prime(rows)
 
         passes = self._passes()
-        await asyncio.wrap_future(passes.lone(run))
-        if passes.parallel > 1:
-            await asyncio.wrap_future(passes.shared(run))
+        try:
+            await asyncio.wrap_future(passes.lone(run))
+            if passes.parallel > 1 and threads.shared_width != threads.total:
+                await asyncio.wrap_future(passes.shared(run))
+        except (RuntimeError, MemoryError) as exc:   # an optimisation: the passes make them anyway
+            logger.warning("{}: oneDNN primitives not made at warm-up: {}", self.name, exc)
+            return
+        self._primers.pop(encoder.forward, None)
 
     def inline_capable(self) -> bool:
         """Not with torch's intra-op threads above one on the CPU: the event loop's thread would

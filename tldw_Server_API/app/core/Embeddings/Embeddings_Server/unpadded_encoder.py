@@ -105,7 +105,7 @@ def token_rows(tokens: int) -> int:
     eighth of its power of two from 128 (48 sizes up to 2,048; waste <= 1/8 from 64 tokens). oneDNN makes (JIT
     compiles) a primitive per matrix shape, 0.15-1.6 ms each on a 2-core AMD EPYC, about what a
     16-token product itself costs; with few shapes its primitive cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY)
-    keeps them all (made at warm-up: `UnpaddedEncoder.prime`), and its memory stays bounded."""
+    keeps them all (a warmed model's are made at warm-up: `UnpaddedEncoder.prime`), and its memory stays bounded."""
     step = max(8, 1 << max(0, tokens.bit_length() - 4))
     return -(-tokens // step) * step
 
@@ -146,21 +146,19 @@ class UnpaddedEncoder:
                 intermediate = _then(intermediate, layer.intermediate.intermediate_act_fn)
             self.layers.append((qkv, attention_out, intermediate, output, layer))
 
-    def prime(self, max_tokens: int) -> None:
-        """Run each of a layer's products once at every row count a pass of up to `max_tokens`
-        tokens uses (`row_sizes`), on zeros, in the calling thread: oneDNN then makes (JIT
-        compiles) all the primitives a pass on this thread's width needs now, before traffic,
-        instead of one shape at a time under load. Every layer has the same shapes, so layer 0's
-        products cover them all. Call under torch.inference_mode, at the thread count the passes run on."""
+    def prime(self, rows: int) -> None:
+        """Run each of a layer's products once on a (`rows`, hidden) matrix of zeros, in the
+        calling thread: oneDNN then makes (JIT compiles) the primitives a pass of that padded
+        size (`token_rows`) needs at this thread's width, now rather than inside a request. Every
+        layer has the same shapes, so layer 0's products cover them all. Call under
+        torch.inference_mode, at the thread count the passes run on."""
         import torch
 
         qkv, attention_out, intermediate, output, _ = self.layers[0]
-        hidden_size = int(self.model.config.hidden_size)
-        for rows in row_sizes(max_tokens):
-            x = torch.zeros(rows, hidden_size)
-            qkv(x)
-            attention_out(x)
-            output(intermediate(x))
+        x = torch.zeros(rows, int(self.model.config.hidden_size))
+        qkv(x)
+        attention_out(x)
+        output(intermediate(x))
 
     def __call__(self, input_ids: Any, attention_mask: Any, token_type_ids: Any | None = None,
                  position_ids: Any | None = None) -> Any:
