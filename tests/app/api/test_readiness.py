@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from support import ADMIN_KEY, ServerProcess, make_settings
+from support import ADMIN_KEY, MODEL, ServerProcess, make_settings
 
 from tldw_Server_API.app.main import create_app
 
@@ -32,6 +32,21 @@ def test_health_is_loading_until_the_default_model_is_warm(tmp_path: Path, tikto
         assert response.status_code == 200 and response.json()["status"] == "healthy", response.text
         assert response.json()["loaded_models"], response.json()           # the default model is loaded
         assert client.get("/health/ready").status_code == 200
+
+
+def test_start_up_warms_the_engine_a_bare_id_runs_on(tmp_path: Path, tiktoken_dir: Path) -> None:
+    """Besides the default model (onnx), start-up warms the engine clients reach by the bare id
+    (here pinned to torch by EMBEDDINGS_ENGINE, so on any CPU): loaded, and its oneDNN
+    primitives made (`primed_models`), so its first requests compile nothing."""
+    settings = make_settings(tmp_path, tiktoken_dir, preload_embedding_models=["default"],
+                             embeddings_engine="huggingface")
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 120
+        while (response := client.get("/health")).status_code == 503:
+            assert time.monotonic() < deadline, response.text
+            time.sleep(0.1)
+        torch_provider = response.json()["providers"]["huggingface"]
+        assert torch_provider["primed_models"] == [MODEL] == torch_provider["unpadded_models"], torch_provider
 
 
 def test_without_preload_health_is_healthy_at_once(tmp_path: Path, tiktoken_dir: Path) -> None:

@@ -109,6 +109,7 @@ class HuggingFaceProvider(LocalModelProvider):
         self._unpadded: set[str] = set()            # models loaded with the unpadded encoder
         # a loaded unpadded model's `UnpaddedEncoder.prime`, by its forward (gone with its encoder)
         self._primers: weakref.WeakKeyDictionary[Forward, Callable[[int], None]] = weakref.WeakKeyDictionary()
+        self._primed: set[str] = set()              # loaded models whose primitives warm-up made
 
     def intra_op_threads(self) -> int:
         """Threads the passes share on CPU: EMBEDDINGS_TORCH_THREADS, else the cores this process may
@@ -147,6 +148,7 @@ class HuggingFaceProvider(LocalModelProvider):
         linear_dtype = torch.bfloat16 if bf16 else None
         unpadded = unpadded_forward(model, linear_dtype) if self._config.unpadded else None
         (self._unpadded.add if unpadded is not None else self._unpadded.discard)(model_id)
+        self._primed.discard(model_id)
         if unpadded is not None:
             size += held_weight_bytes(model, linear_dtype)
 
@@ -168,7 +170,7 @@ class HuggingFaceProvider(LocalModelProvider):
             self._primers[forward] = unpadded.prime
         return forward, int(size)
 
-    async def _prime(self, encoder: BatchEncoder) -> None:
+    async def _prime(self, model_id: str, encoder: BatchEncoder) -> None:
         """A CPU model on the unpadded encoder: make oneDNN's primitives for every token-matrix
         size a pass within the batch budget runs on (`row_sizes(EMBEDDINGS_LOCAL_BATCH_TOKENS)`,
         40 at the default 1,024; a single text longer than the budget makes its own on first
@@ -196,10 +198,12 @@ class HuggingFaceProvider(LocalModelProvider):
             await asyncio.wrap_future(passes.lone(run))
             if passes.parallel > 1 and threads.shared_width != threads.total:
                 await asyncio.wrap_future(passes.shared(run))
-        except (RuntimeError, MemoryError) as exc:   # an optimisation: the passes make them anyway
-            logger.warning("{}: oneDNN primitives not made at warm-up: {}", self.name, exc)
+        except Exception as exc:   # an optimisation (the passes make them anyway): never fatal
+            logger.warning("{}: oneDNN primitives not made at warm-up for {}: {}: {}", self.name, model_id,
+                           type(exc).__name__, exc)
             return
         self._primers.pop(encoder.forward, None)
+        self._primed.add(model_id)
 
     def inline_capable(self) -> bool:
         """Not with torch's intra-op threads above one on the CPU: the event loop's thread would
@@ -209,4 +213,5 @@ class HuggingFaceProvider(LocalModelProvider):
     async def health(self) -> dict[str, Any]:
         return {**await super().health(), "device": self._config.device,
                 "intra_op_threads": None if self._threads is None else self._threads.total,
-                "unpadded_models": [m for m in self.loaded_models() if m in self._unpadded]}
+                "unpadded_models": [m for m in self.loaded_models() if m in self._unpadded],
+                "primed_models": [m for m in self.loaded_models() if m in self._primed]}

@@ -430,10 +430,10 @@ class LocalModelProvider:
         async with self.use(model_id):
             encoder = await self._loaded(model_id)
             await self._run(encoder.encode, texts)
-            await self._prime(encoder)
+            await self._prime(model_id, encoder)
         return info
 
-    async def _prime(self, encoder: BatchEncoder) -> None:
+    async def _prime(self, model_id: str, encoder: BatchEncoder) -> None:
         """Prepare, at warm-up, what the engine would otherwise make on first sight of each input
         shape under load; nothing by default."""
 
