@@ -71,6 +71,23 @@ def test_minilm_hidden_states_equal_transformers_at_real_positions(lengths: list
     _compare(model, _rows(lengths, model.config.vocab_size), model.config.pad_token_id or 0, atol=1e-5)
 
 
+def test_padded_positions_are_zeroed_not_left_uninitialised() -> None:
+    """The encoder spreads its packed rows into the padded layout without clearing the whole
+    matrix first; with torch told to fill new memory with NaN, any padded position left unwritten
+    would reach attention's masked keys (0 x NaN) or the output, and the comparison would fail."""
+    model = _tiny(transformers.BertConfig, transformers.BertModel)
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        assert torch.empty(4).isnan().all()              # the mode this test relies on
+        _compare(model, _rows([9, 30, 4, 17], 120, seed=2), pad_id=0, atol=1e-5)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
 def test_roberta_positions_count_from_the_padding_index() -> None:
     model = _tiny(transformers.RobertaConfig, transformers.RobertaModel)
     assert supports_unpadded(model)

@@ -179,6 +179,7 @@ class UnpaddedEncoder:
         # first one up to `size` (computed alongside, never read back)
         gather = real if size == tokens else torch.cat([real, real[:1].expand(size - tokens)])
         key_mask = None if dense else attention_mask.bool()[:, None, None, :]   # (rows, 1, 1, width)
+        padding = None if dense else (attention_mask.reshape(-1) == 0).nonzero().squeeze(1)
 
         def packed(positions: Any) -> Any:                           # (rows * width, c) -> (size, c)
             return positions if dense and size == tokens else positions.index_select(0, gather)
@@ -186,7 +187,10 @@ class UnpaddedEncoder:
         def unpacked(matrix: Any) -> Any:                            # (size, c) -> (rows * width, c)
             if dense:
                 return matrix[:tokens]
-            return matrix.new_zeros(rows * width, matrix.shape[1]).index_copy_(0, real, matrix[:tokens])
+            # only the padded positions are zeroed (attention's masked keys and values must be
+            # finite: a masked score weighs 0, and 0 x NaN is NaN), not the whole matrix first
+            spread = matrix.new_empty(rows * width, matrix.shape[1]).index_copy_(0, real, matrix[:tokens])
+            return spread.index_fill_(0, padding, 0)
 
         x = packed(flat)
         for qkv_linear, attention_out, intermediate, output, layer in self.layers:
