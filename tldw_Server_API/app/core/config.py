@@ -485,8 +485,8 @@ class Settings(BaseSettings):
     )
     preload_embedding_models: CommaList = Field(
         ["default"], description="Comma-separated `provider:model` entries loaded and warmed at start-up, in the "
-        "background (`/health` says `loading`, 503, until they are ready); `default` is EMBEDDINGS_DEFAULT_MODEL; "
-        "empty or `none`: load on first use."
+        "background (`/health` says `loading`, 503, until they are ready), with the engine each catalog model's bare "
+        "id runs on; `default` is EMBEDDINGS_DEFAULT_MODEL; empty or `none`: load on first use."
     )
 
     # --- remote providers -------------------------------------------------------------------

@@ -149,8 +149,9 @@ class HuggingFaceProvider(LocalModelProvider):
         unpadded = unpadded_forward(model, linear_dtype) if self._config.unpadded else None
         (self._unpadded.add if unpadded is not None else self._unpadded.discard)(model_id)
         self._primed.discard(model_id)
-        if unpadded is not None:
+        if unpadded is not None:   # it holds its own copies of the layers' weights: not twice
             size += held_weight_bytes(model, linear_dtype)
+            size -= unpadded.release_module_weights()
 
         def forward(encoded: dict[str, np.ndarray]) -> np.ndarray:
             tensors: dict[str, Any] = {

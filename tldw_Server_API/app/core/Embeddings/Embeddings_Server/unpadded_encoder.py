@@ -146,6 +146,20 @@ class UnpaddedEncoder:
                 intermediate = _then(intermediate, layer.intermediate.intermediate_act_fn)
             self.layers.append((qkv, attention_out, intermediate, output, layer))
 
+    def release_module_weights(self) -> int:
+        """Drop the model's own linear weights in its layers (the encoder runs on its copies, and
+        what a fallback product still needs it holds itself), so a loaded model does not hold its
+        layers twice; the model's own forward cannot run afterwards. Returns the bytes released
+        from the module (freed unless a product shares them)."""
+        import torch
+
+        released = 0
+        for module in self.model.encoder.layer.modules():
+            if isinstance(module, torch.nn.Linear) and module.weight.numel():
+                released += module.weight.numel() * module.weight.element_size()
+                module.weight = torch.nn.Parameter(module.weight.new_empty(0), requires_grad=False)
+        return released
+
     def prime(self, rows: int) -> None:
         """Run each of a layer's products once on a (`rows`, hidden) matrix of zeros, in the
         calling thread: oneDNN then makes (JIT compiles) the primitives a pass of that padded
