@@ -34,11 +34,21 @@ RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def rss_mb(pid: int) -> float:
+RSS_PARTS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")   # all, the heap and anonymous maps, mapped files
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    """The process's resident memory in MB, in all (`VmRSS`) and by kind: anonymous memory (the
+    heaps, oneDNN's code) apart from pages of mapped files (model weights, the stores' files),
+    which the kernel can take back."""
+    found = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+        name, _, value = line.partition(":")
+        if name in RSS_PARTS:
+            found[name] = int(value.split()[0]) / 1024
+    if "VmRSS" not in found:
+        raise RuntimeError("no VmRSS")
+    return found
 
 
 def slope_mb_per_min(samples: list[tuple[float, float]], after_s: float) -> float | None:
@@ -104,7 +114,7 @@ class Load:
 
 
 async def sample_rss(pid: int, started: float, deadline: float, every_s: float,
-                     samples: list[tuple[float, float]]) -> None:
+                     samples: list[tuple[float, dict[str, float]]]) -> None:
     while time.monotonic() < deadline:
         samples.append((time.monotonic() - started, rss_mb(pid)))
         await asyncio.sleep(every_s)
@@ -114,12 +124,14 @@ async def soak(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any
     load = Load(server, build_corpus(2000, seed=args.seed), args.seed, uploads=not args.no_uploads)
     started = time.monotonic()
     deadline = started + args.minutes * 60
-    samples: list[tuple[float, float]] = []
+    split: list[tuple[float, dict[str, float]]] = []
     assert server.process is not None
     with CpuSteal() as steal:
-        await asyncio.gather(sample_rss(server.process.pid, started, deadline, args.sample_s, samples),
+        await asyncio.gather(sample_rss(server.process.pid, started, deadline, args.sample_s, split),
                              *(load.client(deadline, n) for n in range(args.clients)))
+    samples = [(t, parts["VmRSS"]) for t, parts in split]
     slope = slope_mb_per_min(samples, args.warmup_min * 60)
+    kinds = [kind for kind in RSS_PARTS[1:] if all(kind in parts for _, parts in split)]
     return {
         "minutes": args.minutes, "uploads": not args.no_uploads, "warmup_minutes": args.warmup_min,
         "clients": args.clients,
@@ -128,6 +140,11 @@ async def soak(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any
                                                                 None),
                    "last": samples[-1][1], "max": max(mb for _, mb in samples)},
         "rss_slope_mb_per_min_after_warmup": slope,
+        # the same slope of each kind of resident memory: what grows, the heap or mapped files
+        "slope_by_kind_mb_per_min": {kind: slope_mb_per_min([(t, parts[kind]) for t, parts in split],
+                                                             args.warmup_min * 60) for kind in kinds},
+        "by_kind_mb": {kind: {"after_warmup": next((p[kind] for t, p in split if t >= args.warmup_min * 60), None),
+                              "last": split[-1][1][kind]} for kind in kinds},
         "target_mb_per_min": 5.0, "target_met": slope is not None and slope < 5.0,
         "cpu_steal": steal.share,
         "samples": [[round(t, 1), round(mb, 1)] for t, mb in samples],

@@ -49,6 +49,22 @@ def test_start_up_warms_the_engine_a_bare_id_runs_on(tmp_path: Path, tiktoken_di
         assert torch_provider["primed_models"] == [MODEL] == torch_provider["unpadded_models"], torch_provider
 
 
+def test_start_up_warms_no_engine_of_a_catalog_model_that_is_not_preloaded(tmp_path: Path,
+                                                                          tiktoken_dir: Path) -> None:
+    """Only a preloaded model's bare id gets its engine warmed: another catalog model (here the
+    bundled MiniLM, beside a preloaded model that is not on this machine) stays unloaded."""
+    absent = "example-org/not-on-this-machine"
+    settings = make_settings(tmp_path, tiktoken_dir, embeddings_engine="huggingface", auto_download_models=False,
+                             embeddings_models=[f"huggingface:{MODEL}", f"huggingface:{absent}"],
+                             preload_embedding_models=[f"huggingface:{absent}"])
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 120
+        while (health := client.get("/health").json())["status"] == "loading":   # the preload is done after
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert health["providers"]["huggingface"]["loaded_models"] == [], health["providers"]["huggingface"]
+
+
 def test_without_preload_health_is_healthy_at_once(tmp_path: Path, tiktoken_dir: Path) -> None:
     with TestClient(create_app(make_settings(tmp_path, tiktoken_dir))) as client:
         assert client.get("/health").json()["status"] == "healthy"

@@ -485,7 +485,7 @@ class Settings(BaseSettings):
     )
     preload_embedding_models: CommaList = Field(
         ["default"], description="Comma-separated `provider:model` entries loaded and warmed at start-up, in the "
-        "background (`/health` says `loading`, 503, until they are ready), with the engine each catalog model's bare "
+        "background (`/health` says `loading`, 503, until they are ready), with the engine each preloaded model's bare "
         "id runs on; `default` is EMBEDDINGS_DEFAULT_MODEL; empty or `none`: load on first use."
     )
 

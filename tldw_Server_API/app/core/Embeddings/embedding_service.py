@@ -313,13 +313,21 @@ class EmbeddingService:
     async def preload(self, models: tuple[str, ...] | list[str]) -> None:
         """PRELOAD_EMBEDDING_MODELS: first measure the engines of the catalog's bare local ids not
         measured on this machine yet (EMBEDDINGS_ENGINE=auto), then load and warm each model at
-        startup, and the engine each bare id runs on (what clients name; the measurement left it
-        loaded, warming primes it); a failure is logged, not fatal. Nothing to preload: nothing
-        is measured or warmed either."""
+        startup, and the engine a preloaded model's bare id runs on (what clients name: the
+        default `onnx:<id>@fp32` preloads `<id>`'s engine too; warming primes it); a failure is
+        logged, not fatal. Nothing to preload: nothing is measured or warmed either."""
         if models:
             bare = [*self.registry.bare_local_models(), *(m for m in models if ":" not in m)]
             await self.registry.measure_engines(bare)
-            models = list(dict.fromkeys([*models, *(m for m in bare if self.registry.bare_engine(m) is not None)]))
+            bases: set[str] = set()
+            for model in models:
+                try:
+                    model_id = parse_model_name(model).model_id
+                    bases.add(model_id.rpartition("@")[0] or model_id)
+                except TLDWError:   # a malformed entry: its warm-up below says so
+                    continue
+            models = list(dict.fromkeys([*models, *(m for m in bare
+                                                    if m in bases and self.registry.bare_engine(m) is not None)]))
         for model in models:
             try:
                 await self.warmup(model)
