@@ -94,6 +94,17 @@ def test_onnx_export_is_cached_on_disk(registry: Any) -> None:
     assert not list(fp32.parent.glob("*.tmp"))
 
 
+def test_onnx_sessions_record_no_memory_plan_per_input_shape() -> None:
+    """onnxruntime's memory pattern keeps an allocation plan per input shape, and passes come in
+    many shapes: the process then grew for as long as new ones came (bench/README.md, soak)."""
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.onnx_provider import session_options
+
+    options = session_options(2)
+    assert options.enable_mem_pattern is False
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (2, 1)
+    assert session_options(0).intra_op_num_threads == 0          # onnxruntime's own default
+
+
 def test_onnx_unknown_variant_is_a_400(registry: Any) -> None:
     from tldw_Server_API.app.core.errors import InvalidInput
 
