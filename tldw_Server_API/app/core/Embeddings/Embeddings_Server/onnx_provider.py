@@ -41,7 +41,8 @@ def session_options(threads: int) -> Any:
     allocation plan per distinct input shape it sees, and passes come in many (rows x longest row)
     shapes, so with it the process grew for as long as new shapes came (MiniLM, random passes of up
     to 1,024 padded tokens: +50 -> +70 MB over 400 passes and rising, against a flat +36 MB without
-    it, at the same speed; the memory soak's uploads, which embed on onnx, grew ~8 MB/min)."""
+    it, at the same speed; in the memory soak, where uploads embed on onnx, it was not the main
+    growth: bench/README.md)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
