@@ -27,6 +27,7 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create imp
     ModelListing,
     ProviderRegistry,
     ResolvedModel,
+    without_variant,
 )
 from tldw_Server_API.app.core.Embeddings.input_processing import (
     InputItem,
@@ -322,8 +323,7 @@ class EmbeddingService:
             bases: set[str] = set()
             for model in models:
                 try:
-                    model_id = parse_model_name(model).model_id
-                    bases.add(model_id.rpartition("@")[0] or model_id)
+                    bases.add(without_variant(parse_model_name(model).model_id))
                 except TLDWError:   # a malformed entry: its warm-up below says so
                     continue
             models = list(dict.fromkeys([*models, *(m for m in bare

@@ -131,7 +131,7 @@ class ProviderRegistry:
 
     def bare_local_models(self) -> list[str]:
         """The catalog's local models by their bare ids (what `measure_engines` looks at)."""
-        return list(dict.fromkeys(model_id.rpartition("@")[0] or model_id
+        return list(dict.fromkeys(without_variant(model_id)
                                   for name, model_id in self._catalog if name in LOCAL_ENGINES))
 
     async def measure_engines(self, model_ids: Iterable[str]) -> None:
@@ -205,6 +205,11 @@ class ProviderRegistry:
     async def aclose(self) -> None:
         for provider in self._providers.values():
             await provider.aclose()
+
+
+def without_variant(model_id: str) -> str:
+    """A model id without its `@<variant>` (`<id>@fp32` -> `<id>`): the id clients name it by."""
+    return model_id.rpartition("@")[0] or model_id
 
 
 def _is_loaded(provider: EmbeddingProvider, model_id: str) -> bool:
