@@ -9,6 +9,8 @@ The load, from `--clients` concurrent clients (aiohttp), each looping over a ran
 - `POST /media/add` of a short document (chunked, embedded and stored by the job executor), then
   `DELETE` of an older one with `purge_vectors=true`, so stored data stays bounded too;
 - bad input (a 400) now and then.
+`--store pgvector` stores the uploads in a throwaway pgvector database (pgserver) instead of the
+server's embedded Chroma, to tell the store's memory from the rest of the upload path.
 Writes bench/results/soak.json. Run: `.venv/bin/python bench/soak.py` (`--minutes 1` to try it).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import sys
 import tempfile
@@ -28,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import build_corpus  # noqa: E402
-from harness import CpuSteal, ServerProcess, machine_info, write_report  # noqa: E402
+from harness import CpuSteal, ServerProcess, machine_info, pgvector_server, write_report  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -133,7 +136,8 @@ async def soak(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any
     slope = slope_mb_per_min(samples, args.warmup_min * 60)
     kinds = [kind for kind in RSS_PARTS[1:] if all(kind in parts for _, parts in split)]
     return {
-        "minutes": args.minutes, "uploads": not args.no_uploads, "warmup_minutes": args.warmup_min,
+        "minutes": args.minutes, "uploads": not args.no_uploads, "store": args.store,
+        "warmup_minutes": args.warmup_min,
         "clients": args.clients,
         "requests": load.counts, "statuses": load.statuses,
         "rss_mb": {"first": samples[0][1], "after_warmup": next((mb for t, mb in samples if t >= args.warmup_min * 60),
@@ -160,13 +164,19 @@ def main() -> None:
     parser.add_argument("--cache-size", type=int, default=2000, help="EMBEDDINGS_CACHE_MAX_SIZE of the server")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-uploads", action="store_true", help="embeddings and search only (no stored data)")
+    parser.add_argument("--store", choices=("chroma", "pgvector"), default="chroma",
+                        help="where uploads are stored: the embedded Chroma (default) or a pgvector database")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment of the server process (repeatable)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="tldw-soak-") as data, \
-            ServerProcess(Path(data), {"EMBEDDINGS_CACHE_MAX_SIZE": str(args.cache_size),
-                                       **dict(item.split("=", 1) for item in args.server_env)}) as server:
+    with contextlib.ExitStack() as stack:
+        env = {"EMBEDDINGS_CACHE_MAX_SIZE": str(args.cache_size)}
+        if args.store == "pgvector":
+            env |= {"RAG__VECTOR_STORE_TYPE": "pgvector", "RAG__PGVECTOR__DSN": stack.enter_context(pgvector_server())}
+        data = stack.enter_context(tempfile.TemporaryDirectory(prefix="tldw-soak-"))
+        env |= dict(item.split("=", 1) for item in args.server_env)
+        server = stack.enter_context(ServerProcess(Path(data), env))
         report = {"machine": machine_info(), "server_env": args.server_env, **asyncio.run(soak(server, args))}
     write_report(args.out, report)
     print({k: v for k, v in report.items() if k != "samples"})
