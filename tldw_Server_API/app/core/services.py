@@ -43,6 +43,7 @@ from tldw_Server_API.app.core.Files.file_service import FileService
 from tldw_Server_API.app.core.health import HealthService
 from tldw_Server_API.app.core.Media.media_service import MediaService
 from tldw_Server_API.app.core.observability import HTTPMetrics
+from tldw_Server_API.app.core.periodic import run_periodically
 from tldw_Server_API.app.core.RAG.search import RAGSearchService
 from tldw_Server_API.app.core.storage import StorageServices, build_storage
 
@@ -132,13 +133,8 @@ class BackgroundLoops:
         """A loop running the blocking `work` in a thread now and every interval; a failure is
         logged and the loop goes on."""
         async def run(interval: float, stop: asyncio.Event) -> None:
-            while not stop.is_set():
-                try:
-                    await asyncio.to_thread(work)
-                except Exception as exc:  # noqa: BLE001 - the next round retries
-                    logger.warning("background {}: {}", getattr(work, "__name__", "work"), exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval)
+            await run_periodically(lambda: asyncio.to_thread(work), interval, stop,
+                                   name=getattr(work, "__name__", "work"))
         return run
 
     async def aclose(self) -> None:

@@ -8,11 +8,11 @@ server processes exactly one starts a job) and hands them to the executor, embed
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from loguru import logger
 
 from tldw_Server_API.app.core.Embeddings.job_manager import MediaEmbeddingJobManager
+from tldw_Server_API.app.core.periodic import run_periodically
 
 
 class ReembedConsumer:
@@ -23,13 +23,12 @@ class ReembedConsumer:
         """Start every due scheduled job; how many were started."""
         return await self._manager.release_due()
 
+    async def _step_logged(self) -> None:
+        started = await self.step()
+        if started:
+            logger.info("re-embed: started {} scheduled job(s)", started)
+
     async def run_forever(self, poll_seconds: float, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                started = await self.step()
-                if started:
-                    logger.info("re-embed: started {} scheduled job(s)", started)
-            except Exception as exc:  # noqa: BLE001 - the jobs DB away for a moment: the next poll retries
-                logger.warning("re-embed consumer: {}", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), poll_seconds)
+        """`step` every `poll_seconds` until `stop`; a failed poll (the jobs DB away for a moment) is
+        logged and the next one retries."""
+        await run_periodically(self._step_logged, poll_seconds, stop, name="re-embed consumer")

@@ -17,6 +17,7 @@ from loguru import logger
 from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory
 from tldw_Server_API.app.core.Embeddings.stage_context import media_collections
 from tldw_Server_API.app.core.errors import InvalidInput, TLDWError
+from tldw_Server_API.app.core.periodic import run_periodically
 from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory
 
 DELETE_SLICE = 500   # media ids per `$in` filter, well under the filter language's list limit
@@ -89,16 +90,12 @@ class VectorCompactor:
     async def run_forever(self, interval_seconds: float, stop: asyncio.Event) -> None:
         """`run_once` in a thread now and every `interval_seconds` until `stop` is set; a failing
         run is logged and the loop goes on."""
-        if not interval_seconds > 0:
-            raise InvalidInput("the compaction interval must be positive", param="interval_seconds")
-        while not stop.is_set():
+        async def step() -> None:
             try:
                 await asyncio.to_thread(self.run_once)
             except CompactionFailed as exc:   # each user's traceback is logged already
                 logger.error("{}; next run in {}s", exc.message, interval_seconds)
             except Exception:
                 logger.exception("vector compaction run failed; next run in {}s", interval_seconds)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval_seconds)
-            except TimeoutError:
-                pass
+
+        await run_periodically(step, interval_seconds, stop, name="vector compactor")
