@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -37,7 +38,7 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create imp
 )
 
 TARGET_RATIO = 0.8
-DEFAULT_MODELS = (f"huggingface:{BUNDLED_MODEL_ID}", f"onnx:{BUNDLED_MODEL_ID}@fp32")
+DEFAULT_MODELS = (BUNDLED_MODEL_ID, f"onnx:{BUNDLED_MODEL_ID}@fp32")   # the default (its engine choice), the old one
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
@@ -70,9 +71,13 @@ def chunk_documents(documents: list[str], options: ChunkingOptions) -> list[str]
 
 
 async def engine_rate(model: str, texts: list[str], settings: Settings) -> dict[str, Any]:
-    """The engine alone: one `embed` call with every chunk (it length-sorts and cuts its own batches)."""
+    """The engine alone: one `embed` call with every chunk (it length-sorts and cuts its own batches).
+    A bare id runs on its engine choice, measured (or read back from the shared model dir) as the
+    server does at start-up."""
     registry = create_provider_registry(settings.engine_config())
     try:
+        if ":" not in model:
+            await registry.measure_engines([model])
         resolved = registry.resolve(model)
         provider, model_id = resolved.provider, resolved.info.model_id
         await provider.embed(model_id, texts[:64])  # load and warm the model, not timed
@@ -82,7 +87,7 @@ async def engine_rate(model: str, texts: list[str], settings: Settings) -> dict[
     finally:
         await registry.aclose()
     tokens = sum(batch.token_counts)
-    return {"seconds": seconds, "chunks_per_s": len(texts) / seconds, "tokens": tokens,
+    return {"engine": resolved.info.engine, "seconds": seconds, "chunks_per_s": len(texts) / seconds, "tokens": tokens,
             "tokens_per_s": tokens / seconds, "cpu_seconds": cpu_seconds}
 
 
@@ -148,7 +153,7 @@ async def bench_model(model: str, documents: list[str], texts: list[str], form: 
     before = await engine_rate(model, texts, reference_settings)
     print(f"  engine alone (before): {before['chunks_per_s']:.1f} chunks/s", flush=True)
     env = {"EMBEDDINGS_MODEL_DIR": str(model_dir), "PRELOAD_EMBEDDING_MODELS": model}
-    with ServerProcess(root / f"server-{model.split(':')[0]}", env) as server:
+    with ServerProcess(root / f"server-{re.sub(r'[^A-Za-z0-9.@-]+', '-', model)}", env) as server:
         pipeline = await run_pipeline(server, documents, {**form, "embedding_model": model})
     print(f"  pipeline: {pipeline['chunks_per_s']:.1f} chunks/s", flush=True)
     after = await engine_rate(model, texts, reference_settings)

@@ -60,7 +60,7 @@ SEARCH_DEPTH = TOP_K       # what RAG search asks the store for in vector mode (
 SERVER_MODEL = f"huggingface:{BUNDLED_MODEL_ID}"
 ONNX_MODEL = f"onnx:{BUNDLED_MODEL_ID}@fp32"
 BULK_MODEL = ONNX_MODEL   # the same vectors as huggingface (cosine 1.0000), faster
-DEFAULT_QUERY_MODELS = (SERVER_MODEL, ONNX_MODEL)
+DEFAULT_QUERY_MODELS = (BUNDLED_MODEL_ID, ONNX_MODEL, SERVER_MODEL)   # the default (engine choice), onnx, torch
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def test_health_is_loading_until_the_default_model_is_warm(tmp_path: Path, tikto
 
 
 def test_start_up_warms_the_engine_a_bare_id_runs_on(tmp_path: Path, tiktoken_dir: Path) -> None:
-    """Besides the default model (onnx), start-up warms the engine clients reach by the bare id
+    """Start-up warms the engine the bare id (the default model, and what clients name) runs on
     (here pinned to torch by EMBEDDINGS_ENGINE, so on any CPU): loaded, and its oneDNN
     primitives made (`primed_models`), so its first requests compile nothing."""
     settings = make_settings(tmp_path, tiktoken_dir, preload_embedding_models=["default"],

@@ -369,10 +369,11 @@ class Settings(BaseSettings):
         description="Comma-separated `provider:model` entries the server offers (bare ids resolve here).",
     )
     embeddings_default_model: str = Field(
-        f"onnx:{BUNDLED_MODEL_ID}@fp32",
-        description="Model used where a caller names none: media embedding, RAG queries, vector stores. The "
-        "default runs the bundled MiniLM on onnxruntime (the same vectors as `huggingface`, about twice as fast "
-        "per query; exported on first use).",
+        BUNDLED_MODEL_ID,
+        description="Model used where a caller names none: media embedding, RAG queries, vector stores. A bare "
+        "id (the default: the bundled MiniLM) runs on the engine EMBEDDINGS_ENGINE picks for it on this machine, "
+        "as a client's bare id does; a `huggingface:`/`onnx:` prefix pins one. `<id>` and `<id>@fp32` share one "
+        "media collection (their vectors are the same).",
     )
     embeddings_model_dir: Path | None = Field(
         None, description="Model storage root (default `$TLDW_DATA_DIR/models`); model paths must stay inside."

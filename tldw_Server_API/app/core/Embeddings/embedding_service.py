@@ -314,8 +314,8 @@ class EmbeddingService:
     async def preload(self, models: tuple[str, ...] | list[str]) -> None:
         """PRELOAD_EMBEDDING_MODELS: first measure the engines of the catalog's bare local ids not
         measured on this machine yet (EMBEDDINGS_ENGINE=auto), then load and warm each model at
-        startup, and the engine a preloaded model's bare id runs on (what clients name: the
-        default `onnx:<id>@fp32` preloads `<id>`'s engine too; warming primes it); a failure is
+        startup, and the engine a preloaded model's bare id runs on (what clients name: a pinned
+        `onnx:<id>@fp32` preloads `<id>`'s engine too; warming primes it); a failure is
         logged, not fatal. Nothing to preload: nothing is measured or warmed either."""
         if models:
             bare = [*self.registry.bare_local_models(), *(m for m in models if ":" not in m)]

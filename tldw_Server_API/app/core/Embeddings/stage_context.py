@@ -19,6 +19,7 @@ import numpy as np
 from tldw_Server_API.app.core.Chunking import OffsetsTokenizer
 from tldw_Server_API.app.core.DB_Management.Media_DB import MediaDBFactory
 from tldw_Server_API.app.core.Embeddings.embedding_service import EmbeddingService
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create import same_vectors
 from tldw_Server_API.app.core.Embeddings.media_embedding_jobs_db import JobsDB
 from tldw_Server_API.app.core.RAG.vector_stores.factory import VectorStoreFactory
 
@@ -51,13 +52,15 @@ class StageContext:
 
 def media_collection(user_id: str, model_id: str, default_model: str | None) -> str:
     """The user's media collection for a model: the documented `user_<id>_media_embeddings` for the
-    default model, a suffixed one per other model (a collection has one vector width)."""
+    default model (and its `@fp32`, which stores the same vectors: a default changed from
+    `onnx:<id>@fp32` to `<id>` keeps its collection), a suffixed one per other model (a collection
+    has one vector width)."""
     from hashlib import sha1
 
     from tldw_Server_API.app.core.Embeddings.ChromaDB_Library import media_collection_name
 
     base = media_collection_name(user_id)
-    if default_model is None or model_id == default_model:
+    if default_model is None or same_vectors(model_id, default_model):
         return base
     return f"{base}_{sha1(model_id.encode()).hexdigest()[:10]}"
 

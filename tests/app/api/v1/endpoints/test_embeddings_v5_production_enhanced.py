@@ -12,7 +12,6 @@ from fastapi.testclient import TestClient
 from support import (
     ADMIN_KEY,
     DEFAULT_MODEL_ID,
-    DEFAULT_PROVIDER,
     MODEL,
     assert_openai_error,
     cosine_rows,
@@ -230,7 +229,7 @@ def test_models_list_and_get(app_client: TestClient) -> None:
     assert card["provider"] == "huggingface" and card["dimension"] == 384 and card["max_tokens"] == 256
     assert card["available"] is True
     defaults = [(m["provider"], m["id"]) for m in listing["data"] if m["default"]]
-    assert defaults == [(DEFAULT_PROVIDER, DEFAULT_MODEL_ID)]   # a `provider:model` default marks one card
+    assert defaults == [("huggingface", DEFAULT_MODEL_ID)]   # a bare default marks its catalog card
     one = app_client.get(f"/api/v1/embeddings/models/{MODEL}")
     assert one.status_code == 200 and one.json()["id"] == MODEL
     assert_openai_error(app_client.get("/api/v1/embeddings/models/nope/nope"), 404, "model_not_found")

@@ -56,7 +56,9 @@ class ProviderRegistry:
             self._catalog.append((parsed.provider or default_provider, parsed.model_id))
         default = parse_model_name(default_model)   # a bare id or `provider:model`
         self._default_model = default.model_id
-        self._default_spec = f"{default.provider or self.provider_for(default.model_id)}:{default.model_id}"
+        # the catalog card marked default; a bare default is resolved as a client's bare id is (`route`)
+        self._default_card = f"{default.provider or self.provider_for(default.model_id)}:{default.model_id}"
+        self._default_name = f"{default.provider}:{default.model_id}" if default.provider else default.model_id
 
     @property
     def providers(self) -> Mapping[str, EmbeddingProvider]:
@@ -80,8 +82,9 @@ class ProviderRegistry:
 
     @property
     def default_model(self) -> str:
-        """The default model as `provider:model` (what `resolve` takes)."""
-        return self._default_spec
+        """The default model as configured, `provider:model` or a bare id (what `resolve` takes: a
+        bare local id runs on its engine choice, as when a client names it)."""
+        return self._default_name
 
     @property
     def default_model_id(self) -> str:
@@ -189,7 +192,7 @@ class ProviderRegistry:
             except TLDWError:
                 info = ModelInfo(provider=provider_name, model_id=model_id, dimension=None, max_tokens=None)
                 available = False
-            is_default = f"{provider_name}:{model_id}" == self._default_spec
+            is_default = f"{provider_name}:{model_id}" == self._default_card
             rows.append(ModelListing(info, available, loaded, default=is_default))
         return rows
 
@@ -210,6 +213,16 @@ class ProviderRegistry:
 def without_variant(model_id: str) -> str:
     """A model id without its `@<variant>` (`<id>@fp32` -> `<id>`): the id clients name it by."""
     return model_id.rpartition("@")[0] or model_id
+
+
+def same_vectors(model_a: str, model_b: str) -> bool:
+    """Whether two resolved model ids store interchangeable vectors: equal, or one is the other's
+    `@fp32` (the reference precision; a bare id's exact engine is stored under the bare id). Other
+    variants (`@int8`, a configured `@bf16`) are models of their own."""
+    def reference(model_id: str) -> str:
+        return model_id.removesuffix("@fp32")
+
+    return reference(model_a) == reference(model_b)
 
 
 def _is_loaded(provider: EmbeddingProvider, model_id: str) -> bool:
