@@ -4,7 +4,7 @@
 Chroma and on pgvector (pgserver). Targets: p50 <= 15 ms and recall@10 >= 0.95 on both stores.
 
     .venv/bin/python bench/bench_search.py [--chunks 100000] [--unique 5000] [--queries 200]
-        [--store chroma --store pgvector] [--query-model provider:model ...] [--out PATH]
+        [--store chroma --store pgvector] [--query-model provider:model ...] [--profile-only] [--out PATH]
 
 Stored vectors: `--unique` real passages (bench/corpus.py) embedded with the bundled model, each
 stored as is and as copies moved by random noise (norm 0.6, renormalised: cosine ~0.86 to the
@@ -57,7 +57,7 @@ TARGET_P50_MS = 15.0
 TARGET_RECALL = 0.95
 TOP_K = 10
 SEARCH_DEPTH = TOP_K       # what RAG search asks the store for in vector mode (deeper only to refill deleted media)
-SERVER_MODEL = f"huggingface:{BUNDLED_MODEL_ID}"
+SERVER_MODEL = f"huggingface:{BUNDLED_MODEL_ID}@fp32"   # torch fp32 (`huggingface:<id>` runs the choice's bf16)
 ONNX_MODEL = f"onnx:{BUNDLED_MODEL_ID}@fp32"
 BULK_MODEL = ONNX_MODEL   # the same vectors as huggingface (cosine 1.0000), faster
 DEFAULT_QUERY_MODELS = (BUNDLED_MODEL_ID, ONNX_MODEL, SERVER_MODEL)   # the default (engine choice), onnx, torch
@@ -147,7 +147,7 @@ def metadatas(dataset: Dataset, model_id: str) -> list[dict[str, Any]]:
     for record, (start, end) in enumerate(dataset.spans):
         media_id, chunk_index = dataset.key(record)
         out.append(ChunkMetadata(
-            media_id=media_id, chunk_index=chunk_index, start_char=start, end_char=end,
+            media_id=media_id, job_id=f"job_{media_id:032x}", chunk_index=chunk_index, start_char=start, end_char=end,
             content_hash=hashes[media_id - 1], embedding_model=model_id, embedding_provider="huggingface",
             embedding_dimension=dimension, title=f"Bench document {media_id}", created_at=now,
         ).to_store_dict())
@@ -245,7 +245,8 @@ def profile_store(settings: Settings, query_vectors: np.ndarray) -> dict[str, An
 
 
 async def profile_embedding(model: str, queries: list[str], settings: Settings) -> dict[str, Any]:
-    """The query embedding as RAG search does it: `EmbeddingService.embed_texts(model, [query])`."""
+    """The query embedding as RAG search does it: `EmbeddingService.embed_texts(model, [query])`. A
+    bare id runs on its engine choice, measured (or read back) first as the server's start-up does."""
     from prometheus_client import CollectorRegistry
 
     from tldw_Server_API.app.core.services import build_embedding_service
@@ -253,6 +254,9 @@ async def profile_embedding(model: str, queries: list[str], settings: Settings) 
     service = build_embedding_service(settings, CollectorRegistry())
     seconds = []
     try:
+        if ":" not in model:
+            await service.registry.measure_engines([model])
+        engine = service.registry.resolve(model).info.engine
         for n, query in enumerate(queries):
             start = time.perf_counter()
             await service.embed_texts(model, [query], None)
@@ -260,7 +264,7 @@ async def profile_embedding(model: str, queries: list[str], settings: Settings) 
                 seconds.append(time.perf_counter() - start)
     finally:
         await service.aclose()
-    return percentiles_ms(seconds)
+    return {"engine": engine, **percentiles_ms(seconds)}
 
 
 def profile_embedding_safely(model: str, queries: list[str], settings: Settings) -> dict[str, Any]:
@@ -270,10 +274,15 @@ def profile_embedding_safely(model: str, queries: list[str], settings: Settings)
         return {"error": repr(exc)}
 
 
+def query_texts(args: argparse.Namespace) -> list[str]:
+    """The warm-up and measured queries: real passages cut to 16 words."""
+    return [" ".join(p.split()[:16]) for p in build_corpus(args.warmup + args.queries, seed=7)]
+
+
 def prepare_workload(args: argparse.Namespace, model_dir: Path) -> tuple[Workload, dict[str, Any]]:
     settings = Settings(tldw_data_dir=model_dir.parent / "engine", embeddings_model_dir=model_dir, log_level="WARNING")
     passages = list(dict.fromkeys(build_corpus(args.unique, seed=0)))  # identical passages would tie
-    queries = [" ".join(p.split()[:16]) for p in build_corpus(args.warmup + args.queries, seed=7)]
+    queries = query_texts(args)
     start = time.perf_counter()
     base = asyncio.run(embed_texts(BULK_MODEL, passages, settings))
     embed_s = time.perf_counter() - start
@@ -370,10 +379,20 @@ def main() -> None:
     parser.add_argument("--store", action="append", dest="stores", choices=["chroma", "pgvector"])
     parser.add_argument("--query-model", action="append", dest="query_models",
                         help=f"server default model, repeatable (default: {', '.join(DEFAULT_QUERY_MODELS)})")
+    parser.add_argument("--profile-only", action="store_true",
+                        help="only the in-process query-embedding profile of each model (no stores, ~2 min)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "search.json")
     args = parser.parse_args()
 
     models = args.query_models or list(DEFAULT_QUERY_MODELS)
+    if args.profile_only:
+        with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
+            engine = Settings(tldw_data_dir=Path(tmp), log_level="WARNING")
+            queries = query_texts(args)
+            write_report(args.out, {"machine": machine_info(), "query_embedding_profile": {
+                model: profile_embedding_safely(model, queries, engine) for model in models}})
+        print(f"written to {args.out}")
+        return
     report: dict[str, Any] = {"machine": machine_info(), "top_k": TOP_K, "store_query_depth": SEARCH_DEPTH,
                               "targets": {"p50_ms": TARGET_P50_MS, "recall_at_10": TARGET_RECALL}, "stores": []}
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
