@@ -145,12 +145,12 @@ def bench_engines(texts: list[str], local: LocalEngines, repeats: int, with_refe
     return results, tokens
 
 
-def split_requests(texts: list[str], seed: int = 1) -> list[list[str]]:
-    """The corpus cut into requests of 1-8 texts each."""
+def split_requests(texts: list[str], seed: int = 1, size: int = 0) -> list[list[str]]:
+    """The corpus cut into requests of 1-8 texts each (`size`: of that many each)."""
     rnd = np.random.default_rng(seed)
     requests, i = [], 0
     while i < len(texts):
-        n = int(rnd.integers(1, 9))
+        n = size or int(rnd.integers(1, 9))
         requests.append(texts[i:i + n])
         i += n
     return requests
@@ -223,13 +223,13 @@ class LocalEngines:
 
 
 def bench_http(server: ServerProcess, engines: LocalEngines, texts: list[str], total_tokens: int, label: str,
-               model: str, engine_spec: str, clients: int, rounds: int) -> dict[str, Any]:
+               model: str, engine_spec: str, clients: int, rounds: int, request_texts: int = 0) -> dict[str, Any]:
     """Rounds of (the engine over the corpus in this process, then the same corpus through the
     server's HTTP API with the cache emptied first): each round's ratio compares two measurements
     taken back to back, so drifts of this shared machine's speed hit both sides alike."""
     import httpx
 
-    requests = split_requests(texts)
+    requests = split_requests(texts, size=request_texts)
     url, headers = f"{server.base_url}/api/v1/embeddings", server.headers
     httpx.post(url, json={"model": model, "input": "warm"}, headers=headers, timeout=300).raise_for_status()
     results, latencies, named = [], [], set()
@@ -253,7 +253,7 @@ def bench_http(server: ServerProcess, engines: LocalEngines, texts: list[str], t
     quiet = [r["vs_engine"] for r in results
              if max(r["cpu_steal_share"] or 0.0, r["engine_cpu_steal_share"] or 0.0) < QUIET_STEAL]
     return {"model": model, "engine": engine_spec, "engines_named_by_server": sorted(named), "clients": clients,
-            "requests": len(requests), "rounds": results,
+            "requests": len(requests), "texts_per_request": request_texts or "1-8", "rounds": results,
             "vs_engine": statistics.median(r["vs_engine"] for r in results),
             "vs_engine_quiet_rounds": statistics.median(quiet) if quiet else None, "quiet_rounds": len(quiet),
             "seconds": http_s, "tokens_per_s": total_tokens / http_s,
@@ -382,6 +382,9 @@ def main() -> None:
     parser.add_argument("--passages", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--request-texts", type=int, default=0,
+                        help="texts per HTTP request (0: 1-8 at random); with --clients 1 and 1000: one client "
+                        "embedding documents in big batches, as LangChain's embed_documents does")
     parser.add_argument("--rounds", type=int, default=3, help="engine-then-HTTP rounds per model (the median counts)")
     parser.add_argument("--latency-requests", type=int, default=200)
     parser.add_argument("--models", default=",".join(label for label, _ in HTTP_MODELS),
@@ -437,7 +440,7 @@ def main() -> None:
                 for label, model in HTTP_MODELS:
                     if label in specs:
                         http[label] = bench_http(server, local, texts, tokens, label, model, specs[label],
-                                                 args.clients, args.rounds)
+                                                 args.clients, args.rounds, args.request_texts)
         finally:
             local.close()
     st = engines.get("sentence-transformers", {}).get("tokens_per_s")

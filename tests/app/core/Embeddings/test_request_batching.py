@@ -319,6 +319,41 @@ def test_passes_run_side_by_side_up_to_parallel_passes(parallel: int) -> None:
     assert peak == parallel
 
 
+@pytest.mark.parametrize("parallel", [1, 2, 3])
+def test_one_request_of_many_rows_runs_its_passes_side_by_side(parallel: int) -> None:
+    """A single request whose rows make several passes (one client sending 1,000 chunks, as
+    LangChain does) uses every parallel pass too, not one pass at a time with the other threads
+    idle; its first pass is not lone (rows wait behind it)."""
+    async def scenario() -> tuple[int, list[bool]]:
+        model = RecordingModel(delay=0)
+        model.release = asyncio.Event()
+        running = peak = 0
+        inner = model.run_pass
+
+        async def counted(rows: list[list[int]], lone: bool) -> np.ndarray:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            try:
+                return await inner(rows, lone)
+            finally:
+                running -= 1
+
+        batcher = MicroBatcher(model.tokenize, counted, BatchingConfig(
+            max_wait_ms=0, max_queue_texts=100, max_padded_tokens=4, max_batch_rows=1, parallel_passes=parallel))
+        call = asyncio.ensure_future(batcher.submit(list("abcdef")))   # one row per pass
+        await asyncio.sleep(0.02)
+        model.release.set()
+        result = await call
+        assert result.vectors.tolist() == [fingerprint(tokens_of(t)) for t in "abcdef"]
+        await batcher.aclose()
+        return peak, model.lone
+
+    peak, lone = asyncio.run(scenario())
+    assert peak == parallel
+    assert lone[0] is False
+
+
 def test_a_request_right_after_the_last_answer_is_served() -> None:
     """A caller that submits again as soon as it is answered, with a tokenizer that never yields
     (rows counted already), lands while the finished worker's task is done but not yet reaped:

@@ -5,7 +5,8 @@ Every request's texts are tokenised as they arrive and join one pool of rows. Up
 pass at a time: each pass is the fullest length-homogeneous run of rows (padded-token budget,
 `next_pass`) that includes the oldest row waiting, so rows of many requests share a pass,
 padding stays low, and no row waits behind more than the passes ahead of it. A second worker
-starts only while rows wait, so a lone request has the model (and its threads) to itself. A
+starts only while rows wait (after another request arrives, or when a pass leaves rows of a big
+one behind), so a lone small request has the model (and its threads) to itself. A
 request is answered as soon as its last row is done; its caller's next request joins the pool
 while other passes run, so the pool stays full under load and a lone request (a search query)
 runs at once. Right after a pass, a next pass that would run under its budget may wait up to
@@ -106,16 +107,21 @@ class MicroBatcher:
                            queued_ns=time.time_ns())
         seq = next(self._seq)
         self._pool.extend(_Row(request, i, seq, row) for i, row in enumerate(ids))
-        # Count live workers only: one whose pool ran dry is done, and must not stand in for a new one.
-        self._workers = {worker for worker in self._workers if not worker.done()}
-        if len(self._workers) < max(1, self._config.parallel_passes):
-            self._workers.add(asyncio.create_task(self._work(), name="micro-batcher"))
+        self._add_worker()
         self._arrived.set()
         result = await request.future   # a caller who leaves cancels it: its rows are dropped before the next pass
         done = time.time_ns()
         record_span("batcher.queue", request.queued_ns, request.started_ns or done, texts=len(texts))
         record_span("model.inference", request.started_ns or done, done, texts=len(texts))
         return result
+
+    def _add_worker(self) -> None:
+        """One more worker, up to `parallel_passes`: on each arrival, and whenever a worker takes a
+        pass and rows still wait (one request of many rows must not run a pass at a time)."""
+        # Count live workers only: one whose pool ran dry is done, and must not stand in for a new one.
+        self._workers = {worker for worker in self._workers if not worker.done()}
+        if len(self._workers) < max(1, self._config.parallel_passes):
+            self._workers.add(asyncio.create_task(self._work(), name="micro-batcher"))
 
     def _drop_abandoned(self) -> None:
         kept = [row for row in self._pool if not row.request.future.done()]
@@ -150,6 +156,8 @@ class MicroBatcher:
             chosen = set(picked)
             taken = [self._pool[i] for i in picked]
             self._pool = [row for i, row in enumerate(self._pool) if i not in chosen]
+            if self._pool:
+                self._add_worker()
             await self._run(taken)
 
     async def _run(self, rows: list[_Row]) -> None:
