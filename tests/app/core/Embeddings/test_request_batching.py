@@ -103,6 +103,7 @@ class RecordingModel:
         self.fail_on = tokens_of(fail_on) if fail_on is not None else None
         self.delay = delay
         self.release: asyncio.Event | None = None
+        self.running = self.peak = 0        # passes running now, and at most at once
 
     async def tokenize(self, texts: list[str]) -> list[list[int]]:
         await asyncio.sleep(0)
@@ -111,12 +112,17 @@ class RecordingModel:
     async def run_pass(self, rows: list[list[int]], lone: bool = False) -> np.ndarray:
         self.passes.append(rows)
         self.lone.append(lone)
-        await asyncio.sleep(self.delay)
-        if self.release is not None:
-            await self.release.wait()
-        if self.fail_on is not None and self.fail_on in rows:
-            raise RuntimeError("model failure")
-        return np.array([fingerprint(r) for r in rows], dtype=np.float32)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await asyncio.sleep(self.delay)
+            if self.release is not None:
+                await self.release.wait()
+            if self.fail_on is not None and self.fail_on in rows:
+                raise RuntimeError("model failure")
+            return np.array([fingerprint(r) for r in rows], dtype=np.float32)
+        finally:
+            self.running -= 1
 
     def batcher(self, **overrides: float) -> MicroBatcher:
         values = {"max_wait_ms": 0.0, "max_queue_texts": 10_000, "max_padded_tokens": 4096, "max_batch_rows": 256}
@@ -289,30 +295,17 @@ def test_passes_run_side_by_side_up_to_parallel_passes(parallel: int) -> None:
     async def scenario() -> tuple[int, int]:
         model = RecordingModel(delay=0)
         model.release = asyncio.Event()
-        running = peak = 0
-        inner = model.run_pass
-
-        async def counted(rows: list[list[int]], lone: bool) -> np.ndarray:
-            nonlocal running, peak
-            running += 1
-            peak = max(peak, running)
-            try:
-                return await inner(rows, lone)
-            finally:
-                running -= 1
-
-        batcher = MicroBatcher(model.tokenize, counted, BatchingConfig(
-            max_wait_ms=0, max_queue_texts=100, max_padded_tokens=4, max_batch_rows=1, parallel_passes=parallel))
+        batcher = model.batcher(max_queue_texts=100, max_padded_tokens=4, max_batch_rows=1, parallel_passes=parallel)
         lone = asyncio.ensure_future(batcher.submit(["a"]))
         await asyncio.sleep(0.02)
-        lone_peak = peak
+        lone_peak = model.peak
         calls = [asyncio.ensure_future(batcher.submit([text])) for text in "bcde"]   # one row per pass
         await asyncio.sleep(0.02)
         model.release.set()
         results = await asyncio.gather(lone, *calls)
         assert [r.vectors.tolist() for r in results] == [[fingerprint(tokens_of(t))] for t in "abcde"]
         await batcher.aclose()
-        return lone_peak, peak
+        return lone_peak, model.peak
 
     lone_peak, peak = asyncio.run(scenario())
     assert lone_peak == 1
@@ -327,27 +320,14 @@ def test_one_request_of_many_rows_runs_its_passes_side_by_side(parallel: int) ->
     async def scenario() -> tuple[int, list[bool]]:
         model = RecordingModel(delay=0)
         model.release = asyncio.Event()
-        running = peak = 0
-        inner = model.run_pass
-
-        async def counted(rows: list[list[int]], lone: bool) -> np.ndarray:
-            nonlocal running, peak
-            running += 1
-            peak = max(peak, running)
-            try:
-                return await inner(rows, lone)
-            finally:
-                running -= 1
-
-        batcher = MicroBatcher(model.tokenize, counted, BatchingConfig(
-            max_wait_ms=0, max_queue_texts=100, max_padded_tokens=4, max_batch_rows=1, parallel_passes=parallel))
+        batcher = model.batcher(max_queue_texts=100, max_padded_tokens=4, max_batch_rows=1, parallel_passes=parallel)
         call = asyncio.ensure_future(batcher.submit(list("abcdef")))   # one row per pass
         await asyncio.sleep(0.02)
         model.release.set()
         result = await call
         assert result.vectors.tolist() == [fingerprint(tokens_of(t)) for t in "abcdef"]
         await batcher.aclose()
-        return peak, model.lone
+        return model.peak, model.lone
 
     peak, lone = asyncio.run(scenario())
     assert peak == parallel
