@@ -1,0 +1,81 @@
+"""How long a one-text request (a RAG query) waits while a big request of the same model runs: the
+micro-batcher serves the oldest row first, so a query that arrives behind a 1,000-text request
+(one LangChain `embed_documents` batch) or behind ingestion's chunks waits for all of them. A
+measurement of that head-of-line blocking, not a target yet (no fix has landed).
+
+    .venv/bin/python bench/bench_query_under_bulk.py [--bulk-texts 1000] [--out PATH]
+
+The real server (default settings, its engine choice, cache off) gets one-text requests one at a
+time: 20 on the idle server, then, from a second client, one request of `--bulk-texts` corpus
+passages, and one-text requests back to back for as long as it runs. Reports the idle and
+during-bulk latencies and the bulk request's own time. Benchmark only: changes no app code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import build_corpus  # noqa: E402
+from harness import ServerProcess, load_average, machine_info, percentiles_ms, write_report  # noqa: E402
+
+from tldw_Server_API.app.core.config import BUNDLED_MODEL_ID  # noqa: E402
+
+
+def one_text_latencies(client: httpx.Client, count: int | None, until: threading.Event | None = None) -> list[float]:
+    """One-text requests back to back: `count` of them, or until `until` is set (at least one)."""
+    out: list[float] = []
+    while (count is not None and len(out) < count) or (until is not None and (not out or not until.is_set())):
+        start = time.perf_counter()
+        client.post("/api/v1/embeddings", json={"model": BUNDLED_MODEL_ID,
+                                                "input": f"query {len(out)} {time.time()} about volcanoes"}
+                    ).raise_for_status()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bulk-texts", type=int, default=1000)
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).resolve().parent / "results" / "query_under_bulk.json")
+    args = parser.parse_args()
+    texts = build_corpus(args.bulk_texts, seed=3)
+    report: dict[str, Any] = {"machine": machine_info(), "bulk_texts": len(texts)}
+    with tempfile.TemporaryDirectory(prefix="bench-hol-") as tmp, \
+            ServerProcess(Path(tmp), {"EMBEDDINGS_CACHE_ENABLED": "false"}) as server, \
+            httpx.Client(base_url=server.base_url, headers=server.headers, timeout=600) as client:
+        client.post("/api/v1/embeddings", json={"model": BUNDLED_MODEL_ID, "input": texts[:50]}).raise_for_status()
+        idle = one_text_latencies(client, 20)
+        finished, bulk_seconds = threading.Event(), []
+
+        def bulk() -> None:
+            with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=600) as other:
+                start = time.perf_counter()
+                other.post("/api/v1/embeddings", json={"model": BUNDLED_MODEL_ID, "input": texts}).raise_for_status()
+                bulk_seconds.append(time.perf_counter() - start)
+            finished.set()
+
+        runner = threading.Thread(target=bulk)
+        runner.start()
+        time.sleep(0.5)   # the bulk request's rows are in the pool
+        during = one_text_latencies(client, None, finished)
+        runner.join()
+    report |= {"idle": percentiles_ms(idle), "during_bulk": percentiles_ms(during) | {"requests": len(during),
+               "max_ms": max(during) * 1000}, "bulk_seconds": bulk_seconds[0], "load_average_at_end": load_average()}
+    write_report(args.out, report)
+    print(f"one-text p50 idle {report['idle']['p50_ms']:.1f} ms; while a {len(texts)}-text request ran "
+          f"({bulk_seconds[0]:.1f} s): {len(during)} requests, max {report['during_bulk']['max_ms']:.0f} ms")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
