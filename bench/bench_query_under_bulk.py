@@ -1,7 +1,7 @@
-"""How long a one-text request (a RAG query) waits while a big request of the same model runs: the
-micro-batcher serves the oldest row first, so a query that arrives behind a 1,000-text request
-(one LangChain `embed_documents` batch) or behind ingestion's chunks waits for all of them. A
-measurement of that head-of-line blocking, not a target yet (no fix has landed).
+"""How long a one-text request (a RAG query) waits while a big request of the same model runs (one
+LangChain `embed_documents` batch of 1,000 texts, or ingestion's chunks). The micro-batcher used to
+serve the oldest row first, so such a query waited for the whole big request (9 s here); a request
+that fits one pass now goes ahead of a bigger one's older rows, one pass at a time.
 
     .venv/bin/python bench/bench_query_under_bulk.py [--bulk-texts 1000] [--out PATH]
 

@@ -6,6 +6,7 @@ Overloaded, failures, and callers that leave."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 
 import numpy as np
@@ -332,6 +333,40 @@ def test_one_request_of_many_rows_runs_its_passes_side_by_side(parallel: int) ->
     peak, lone = asyncio.run(scenario())
     assert peak == parallel
     assert lone[0] is False
+
+
+def test_choose_pass_forms_around_the_anchor_request_when_given() -> None:
+    rows = [(0, 100), (0, 100), (1, 10), (0, 10)]          # (request, tokens)
+    assert sorted(choose_pass(rows, 200, 8)) == [0, 1]      # the oldest request's longest rows
+    assert sorted(choose_pass(rows, 200, 8, anchor_seq=1)) == [2, 3]   # around request 1's row
+    assert sorted(choose_pass(rows, 200, 8, anchor_seq=7)) == [0, 1]   # gone: the oldest again
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_a_query_does_not_wait_for_a_whole_bulk_request(parallel: int) -> None:
+    """A request that fits one pass, arriving behind a request of many passes, runs within the
+    next couple of passes, not after all of the big one; the big one still gets every other
+    pass, so a stream of queries cannot starve it."""
+    async def scenario() -> tuple[list[list[list[int]]], int]:
+        model = RecordingModel(delay=0.003)
+        batcher = model.batcher(max_queue_texts=100, max_padded_tokens=4, max_batch_rows=1, parallel_passes=parallel)
+        bulk = asyncio.ensure_future(batcher.submit(list("abcdefghijklmnop")))   # 16 passes of one row
+        await asyncio.sleep(0.01)
+        started = len(model.passes)
+        queries = [asyncio.ensure_future(batcher.submit([q])) for q in "xyz"]
+        await asyncio.gather(bulk, *queries)
+        await batcher.aclose()
+        return model.passes, started
+
+    passes, started = asyncio.run(scenario())
+    order = [chr(rows[0][0]) for rows in passes]
+    assert sorted(order) == sorted("abcdefghijklmnopxyz")
+    assert started < 12                                             # the queries came early
+    for query in "xyz":                                            # each within its turn, one bulk pass apart
+        assert order.index(query) <= started + 2 * "xyz".index(query) + parallel + 1, order
+    assert order.index("z") < order.index("p")                      # ahead of the bulk's end
+    at = [order.index(q) for q in "xyz"]
+    assert all(b - a >= 2 for a, b in itertools.pairwise(at)), order   # a bulk pass between two queries
 
 
 def test_a_request_right_after_the_last_answer_is_served() -> None:

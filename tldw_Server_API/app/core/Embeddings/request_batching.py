@@ -4,7 +4,10 @@ Every request's texts are tokenised as they arrive and join one pool of rows. Up
 `parallel_passes` worker tasks run forward passes over that pool off the event loop, each one
 pass at a time: each pass is the fullest length-homogeneous run of rows (padded-token budget,
 `next_pass`) that includes the oldest row waiting, so rows of many requests share a pass,
-padding stays low, and no row waits behind more than the passes ahead of it. A second worker
+padding stays low, and no row waits behind more than the passes ahead of it -- except that a
+request whose rows fit one pass (a query) goes ahead of the older rows of a bigger one, one pass
+at a time (every other pass stays the oldest row's), so a search never waits for a whole
+1,000-text request. A second worker
 starts only while rows wait (after another request arrives, or when a pass leaves rows of a big
 one behind), so a lone small request has the model (and its threads) to itself. A
 request is answered as soon as its last row is done; its caller's next request joins the pool
@@ -40,14 +43,17 @@ Tokenize = Callable[[list[str]], Awaitable[list[list[int]]]]      # texts -> tok
 RunPass = Callable[[list[list[int]], bool], Awaitable[np.ndarray]]  # (token rows, lone) -> (rows, d) vectors
 
 
-def choose_pass(rows: Sequence[tuple[int, int]], max_padded_tokens: int, max_rows: int) -> list[int]:
+def choose_pass(rows: Sequence[tuple[int, int]], max_padded_tokens: int, max_rows: int,
+                anchor_seq: int | None = None) -> list[int]:
     """Indices of `rows` ((arrival sequence, token length) each) for the next forward pass: rows
-    sorted longest first, the `next_pass` around the oldest row (its longest among equals)."""
+    sorted longest first, the `next_pass` around the oldest row (its longest among equals), or
+    around the rows of request `anchor_seq` when given (and present)."""
     if not rows:
         return []
     order = sorted(range(len(rows)), key=lambda i: (-rows[i][1], rows[i][0]))
-    oldest = min(seq for seq, _ in rows)
-    anchor = next(pos for pos, i in enumerate(order) if rows[i][0] == oldest)
+    seqs = {seq for seq, _ in rows}
+    target = anchor_seq if anchor_seq in seqs else min(seqs)
+    anchor = next(pos for pos, i in enumerate(order) if rows[i][0] == target)
     span = next_pass([rows[i][1] for i in order], anchor, max_padded_tokens, max_rows)
     return [order[pos] for pos in span]
 
@@ -60,6 +66,7 @@ class _Request:
     vectors: np.ndarray | None = None
     queued_ns: int = 0                      # when it joined the pool; when its first pass started
     started_ns: int = 0
+    fits_one_pass: bool = False             # its rows alone fit one pass's budget: it may go ahead of a big one
 
 
 @dataclass
@@ -82,6 +89,7 @@ class MicroBatcher:
         self._arrived = asyncio.Event()
         self._workers: set[asyncio.Task[None]] = set()
         self._running = 0                       # passes in progress
+        self._jumped = False                    # the last pass went ahead of older rows: the next may not
         self.batches_run = 0
         self.last_batch_sizes: deque[int] = deque(maxlen=256)
         self.busy_seconds = 0.0                 # inside forward passes
@@ -104,7 +112,7 @@ class MicroBatcher:
             self._admitted -= len(texts)
             raise
         request = _Request(self.loop.create_future(), [len(row) for row in ids], remaining=len(ids),
-                           queued_ns=time.time_ns())
+                           queued_ns=time.time_ns(), fits_one_pass=self._fits_one_pass(ids))
         seq = next(self._seq)
         self._pool.extend(_Row(request, i, seq, row) for i, row in enumerate(ids))
         self._add_worker()
@@ -122,6 +130,25 @@ class MicroBatcher:
         self._workers = {worker for worker in self._workers if not worker.done()}
         if len(self._workers) < max(1, self._config.parallel_passes):
             self._workers.add(asyncio.create_task(self._work(), name="micro-batcher"))
+
+    def _fits_one_pass(self, ids: list[list[int]]) -> bool:
+        return (len(ids) <= self._config.max_batch_rows
+                and len(ids) * max((len(row) for row in ids), default=0) <= self._config.max_padded_tokens)
+
+    def _anchor(self) -> int | None:
+        """The request the next pass forms around: None (the oldest row's), or the oldest request
+        that fits one pass while older rows of a bigger request wait, so a query never waits for
+        a whole bulk request. Such a pass is never followed by another: the oldest rows still get
+        every other pass."""
+        if self._jumped or not self._pool:
+            self._jumped = False
+            return None
+        oldest = min(row.seq for row in self._pool)
+        small = min((row.seq for row in self._pool if row.request.fits_one_pass), default=None)
+        if small is None or small == oldest:
+            return None
+        self._jumped = True
+        return small
 
     def _drop_abandoned(self) -> None:
         kept = [row for row in self._pool if not row.request.future.done()]
@@ -150,7 +177,7 @@ class MicroBatcher:
             after_pass = True
             self._drop_abandoned()
             picked = choose_pass([(row.seq, len(row.ids)) for row in self._pool],
-                                 self._config.max_padded_tokens, self._config.max_batch_rows)
+                                 self._config.max_padded_tokens, self._config.max_batch_rows, self._anchor())
             if not picked:
                 continue
             chosen = set(picked)
