@@ -369,6 +369,26 @@ def test_a_query_does_not_wait_for_a_whole_bulk_request(parallel: int) -> None:
     assert all(b - a >= 2 for a, b in itertools.pairwise(at)), order   # a bulk pass between two queries
 
 
+def test_a_one_text_request_longer_than_the_pass_budget_still_goes_ahead() -> None:
+    """One text longer than the pass budget runs alone as one pass (`next_pass`), so it gets the
+    query lane too: a long query must not wait for a whole bulk request either."""
+    async def scenario() -> tuple[list[list[list[int]]], int]:
+        model = RecordingModel(delay=0.003)
+        batcher = model.batcher(max_queue_texts=100, max_padded_tokens=4, max_batch_rows=1, parallel_passes=1)
+        bulk = asyncio.ensure_future(batcher.submit(list("abcdefghijklmnop")))   # 16 passes of one row
+        await asyncio.sleep(0.01)
+        started = len(model.passes)
+        query = asyncio.ensure_future(batcher.submit(["q" * 12]))   # 12 tokens against a budget of 4
+        await asyncio.gather(bulk, query)
+        await batcher.aclose()
+        return model.passes, started
+
+    passes, started = asyncio.run(scenario())
+    long_at = next(i for i, rows in enumerate(passes) if len(rows[0]) == 12)
+    assert passes[long_at] == [tokens_of("q" * 12)]                  # alone, in one pass
+    assert started < 12 and long_at <= started + 2, (started, long_at)
+
+
 def test_a_request_right_after_the_last_answer_is_served() -> None:
     """A caller that submits again as soon as it is answered, with a tokenizer that never yields
     (rows counted already), lands while the finished worker's task is done but not yet reaped:

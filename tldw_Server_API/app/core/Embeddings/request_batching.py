@@ -132,8 +132,11 @@ class MicroBatcher:
             self._workers.add(asyncio.create_task(self._work(), name="micro-batcher"))
 
     def _fits_one_pass(self, ids: list[list[int]]) -> bool:
-        return (len(ids) <= self._config.max_batch_rows
-                and len(ids) * max((len(row) for row in ids), default=0) <= self._config.max_padded_tokens)
+        """Its rows run as one pass: within the pass budget, or one row (`next_pass` runs a row
+        longer than the budget alone)."""
+        return len(ids) == 1 or (
+            len(ids) <= self._config.max_batch_rows
+            and len(ids) * max((len(row) for row in ids), default=0) <= self._config.max_padded_tokens)
 
     def _anchor(self) -> int | None:
         """The request the next pass forms around: None (the oldest row's), or the oldest request
