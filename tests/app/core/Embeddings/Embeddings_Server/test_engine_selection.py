@@ -117,9 +117,26 @@ def test_quality_guard_never_makes_a_path_below_the_bar_a_default() -> None:
     assert choose([reference, Measurement(onnx.candidate)], "fast") is reference
 
 
+def test_a_path_within_the_bar_must_beat_the_fastest_exact_engine_clearly() -> None:
+    """Quality wins a tie: an approximate path within 5 % of an exact engine is not chosen."""
+    reference = _m("huggingface", "fp32", 0.55, 1.0, 1.0)
+    bf16_exact = _m("huggingface", "bf16", 0.2367, 0.99999, 0.99998)
+    int8 = _m("onnx", "int8", 0.2297, 0.9942, 0.9906)            # 3 % faster (measured, Xeon with AMX)
+    assert int8.verdict == "within_bar"
+    assert choose([reference, bf16_exact, int8], "fast") is bf16_exact
+    clearly = _m("onnx", "int8", 0.20, 0.9942, 0.9906)            # 16 % faster: worth its quality
+    assert choose([reference, bf16_exact, clearly], "fast") is clearly
+    assert choose([reference, int8], "fast") is int8              # nothing exact close by
+
+
 def expected_engine(admitted: list[dict[str, Any]]) -> str:
-    """The fastest admitted engine, unless onnx fp32 (the rule's) is within 5 % of it."""
+    """The fastest admitted engine (an exact one within 5 % of a faster approximate one instead),
+    unless onnx fp32 (the rule's) is within 5 % of it."""
     fastest = min(admitted, key=lambda row: row["seconds"])
+    exact = [row for row in admitted if row["verdict"] in ("reference", "exact")]
+    if fastest["verdict"] == "within_bar" and exact:
+        fastest_exact = min(exact, key=lambda row: row["seconds"])
+        fastest = fastest_exact if fastest_exact["seconds"] <= fastest["seconds"] * 1.05 else fastest
     onnx = next((row for row in admitted if row["engine"] == "onnx:fp32"), None)
     return "onnx:fp32" if onnx is not None and onnx["seconds"] <= fastest["seconds"] * 1.05 else fastest["engine"]
 

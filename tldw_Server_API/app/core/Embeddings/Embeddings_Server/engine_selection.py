@@ -150,13 +150,21 @@ TIE_MARGIN = 0.05   # a candidate must beat the rule's engine by more than this 
 def choose(measurements: Sequence[Measurement], precision: Literal["exact", "fast"],
            prefer: Candidate | None = None) -> Measurement:
     """The fastest admitted measurement: exact ones (and, with `fast`, those within the bar);
-    the reference when nothing else was admitted or timed. `prefer` (the rule's engine) keeps a
-    tie (within TIE_MARGIN): on a machine where two engines run alike, noise must not flip the
-    choice from one start to the next."""
+    the reference when nothing else was admitted or timed. A path within the bar must beat the
+    fastest exact one by more than TIE_MARGIN: it trades quality for speed, and a tie buys none
+    (on an Intel Xeon with AMX, onnx int8 timed 3 % faster than exact torch bf16 on the
+    calibration texts and ran 20 % slower on the benchmark corpus). `prefer` (the rule's engine)
+    keeps a tie (within TIE_MARGIN): on a machine where two engines run alike, noise must not
+    flip the choice from one start to the next."""
     admitted = {"reference", "exact"} | ({"within_bar"} if precision == "fast" else set())
     timed = [m for m in measurements if m.verdict in admitted and m.seconds is not None]
     if timed:
         best = min(timed, key=lambda m: m.seconds or 0.0)
+        exact = [m for m in timed if m.verdict in ("reference", "exact")]
+        if best.verdict == "within_bar" and exact:
+            fastest_exact = min(exact, key=lambda m: m.seconds or 0.0)
+            if (fastest_exact.seconds or 0.0) <= (best.seconds or 0.0) * (1 + TIE_MARGIN):
+                best = fastest_exact
         preferred = next((m for m in timed if m.candidate == prefer), None)
         if preferred is not None and (preferred.seconds or 0.0) <= (best.seconds or 0.0) * (1 + TIE_MARGIN):
             return preferred
