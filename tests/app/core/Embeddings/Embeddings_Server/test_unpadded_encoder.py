@@ -22,6 +22,7 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.huggingface_provider 
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.local_encoding import pad_rows
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.model_resolution import ModelResolver
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.unpadded_encoder import (
+    layer_stack,
     packed_linear,
     row_sizes,
     supports_unpadded,
@@ -49,6 +50,28 @@ def _tiny(config_class: Any, model_class: Any, **overrides: Any) -> Any:
 def _rows(lengths: list[int], vocab: int, seed: int = 0) -> list[list[int]]:
     rnd = np.random.default_rng(seed)
     return [[0, *rnd.integers(5, vocab, size=n - 2).tolist(), 2] for n in lengths]
+
+
+def test_the_layer_loop_runs_as_one_torchscript_call_with_the_python_loops_states() -> None:
+    """On the CPU every product is on oneDNN, so MiniLM's layers run as one TorchScript call
+    (`layer_stack`), which holds no GIL between operators: Python work on other threads (the
+    pipeline's storage and chunking, Chroma's GIL-holding writes) cannot stall a pass between two
+    of them. Its states equal the op-by-op loop's bit for bit, fp32 and bf16 (under autocast, as
+    the provider runs it), dense, padded and single-row."""
+    assert isinstance(layer_stack(), torch.jit.ScriptFunction)
+    for dtype in (None, torch.bfloat16):
+        hidden = unpadded_forward(_minilm(), dtype)
+        assert hidden is not None and hidden._stack is not None
+        for lengths in ([16], [40, 40, 40], [40, 33, 7, 2]):
+            encoded = {k: torch.from_numpy(v)
+                       for k, v in pad_rows(_rows(lengths, 30000), 0, max(lengths), left=False).items()}
+            states = []
+            for scripted in (True, False):
+                hidden.scripted = scripted
+                cast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None)
+                with torch.inference_mode(), cast:
+                    states.append(hidden(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"]))
+            assert torch.equal(states[0], states[1]), (dtype, lengths)
 
 
 def _compare(model: Any, rows: list[list[int]], pad_id: int, atol: float) -> None:

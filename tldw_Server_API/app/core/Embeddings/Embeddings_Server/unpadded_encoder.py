@@ -78,6 +78,8 @@ def packed_linear(weight: Any, bias: Any, dtype: Any = None, gelu: bool = False)
         def onednn_linear(x: Any) -> Any:
             return torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, bias, post_op, [], algorithm)
 
+        onednn_linear.onednn = (packed, bias, post_op, algorithm)  # type: ignore[attr-defined]  # for `layer_stack`
+
         with torch.inference_mode():
             probe = torch.randn(5, weight.shape[1], generator=torch.Generator().manual_seed(0))
             got, want = onednn_linear(probe).float(), torch_linear(probe).float()
@@ -110,6 +112,70 @@ def token_rows(tokens: int) -> int:
     return -(-tokens // step) * step
 
 
+_LAYER_STACK: list[Any] = []   # the TorchScript function, compiled once per process (`layer_stack`)
+
+
+def _layer_stack_source() -> Callable[..., Any]:
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+    from torch import Tensor
+
+    def run_layers(x: Tensor, weights: list[Tensor], biases: list[Tensor], attrs: list[str], algorithms: list[str],
+                   norms: list[Tensor], eps: list[float], dtype: torch.dtype, heads: int, rows: int, width: int,
+                   tokens: int, dense: bool, real: Tensor, gather: Tensor, padding: Tensor,
+                   key_mask: Tensor | None) -> Tensor:
+        hidden = x.shape[1]
+        head = hidden // heads
+        size = x.shape[0]
+        for layer in range(len(eps) // 2):
+            w, n = 4 * layer, 4 * layer
+            qkv = torch.ops.mkldnn._linear_pointwise(x.to(dtype), weights[w], biases[w], attrs[w], [], algorithms[w])
+            if dense:
+                qkv = qkv[:tokens]
+            else:
+                spread = qkv.new_empty(rows * width, qkv.shape[1]).index_copy_(0, real, qkv[:tokens])
+                qkv = spread.index_fill_(0, padding, 0)
+            qkv5 = qkv.view(rows, width, 3, heads, head).permute(2, 0, 3, 1, 4)
+            context = F.scaled_dot_product_attention(qkv5[0], qkv5[1], qkv5[2], attn_mask=key_mask)
+            context = context.transpose(1, 2).reshape(rows * width, hidden)
+            if not (dense and size == tokens):
+                context = context.index_select(0, gather)
+            out = torch.ops.mkldnn._linear_pointwise(context.to(dtype), weights[w + 1], biases[w + 1], attrs[w + 1],
+                                                     [], algorithms[w + 1])
+            attended = F.layer_norm(out + x, [hidden], norms[n], norms[n + 1], eps[2 * layer])
+            inner = torch.ops.mkldnn._linear_pointwise(attended.to(dtype), weights[w + 2], biases[w + 2],
+                                                       attrs[w + 2], [], algorithms[w + 2])
+            out = torch.ops.mkldnn._linear_pointwise(inner.to(dtype), weights[w + 3], biases[w + 3], attrs[w + 3],
+                                                     [], algorithms[w + 3])
+            x = F.layer_norm(out + attended, [hidden], norms[n + 2], norms[n + 3], eps[2 * layer + 1])
+        if dense:
+            return x[:tokens]
+        spread = x.new_empty(rows * width, hidden).index_copy_(0, real, x[:tokens])
+        return spread.index_fill_(0, padding, 0)
+
+    return run_layers
+
+
+def layer_stack() -> Callable[..., Any] | None:
+    """The encoder's layer loop compiled by TorchScript, or None where it cannot be. A scripted
+    call runs every operator of the pass without the GIL; called op by op from Python, a pass
+    takes the GIL back between operators (~100 per pass), so any thread running Python (the
+    pipeline's storage, chunking and jobs DB, Chroma's writes, which hold the GIL) stalls it: a
+    loop of torch ops beside a Python busy loop took 82x as long, the scripted loop the same."""
+    if not _LAYER_STACK:
+        try:
+            import torch
+
+            _LAYER_STACK.append(torch.jit.script(_layer_stack_source()))
+        except Exception as exc:  # noqa: BLE001 - an optimisation: the Python loop stays
+            from loguru import logger
+
+            logger.warning("unpadded encoder: the layer loop could not be scripted ({}: {}); running it op by op",
+                           type(exc).__name__, exc)
+            _LAYER_STACK.append(None)
+    return _LAYER_STACK[0]
+
+
 def _then(linear: Linear, activation: Callable[[Any], Any]) -> Linear:
     return lambda x: activation(linear(x))
 
@@ -125,6 +191,8 @@ class UnpaddedEncoder:
     (torch.bfloat16) the linear layers run in it, as under autocast: their input is cast, their
     weights are held in it (once), their output stays in it and joins the fp32 residual stream in
     fp32. Built by `unpadded_forward`."""
+
+    scripted = True    # run the layer loop as one TorchScript call where it can (`layer_stack`)
 
     def __init__(self, model: Any, dtype: Any = None) -> None:
         import torch
@@ -145,6 +213,27 @@ class UnpaddedEncoder:
             if not gelu:
                 intermediate = _then(intermediate, layer.intermediate.intermediate_act_fn)
             self.layers.append((qkv, attention_out, intermediate, output, layer))
+        self.dtype = dtype or torch.float32
+        self._stack = self._stack_operands(dtype)
+
+    def _stack_operands(self, dtype: Any) -> dict[str, Any] | None:
+        """The scripted layer loop's operands: every product on oneDNN (its packed weight, bias,
+        post-op) and the layer norms' parameters; None (the Python loop) when a product is not
+        on oneDNN, an activation runs after its product, or scripting is unavailable."""
+        import torch
+
+        products = [linear for qkv, out, inner, output, _ in self.layers for linear in (qkv, out, inner, output)]
+        if not products or not all(hasattr(linear, "onednn") for linear in products) or layer_stack() is None:
+            return None
+        operands = [getattr(linear, "onednn") for linear in products]  # noqa: B009 - set by packed_linear
+        norms = [norm for *_, layer in self.layers
+                 for norm in (layer.attention.output.LayerNorm, layer.output.LayerNorm)]
+        return {"weights": [o[0] for o in operands],
+                "biases": [o[1] if o[1] is not None else torch.zeros(o[0].shape[0], dtype=o[0].dtype)
+                           for o in operands],
+                "attrs": [o[2] for o in operands], "algorithms": [o[3] for o in operands],
+                "norms": [t.detach() for norm in norms for t in (norm.weight, norm.bias)],
+                "eps": [float(norm.eps) for norm in norms], "dtype": dtype or torch.float32}
 
     def release_module_weights(self) -> int:
         """Drop the model's own linear weights in its layers (the encoder runs on its copies, and
@@ -207,6 +296,11 @@ class UnpaddedEncoder:
             return spread.index_fill_(0, padding, 0)
 
         x = packed(flat)
+        if self._stack is not None and self.scripted:
+            states = layer_stack()(x, heads=heads, rows=rows, width=width, tokens=tokens, dense=dense, real=real,  # type: ignore[misc]
+                                   gather=gather, padding=padding if padding is not None else real[:0],
+                                   key_mask=key_mask, **self._stack)
+            return states.view(rows, width, hidden_size)
         for qkv_linear, attention_out, intermediate, output, layer in self.layers:
             qkv = unpacked(qkv_linear(x))
             q, k, v = qkv.view(rows, width, 3, heads, head_size).permute(2, 0, 3, 1, 4)
