@@ -6,6 +6,11 @@ mixing rows of different lengths then costs about what its real tokens cost, not
 The weights are the loaded transformers model's own (QKV fused into one matrix at load), so the
 vectors are those of `model(**batch).last_hidden_state` at the real positions.
 
+Where every product runs on oneDNN (the CPU), the layer loop is one TorchScript call
+(`layer_stack`): it holds no GIL between its operators, so the Python work of other threads (the
+request path, the pipeline's storage and chunking, Chroma's GIL-holding writes) cannot stall a
+pass; its states equal the op-by-op loop's bit for bit.
+
 `unpadded_forward(model)` returns None for a model whose layers this does not reproduce exactly
 (decoders, relative positions, cross-attention, other layer layouts); the caller then runs the
 model as is. torch only; no I/O.
