@@ -133,7 +133,7 @@ def _layer_stack_source() -> Callable[..., Any]:
         head = hidden // heads
         size = x.shape[0]
         for layer in range(len(eps) // 2):
-            w, n = 4 * layer, 4 * layer
+            w = n = 4 * layer   # four products a layer; two norms, a weight and a bias each
             qkv = torch.ops.mkldnn._linear_pointwise(x.to(dtype), weights[w], biases[w], attrs[w], [], algorithms[w])
             if dense:
                 qkv = qkv[:tokens]
@@ -218,7 +218,6 @@ class UnpaddedEncoder:
             if not gelu:
                 intermediate = _then(intermediate, layer.intermediate.intermediate_act_fn)
             self.layers.append((qkv, attention_out, intermediate, output, layer))
-        self.dtype = dtype or torch.float32
         self._stack = self._stack_operands(dtype)
 
     def _stack_operands(self, dtype: Any) -> dict[str, Any] | None:
