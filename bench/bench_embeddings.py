@@ -279,10 +279,13 @@ def bench_latency(server: ServerProcess, engines: LocalEngines, texts: list[str]
     keep-alive socket (`RawHTTPClient`, request bodies encoded before the clock starts): what is
     measured is the server; `http.client` (whose own work adds ~0.5 ms here) is timed too, for
     what a Python caller sees. Every text has exactly 16 tokens: the engine runs a block's texts,
-    each client sends half of them. Blocks of `block` texts rotate engine -> raw HTTP -> http.client,
-    never interleaved request by request (one side's threads must not still be spinning down
-    while another is timed); the overhead is the median over blocks of (raw HTTP block p50 -
-    engine block p50), so this shared host's drifts, which move both sides alike, cancel out."""
+    each client sends half of them. Blocks of `block` texts rotate engine -> raw HTTP -> http.client
+    -> engine spaced, never interleaved request by request (one side's threads must not still be
+    spinning down while another is timed); the overhead is the median over blocks of (raw HTTP
+    block p50 - engine block p50), so this shared host's drifts, which move both sides alike,
+    cancel out. "Engine spaced" runs the block's texts again with the machine idle between two
+    passes for as long as the server's is between two requests' (raw HTTP p50 - engine p50 of
+    the block): a pass after idle time is slower, which back-to-back passes never show."""
     import http.client
 
     import httpx
@@ -313,29 +316,36 @@ def bench_latency(server: ServerProcess, engines: LocalEngines, texts: list[str]
 
     with httpx.Client(base_url=server.base_url, headers=server.headers) as metrics_client:
         before = server_seconds(metrics_client, "/api/v1/embeddings")
-    times: dict[str, list[float]] = {"engine": [], "raw": [], "http.client": []}
-    pair_overheads, stdlib_overheads = [], []
+    times: dict[str, list[float]] = {"engine": [], "raw": [], "http.client": [], "engine spaced": []}
+    pair_overheads, stdlib_overheads, spaced_overheads, spacings = [], [], [], []
     for start in range(0, len(texts), block):
         texts_of_block = texts[start:start + block]
-        medians = {}
+        medians: dict[str, float] = {}
+        gap = 0.0
         for side in times:
-            if side == "engine":
+            if side.startswith("engine"):
                 work = [lambda text=text: encoder.encode([text]) for text in texts_of_block]
+                if side == "engine spaced":   # idle as long as the server is between two requests' passes
+                    gap = max(0.0, medians["raw"] - medians["engine"])
+                    spacings.append(gap)
             else:   # every text is sent once (a second send would be a cache hit): each client half of them
                 post, half = (raw_post, texts_of_block[::2]) if side == "raw" else (stdlib_post, texts_of_block[1::2])
                 work = [lambda payload=body(text), post=post: post(payload) for text in half]
             elapsed = []
             for call in work:
+                if gap:
+                    time.sleep(gap)
                 began = time.perf_counter()
                 answer = call()
                 elapsed.append(time.perf_counter() - began)
-                if side != "engine" and answer != (200, "miss"):
+                if not side.startswith("engine") and answer != (200, "miss"):
                     raise RuntimeError(f"latency request answered {answer}")
             times[side] += elapsed
             medians[side] = statistics.median(elapsed)
             time.sleep(0.1)
         pair_overheads.append(medians["raw"] - medians["engine"])
         stdlib_overheads.append(medians["http.client"] - medians["engine"])
+        spaced_overheads.append(medians["raw"] - medians["engine spaced"])
     raw.close()
     connection.close()
     with httpx.Client(base_url=server.base_url, headers=server.headers) as metrics_client:
@@ -348,6 +358,10 @@ def bench_latency(server: ServerProcess, engines: LocalEngines, texts: list[str]
             "engine_p50_ms": p50["engine"], "overhead_p50_ms": statistics.median(pair_overheads) * 1000,
             "http_client_p50_ms": p50["http.client"],
             "http_client_overhead_p50_ms": statistics.median(stdlib_overheads) * 1000,
+            # the engine's passes idle in between as the server's do between two requests (a pass after
+            # idle time is slower: bench/README, session 20); the bar above is against back-to-back passes
+            "engine_spaced_p50_ms": p50["engine spaced"], "spacing_ms": statistics.median(spacings) * 1000,
+            "overhead_vs_spaced_engine_p50_ms": statistics.median(spaced_overheads) * 1000,
             "blocks": len(pair_overheads), "target_overhead_ms": 2.0}
 
 
@@ -426,7 +440,9 @@ def main() -> None:
                         row = latency[label]
                         print(f"  {label} latency: HTTP p50 {row['http_p50_ms']:.2f} ms, engine "
                               f"{row['engine_p50_ms']:.2f} ms, server route {row['server_route_mean_ms']:.2f} ms "
-                              f"of which provider call {row['server_embedding_mean_ms']:.2f} ms", flush=True)
+                              f"of which provider call {row['server_embedding_mean_ms']:.2f} ms; engine spaced "
+                              f"{row['engine_spaced_p50_ms']:.2f} ms (idle {row['spacing_ms']:.2f} ms between)",
+                              flush=True)
                 if args.latency_only:
                     return print(json.dumps(latency, indent=1))
                 report["cache_hit"] = bench_cache_hit(server, MODEL)
