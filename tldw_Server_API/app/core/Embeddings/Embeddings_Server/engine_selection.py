@@ -144,7 +144,12 @@ def verdict(candidate: Candidate, cosine_mean: float, cosine_min: float, bar: Qu
     return "below_bar"   # an fp32 engine that is not exact is as unusable as a path below the bar
 
 
-TIE_MARGIN = 0.05   # a candidate must beat the rule's engine by more than this to replace it
+TIE_MARGIN = 0.05   # a candidate must beat the rule's engine (or an approximate one an exact one) by more than this
+
+
+def _ties(holder: Measurement, faster: Measurement) -> bool:
+    """`holder` is within TIE_MARGIN of `faster`: it keeps its place."""
+    return (holder.seconds or 0.0) <= (faster.seconds or 0.0) * (1 + TIE_MARGIN)
 
 
 def choose(measurements: Sequence[Measurement], precision: Literal["exact", "fast"],
@@ -163,10 +168,10 @@ def choose(measurements: Sequence[Measurement], precision: Literal["exact", "fas
         exact = [m for m in timed if m.verdict in ("reference", "exact")]
         if best.verdict == "within_bar" and exact:
             fastest_exact = min(exact, key=lambda m: m.seconds or 0.0)
-            if (fastest_exact.seconds or 0.0) <= (best.seconds or 0.0) * (1 + TIE_MARGIN):
+            if _ties(fastest_exact, best):
                 best = fastest_exact
         preferred = next((m for m in timed if m.candidate == prefer), None)
-        if preferred is not None and (preferred.seconds or 0.0) <= (best.seconds or 0.0) * (1 + TIE_MARGIN):
+        if preferred is not None and _ties(preferred, best):
             return preferred
         return best
     return next((m for m in measurements if m.verdict == "reference"), measurements[0])
