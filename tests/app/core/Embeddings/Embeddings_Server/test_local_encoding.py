@@ -1,6 +1,7 @@
 """`tokenize_rows` against transformers' own call: the direct Rust-backend path gives the same
-ids, truncation goes through the tokenizer (texts flagged long directly), a backend left
-truncating by an earlier call is not used directly, and end tokens are appended once. On the
+ids, truncated rows too (texts flagged long directly), a backend left truncating (tokenizer.json's
+own setting, or a caller's) is cleared and used directly, truncating leaves it untruncated for the
+next count, and end tokens are appended once. On the
 bundled MiniLM tokenizer and the tiny Qwen3 one (both end-token layouts)."""
 
 from __future__ import annotations
@@ -71,18 +72,24 @@ def test_rows_equal_transformers_call(tokenizer_and_end: tuple[Any, int | None],
     assert tokenize_rows(tokenizer, texts, None, end) == expected(tokenizer, texts, None, end)
 
 
-def test_the_backend_is_called_directly_unless_left_truncating(bundled_model_path: Path) -> None:
+def test_the_backend_is_called_directly_and_left_without_truncation(bundled_model_path: Path) -> None:
     real = AutoTokenizer.from_pretrained(str(bundled_model_path))
     tokenizer = BackendCounting(real)
-    short = ["a search query", "another one"]
-    assert real.backend_tokenizer.truncation is not None      # tokenizer.json sets one: the first call ...
-    assert tokenize_rows(tokenizer, short, None) == expected(real, short, None, None)
-    assert tokenizer.direct == 0                             # ... goes through transformers, which clears it
-    assert tokenize_rows(tokenizer, short, None) == expected(real, short, None, None)
-    assert tokenizer.direct == 1                             # then straight to the backend
-    real.backend_tokenizer.enable_truncation(4)               # as a caller's truncating call leaves it
-    assert tokenize_rows(tokenizer, short, None) == expected(real, short, None, None)
-    assert tokenizer.direct == 1                             # through transformers, which resets it
-    assert real.backend_tokenizer.truncation is None
+    short, long = ["a search query", "another one"], ["paris is the capital of france . " * 40]
+    backend = real.backend_tokenizer
+    assert backend.truncation is not None and backend.padding is not None   # tokenizer.json's: cleared,
+    assert tokenize_rows(tokenizer, short, None) == expected(real, short, None, None)   # as transformers would
+    assert backend.truncation is None and backend.padding is None
+    assert tokenizer.direct == 1
+    backend.enable_truncation(4)                             # as a caller's truncating call leaves it
     assert tokenize_rows(tokenizer, short, None) == expected(real, short, None, None)
     assert tokenizer.direct == 2
+    cut, whole = expected(real, long, 16, None), expected(real, long, None, None)   # (transformers' calls set
+    assert tokenize_rows(tokenizer, long, 16) == cut          # and clear the backend's truncation themselves)
+    assert tokenizer.direct == 4                              # counted, then cut: both direct
+    assert backend.truncation is None                         # the next count is not cut (nor slowed)
+    assert tokenize_rows(tokenizer, long, None) == whole
+    assert tokenizer.direct == 5
+    backend.enable_truncation(4)
+    assert tokenize_rows(tokenizer, long, 16, long=[True]) == cut
+    assert tokenizer.direct == 6 and backend.truncation is None

@@ -74,18 +74,49 @@ def truncation_limit(max_tokens: int, end_token_id: int | None) -> int:
     return max(1, max_tokens - (end_token_id is not None))
 
 
-def _untruncated_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text with the tokenizer's special tokens, none truncated. A fast
-    tokenizer whose Rust backend is in the state transformers' own call would put it in (no
-    truncation, no padding, special tokens as configured) is called directly: the same ids,
-    without the wrapper's ~40 us per call (a query's whole tokenisation costs about that)."""
+def _direct_backend(tokenizer: Any) -> Any | None:
+    """The tokenizer's Rust backend, when calling it directly gives the ids transformers' own call
+    would (a fast tokenizer whose special tokens split as configured), with no truncation and no
+    padding set: what is left there (tokenizer.json's own settings, a caller's) is cleared, as
+    transformers' next call without them would clear it. None: go through transformers' call.
+    Why directly: the wrapper costs ~40 us per call (a query's whole tokenisation costs about
+    that). Truncating goes through the backend too (`_truncated_ids`), which it leaves as it
+    found it: a truncating call through transformers left truncation set, so the count after it
+    went through the wrapper again."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if (backend is not None and backend.truncation is None and backend.padding is None
-            and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))):
+    if backend is None or backend.encode_special_tokens != bool(getattr(tokenizer, "split_special_tokens", False)):
+        return None
+    if backend.truncation is not None:
+        backend.no_truncation()
+    if backend.padding is not None:
+        backend.no_padding()
+    return backend
+
+
+def _untruncated_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text with the tokenizer's special tokens, none truncated."""
+    backend = _direct_backend(tokenizer)
+    if backend is not None:
         return [encoding.ids for encoding in backend.encode_batch(texts)]
     rows: list[list[int]] = tokenizer(texts, padding=False, return_attention_mask=False,
                                       return_token_type_ids=False)["input_ids"]
     return rows
+
+
+def _truncated_ids(tokenizer: Any, texts: list[str], limit: int) -> list[list[int]]:
+    """Token ids of each text cut to `limit` tokens, special tokens included, as transformers'
+    call with `truncation=True, max_length=limit` gives them (longest first, no stride, the
+    tokenizer's truncation side); the backend is left without truncation."""
+    backend = _direct_backend(tokenizer)
+    if backend is None:
+        rows: list[list[int]] = tokenizer(texts, truncation=True, max_length=limit, padding=False,
+                                          return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return rows
+    backend.enable_truncation(limit, stride=0, strategy="longest_first", direction=tokenizer.truncation_side)
+    try:
+        return [encoding.ids for encoding in backend.encode_batch(texts)]
+    finally:
+        backend.no_truncation()
 
 
 def tokenize_rows(tokenizer: Any, texts: Sequence[str], max_tokens: int | None,
@@ -102,10 +133,8 @@ def tokenize_rows(tokenizer: Any, texts: Sequence[str], max_tokens: int | None,
     for i, row in zip(plain, _untruncated_ids(tokenizer, [texts[i] for i in plain]) if plain else [], strict=True):
         rows[i] = row
     over = [i for i, flag in enumerate(known_long) if flag or (limit is not None and len(rows[i]) > limit)]
-    if over:
-        cut = tokenizer([texts[i] for i in over], truncation=True, max_length=limit, padding=False,
-                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-        for i, row in zip(over, cut, strict=True):
+    if over and limit is not None:
+        for i, row in zip(over, _truncated_ids(tokenizer, [texts[i] for i in over], limit), strict=True):
             rows[i] = row
     if end_token_id is None:
         return rows
