@@ -61,6 +61,26 @@ def file_name(index: int) -> str:
     return f"bench-doc-{index:03d}.txt"
 
 
+PASS_COUNTERS = ("batches_run", "rows_run", "tokens_run", "padded_tokens_run")
+
+
+def pass_counters(batchers: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """The micro-batchers' cumulative pass counters (`MicroBatcher.stats`), summed over models."""
+    return {key: sum(int(stats.get(key) or 0) for stats in batchers.values()) for key in PASS_COUNTERS}
+
+
+def pass_shapes(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+    """The passes run between two counter readings: how many, their rows and padded tokens, and the
+    padding efficiency (real / padded tokens). The pipeline's passes are formed from whatever jobs
+    have queued; the reference's from every chunk sorted at once."""
+    d = {key: after[key] - before[key] for key in PASS_COUNTERS}
+    passes = d["batches_run"]
+    return {"passes": passes, "rows": d["rows_run"], "tokens": d["tokens_run"], "padded_tokens": d["padded_tokens_run"],
+            "rows_per_pass": d["rows_run"] / passes if passes else None,
+            "padded_tokens_per_pass": d["padded_tokens_run"] / passes if passes else None,
+            "padding_efficiency": d["tokens_run"] / d["padded_tokens_run"] if d["padded_tokens_run"] else None}
+
+
 def chunk_documents(documents: list[str], options: ChunkingOptions) -> list[str]:
     """The chunk texts the server will embed: the same extraction and chunking of the same bytes."""
     texts: list[str] = []
@@ -81,14 +101,16 @@ async def engine_rate(model: str, texts: list[str], settings: Settings) -> dict[
         resolved = registry.resolve(model)
         provider, model_id = resolved.provider, resolved.info.model_id
         await provider.embed(model_id, texts[:64])  # load and warm the model, not timed
+        counters = pass_counters(provider.batcher_stats())
         start, cpu = time.perf_counter(), time.process_time()
         batch = await provider.embed(model_id, texts)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+        passes = pass_shapes(counters, pass_counters(provider.batcher_stats()))
     finally:
         await registry.aclose()
     tokens = sum(batch.token_counts)
     return {"engine": resolved.info.engine, "seconds": seconds, "chunks_per_s": len(texts) / seconds, "tokens": tokens,
-            "tokens_per_s": tokens / seconds, "cpu_seconds": cpu_seconds}
+            "tokens_per_s": tokens / seconds, "cpu_seconds": cpu_seconds, "passes": passes}
 
 
 async def upload(client: httpx.AsyncClient, index: int, document: str, form: dict[str, str]) -> dict[str, Any]:
@@ -119,15 +141,27 @@ def _timestamp(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
 
 
+async def server_pass_counters(client: httpx.AsyncClient) -> dict[str, int]:
+    """The server's pass counters, from `GET /api/v1/embeddings/health` (every local provider)."""
+    response = await client.get("/api/v1/embeddings/health")
+    response.raise_for_status()
+    providers = response.json().get("providers", {})
+    batchers = {f"{name}:{model}": stats for name, health in providers.items() if isinstance(health, dict)
+                for model, stats in (health.get("batchers") or {}).items()}
+    return pass_counters(batchers)
+
+
 async def run_pipeline(server: ServerProcess, documents: list[str], form: dict[str, str]) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=len(documents), max_keepalive_connections=len(documents))
     async with httpx.AsyncClient(base_url=server.base_url, headers=server.headers, timeout=600,
                                  limits=limits) as client:
+        counters = await server_pass_counters(client)
         cpu_before, started = server.cpu_seconds(), time.time()
         added = await asyncio.gather(*(upload(client, i, d, form) for i, d in enumerate(documents)))
         uploaded = time.time()
         jobs = await wait_for_jobs(client, {a["job_id"] for a in added}, poll_s=0.5)
         detected, cpu_after = time.time(), server.cpu_seconds()
+        passes = pass_shapes(counters, await server_pass_counters(client))
     failed = [job for job in jobs.values() if job["status"] != "completed"]
     if failed:
         raise RuntimeError(f"{len(failed)} job(s) did not complete, e.g. {failed[0]['status']}: {failed[0]['error']}")
@@ -142,6 +176,7 @@ async def run_pipeline(server: ServerProcess, documents: list[str], form: dict[s
         "job_queue_wait_s": {"median": statistics.median(waits), "max": max(waits)},
         "job_run_s": {"median": statistics.median(runs), "max": max(runs)},
         "server_cpu_seconds": cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None,
+        "passes": passes,
     }
 
 
@@ -194,6 +229,11 @@ def print_summary(report: dict[str, Any]) -> None:
         cpu = f"{run['cpu_ratio']:.2f}" if run["cpu_ratio"] else "-"
         print(f"{run['model']:<52}{run['pipeline']['chunks_per_s']:>13.1f}{engine:>12.1f}{run['ratio']:>7.2f}"
               f"{cpu:>10}  {verdict}")
+        for side, passes in (("pipeline", run["pipeline"]["passes"]), ("engine", run["engine_after"]["passes"])):
+            if passes["passes"]:
+                print(f"  {side} passes: {passes['passes']}, {passes['rows_per_pass']:.2f} rows and "
+                      f"{passes['padded_tokens_per_pass']:.0f} padded tokens each, padding efficiency "
+                      f"{passes['padding_efficiency']:.3f}")
 
 
 def main() -> None:

@@ -158,6 +158,11 @@ def test_every_text_comes_back_once_to_its_request_in_order(
         assert sent == sorted(tuple(tokens_of(t)) for texts in requests for t in texts)  # each text run once
         for rows in model.passes:
             assert len(rows) == 1 or (len(rows) <= max_rows and len(rows) * max(map(len, rows)) <= budget)
+        stats = batcher.stats()   # the counters operators and the benchmarks read: what was run, exactly
+        assert stats["batches_run"] == len(model.passes)
+        assert stats["rows_run"] == sum(len(rows) for rows in model.passes)
+        assert stats["tokens_run"] == sum(len(row) for rows in model.passes for row in rows)
+        assert stats["padded_tokens_run"] == sum(len(rows) * max(map(len, rows)) for rows in model.passes)
         assert batcher.queued_texts == 0
         await batcher.aclose()
 

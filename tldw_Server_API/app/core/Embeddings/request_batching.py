@@ -95,6 +95,7 @@ class MicroBatcher:
         self.busy_seconds = 0.0                 # inside forward passes
         self.tokens_run = 0                     # real tokens of the rows run
         self.padded_tokens_run = 0              # rows x longest row, summed over passes
+        self.rows_run = 0                       # rows (texts) run, summed over passes
 
     @property
     def queued_texts(self) -> int:
@@ -192,6 +193,7 @@ class MicroBatcher:
 
     async def _run(self, rows: list[_Row]) -> None:
         self.batches_run += 1
+        self.rows_run += len(rows)
         self.last_batch_sizes.append(len(rows))
         self._admitted -= len(rows)
         self.tokens_run += sum(len(row.ids) for row in rows)
@@ -224,7 +226,8 @@ class MicroBatcher:
                 request.future.set_result(EmbeddingBatch(vectors=request.vectors, token_counts=request.token_counts))
 
     def stats(self) -> dict[str, Any]:
-        return {"queued_texts": self.queued_texts, "batches_run": self.batches_run,
+        return {"queued_texts": self.queued_texts, "batches_run": self.batches_run, "rows_run": self.rows_run,
+                "tokens_run": self.tokens_run, "padded_tokens_run": self.padded_tokens_run,
                 "recent_batch_sizes": list(self.last_batch_sizes)[-8:], "busy_seconds": round(self.busy_seconds, 3),
                 "padding_efficiency": round(self.tokens_run / self.padded_tokens_run, 4)
                 if self.padded_tokens_run else None}
