@@ -12,6 +12,9 @@
    no cache hit), p50 against the same engine's own time for the same texts; the overhead is the
    median over alternating blocks of (HTTP p50 - engine p50), from a bare-socket client (the
    server's time) and from http.client (what a Python caller sees).
+4. The machine's arithmetic ceiling: one core's peak on a pass-sized product (fp32; bf16 where
+   the CPU has it) times the cores, over the corpus's FLOPs a token: the most an exact engine of
+   each precision could do here, and each engine's share of it.
 
     .venv/bin/python bench/bench_embeddings.py [--passages 1000] [--rounds 3] [--out bench/results/embeddings.json]
 
